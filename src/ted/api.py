@@ -1,0 +1,82 @@
+"""Python API mirroring the CLI: `ted.finetune(...)`, `ted.learn_filters(...)`, `ted.distill(...)`, ...
+
+Keyword arguments are the CLI flags without dashes, e.g.
+`ted.distill(model_name_or_path="out/s1", teacher_model_name_or_path="out/t1", task_name="rte",
+data_dir="glue", kl_alpha=20, mse_alpha=50, output_dir="out/ted")`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from .config import DataArguments, DistillArguments, FilterArguments, ModelArguments, TedTrainingArguments
+from .errors import TedInputError
+
+# Which argument groups each command takes, in the order its runner expects them.
+COMMAND_ARGS = {
+    "finetune": (ModelArguments, DataArguments, TedTrainingArguments),
+    "learn-filters": (ModelArguments, DataArguments, FilterArguments, TedTrainingArguments),
+    "distill": (ModelArguments, DataArguments, FilterArguments, DistillArguments, TedTrainingArguments),
+    "evaluate": (ModelArguments, DataArguments, TedTrainingArguments),
+}
+
+
+def parse_kwargs(command: str, kwargs: dict[str, Any]):
+    parser = HfArgumentParser(COMMAND_ARGS[command])
+    try:
+        return parser.parse_dict(kwargs, allow_extra_keys=False)
+    except ValueError as err:
+        raise TedInputError(f"ted.{command.replace('-', '_')}(): {err}") from err
+
+
+def runner(command: str):
+    # Imported lazily so `import ted` stays light.
+    if command == "finetune":
+        from .stages.finetune import run_finetune as run
+    elif command == "learn-filters":
+        from .stages.learn_filters import run_learn_filters as run
+    elif command == "distill":
+        from .stages.distill import run_distill as run
+    else:
+        from .stages.evaluate import run_evaluate as run
+    return run
+
+
+def run_command(command: str, groups):
+    return runner(command)(*groups)
+
+
+def finetune(**kwargs):
+    """Stage 0: fine-tune a model on a task. Returns a StageResult (output_dir, metrics)."""
+    return run_command("finetune", parse_kwargs("finetune", kwargs))
+
+
+def learn_filters(**kwargs):
+    """Stage I: learn task-aware filters on a frozen fine-tuned model."""
+    return run_command("learn-filters", parse_kwargs("learn-filters", kwargs))
+
+
+def distill(**kwargs):
+    """Stage II: TED, KD or LWD (see `method`, `kl_alpha`, `mse_alpha`, `filter_disabled`)."""
+    return run_command("distill", parse_kwargs("distill", kwargs))
+
+
+def evaluate(**kwargs):
+    """Score a model folder on a task's dev set(s)."""
+    return run_command("evaluate", parse_kwargs("evaluate", kwargs))
+
+
+def export(stage_dir: str, output_dir: str, overwrite: bool = False):
+    """Write the student of a stage folder as a stock Hugging Face model (filters stripped)."""
+    from .stages.export import run_export
+
+    return run_export(stage_dir, output_dir, overwrite)
+
+
+def demo(output_dir: str = "ted-demo", **kwargs):
+    """The whole method end to end on a built-in synthetic task with tiny models, offline."""
+    from .demo import run_demo
+
+    return run_demo(output_dir, **kwargs)

@@ -1,0 +1,116 @@
+"""What a stage writes and reads.
+
+A stage folder is self-describing: the model saved with `save_pretrained` (loadable with
+`AutoModelFor...` and no `ted` import), its tokenizer, optional filters and Stage I heads in
+safetensors with a JSON description, `ted_stage.json` (stage, method, resolved arguments,
+lineage, versions) and the metrics. Folders are written under a temporary name and renamed into
+place, so a crash never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from .errors import TedInputError
+
+STAGE_FILE = "ted_stage.json"
+EVAL_RESULTS = "eval_results.json"
+TRAIN_RESULTS = "train_results.json"
+LOG_HISTORY = "log_history.json"
+STAGE1_SCORES = "stage1_layer_scores.json"
+# Files `ted export` copies: everything a stock model folder needs, nothing of ted's.
+_EXPORT_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".bin")
+_TED_FILES = {"filters.safetensors", "filters.json", "stage1_heads.safetensors", "stage1_heads.json", STAGE_FILE,
+              EVAL_RESULTS, TRAIN_RESULTS, LOG_HISTORY, STAGE1_SCORES, "training_args.bin"}
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"ted": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def check_output_dir(output_dir: Optional[str], overwrite: bool) -> Path:
+    """Fail before any compute when the output folder is missing or would be clobbered."""
+    if not output_dir:
+        raise TedInputError("--output_dir is required: the folder this stage writes.")
+    path = Path(output_dir)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise TedInputError(f"{path} already exists and is not empty. Pass --overwrite_output_dir to replace it.")
+    return path
+
+
+def work_dir(output_dir: Path) -> Path:
+    """Where checkpoints of an unfinished run live (kept for resuming, removed on success)."""
+    return output_dir.with_name(output_dir.name + ".incomplete")
+
+
+@contextlib.contextmanager
+def atomic_folder(output_dir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `output_dir` in one rename."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        yield tmp
+        if output_dir.exists():
+            old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+            os.replace(output_dir, old)
+            os.replace(tmp, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stage_info(folder: str | Path) -> Optional[dict]:
+    """The `ted_stage.json` of a stage folder, or None for a plain model folder or hub id."""
+    path = Path(folder) / STAGE_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def describe_stage(stage: str, task, args: dict, lineage: dict, method: Optional[str] = None) -> dict:
+    return {
+        "stage": stage,
+        "method": method,
+        "task": {"name": task.name, "head": task.head, "label_list": task.label_list,
+                 "selection_metric": task.selection_metric},
+        "lineage": lineage,
+        "args": args,
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def export_student(stage_dir: str | Path, output_dir: str | Path, overwrite: bool = False,
+                   model_card: Optional[str] = None) -> Path:
+    """Copy the stock Hugging Face model and tokenizer of a stage folder, without filters or heads."""
+    src = Path(stage_dir)
+    if not (src / "config.json").is_file():
+        raise TedInputError(f"{src} is not a model folder (no config.json). Pass a ted stage folder.")
+    dst = check_output_dir(str(output_dir), overwrite)
+    with atomic_folder(dst) as tmp:
+        for item in sorted(src.iterdir()):
+            if item.is_file() and item.suffix in _EXPORT_SUFFIXES and item.name not in _TED_FILES:
+                shutil.copy2(item, tmp / item.name)
+        if model_card:
+            (tmp / "README.md").write_text(model_card)
+    return dst

@@ -1,0 +1,100 @@
+"""Stage I heads: one freshly initialised prediction head per filter.
+
+Classification / regression heads read token 0 of their filter's output (the paper's context
+pooler: dense -> activation -> dropout -> classifier). Span heads predict start/end logits at
+every token. Keys `filter_pooler.{k}.dense.*` and `filter_head.{k}.*` follow the paper's names,
+k being the rank of the filter in increasing layer order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.activations import ACT2FN
+
+HEADS_WEIGHTS = "stage1_heads.safetensors"
+HEADS_CONFIG = "stage1_heads.json"
+
+
+@dataclass
+class HeadsConfig:
+    kind: str  # "classification", "regression" or "span"
+    num_heads: int
+    input_dim: int
+    num_labels: int
+    activation: str = "gelu"
+    pooler_dropout: float = 0.0
+    classifier_dropout: float = 0.1
+    initializer_range: float = 0.02
+
+
+class _Pooler(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+
+class StageOneHeads(nn.Module):
+    def __init__(self, config: HeadsConfig):
+        super().__init__()
+        self.config = config
+        out = 2 if config.kind == "span" else config.num_labels
+        if config.kind != "span":
+            self.filter_pooler = nn.ModuleList(_Pooler(config.input_dim) for _ in range(config.num_heads))
+            self.pooler_dropout = nn.Dropout(config.pooler_dropout)
+            self.activation = ACT2FN[config.activation]
+            self.dropout = nn.Dropout(config.classifier_dropout)
+        self.filter_head = nn.ModuleList(nn.Linear(config.input_dim, out) for _ in range(config.num_heads))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=config.initializer_range)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, filter_states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Logits per head: [B, C] for classification / regression, [B, T, 2] for spans."""
+        if self.config.kind == "span":
+            return [head(state) for head, state in zip(self.filter_head, filter_states, strict=True)]
+        logits = []
+        for pooler, head, state in zip(self.filter_pooler, self.filter_head, filter_states, strict=True):
+            pooled = self.activation(pooler.dense(self.pooler_dropout(state[:, 0])))
+            logits.append(head(self.dropout(pooled)))
+        return logits
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(folder / HEADS_WEIGHTS), metadata={"format": "pt"})
+        (folder / HEADS_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "StageOneHeads":
+        folder = Path(folder)
+        module = cls(HeadsConfig(**json.loads((folder / HEADS_CONFIG).read_text())))
+        module.load_state_dict(load_file(str(folder / HEADS_WEIGHTS)))
+        return module
+
+
+def new_heads(kind: str, num_heads: int, input_dim: int, num_labels: int, model_config) -> StageOneHeads:
+    """Heads for one filter set; dropouts come from the model config as in the paper's pooler."""
+    classifier_dropout = next(
+        (v for v in (getattr(model_config, "cls_dropout", None), getattr(model_config, "classifier_dropout", None),
+                     getattr(model_config, "hidden_dropout_prob", None)) if v is not None),
+        0.0,
+    )
+    return StageOneHeads(
+        HeadsConfig(
+            kind=kind,
+            num_heads=num_heads,
+            input_dim=input_dim,
+            num_labels=num_labels,
+            activation=getattr(model_config, "pooler_hidden_act", "gelu") or "gelu",
+            pooler_dropout=getattr(model_config, "pooler_dropout", 0.0) or 0.0,
+            classifier_dropout=classifier_dropout,
+            initializer_range=getattr(model_config, "initializer_range", 0.02),
+        )
+    )

@@ -1,0 +1,199 @@
+"""What each stage trains and how its loss is computed.
+
+Every stage is (a module to train, an objective). An objective maps (module, batch) to
+(total loss, named loss terms, predictions). The one Trainer subclass in training.py runs all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import losses
+from .filters import TaskAwareFilters
+from .heads import StageOneHeads
+
+LABEL_KEYS = {"classification": ("labels",), "regression": ("labels",), "span": ("start_positions", "end_positions")}
+
+
+def split_labels(head: str, inputs: dict) -> tuple[dict, object]:
+    """Model inputs without the labels, and the labels (a tensor, or (start, end) for spans)."""
+    keys = LABEL_KEYS[head]
+    model_inputs = {k: v for k, v in inputs.items() if k not in keys}
+    found = [inputs.get(k) for k in keys]
+    if any(v is None for v in found):
+        return model_inputs, None
+    return model_inputs, found[0] if len(found) == 1 else tuple(found)
+
+
+def head_outputs(head: str, outputs):
+    """The prediction tensor(s) of a Hugging Face task model output."""
+    if head == "span":
+        return outputs.start_logits, outputs.end_logits
+    return outputs.logits
+
+
+def stack_predictions(head: str, outputs) -> torch.Tensor:
+    """Predictions in one tensor for the Trainer to gather: logits, or [B, T, 2] start/end for spans."""
+    if head == "span":
+        return torch.stack(outputs, dim=-1)
+    return outputs
+
+
+class TaskObjective:
+    """Stage 0 (fine-tuning) and evaluation: the model's own head against the gold labels."""
+
+    def __init__(self, head: str):
+        self.head = head
+
+    def __call__(self, model, inputs):
+        model_inputs, labels = split_labels(self.head, inputs)
+        preds = head_outputs(self.head, model(**model_inputs))
+        loss = losses.task_loss(self.head, preds, labels) if labels is not None else None
+        return loss, {}, stack_predictions(self.head, preds)
+
+
+class FilterLearner(nn.Module):
+    """Stage I module: a frozen backbone, trainable filters and one head per filter."""
+
+    def __init__(self, backbone: nn.Module, filters: TaskAwareFilters, heads: StageOneHeads,
+                 backbone_mode: str = "train"):
+        super().__init__()
+        if backbone_mode not in ("train", "eval"):
+            raise ValueError(f"backbone_mode must be 'train' or 'eval', got {backbone_mode!r}")
+        self.backbone = backbone
+        self.filters = filters
+        self.heads = heads
+        self.backbone_mode = backbone_mode
+        self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # The paper keeps dropout on inside the frozen backbone; "eval" turns it off.
+        self.backbone.train(mode and self.backbone_mode == "train")
+        return self
+
+    def forward(self, **inputs) -> list[torch.Tensor]:
+        with torch.no_grad():
+            hidden = self.backbone(**inputs, output_hidden_states=True).hidden_states
+        return self.heads(self.filters(hidden))
+
+
+class FilterObjective:
+    """Stage I loss: the mean over filters of each head's task loss."""
+
+    def __init__(self, head: str):
+        self.head = head
+
+    def __call__(self, model: FilterLearner, inputs):
+        model_inputs, labels = split_labels(self.head, inputs)
+        per_head = model(**model_inputs)
+        if self.head == "span":
+            per_head = [(logits[..., 0], logits[..., 1]) for logits in per_head]
+        terms, loss = {}, None
+        if labels is not None:
+            head_losses = [losses.task_loss(self.head, out, labels) for out in per_head]
+            loss = torch.stack(head_losses).mean()
+            layers = model.filters.layers
+            terms = {f"filter_layer{layer}": value for layer, value in zip(layers, head_losses)}
+        preds = torch.stack([stack_predictions(self.head, out) for out in per_head], dim=1)
+        return loss, terms, preds
+
+
+class DistillStudent(nn.Module):
+    """Stage II module: the student model and, for TED / LWD, its filters or projector."""
+
+    def __init__(self, model: nn.Module, filters: Optional[TaskAwareFilters]):
+        super().__init__()
+        self.model = model
+        self.filters = filters
+
+    def forward(self, with_states: bool = False, **inputs):
+        outputs = self.model(**inputs, output_hidden_states=with_states)
+        states = self.filters(outputs.hidden_states) if with_states and self.filters is not None else None
+        return outputs, states
+
+
+class Teacher:
+    """The frozen teacher: eval mode, no gradients, never wrapped for DDP, never saved with the student."""
+
+    def __init__(self, model: nn.Module, filters: Optional[TaskAwareFilters], layers: list[int], head: str):
+        self.model = model.eval().requires_grad_(False)
+        self.filters = filters.eval().requires_grad_(False) if filters is not None else None
+        self.layers = layers
+        self.head = head
+
+    def to(self, device):
+        self.model.to(device)
+        if self.filters is not None:
+            self.filters.to(device)
+        return self
+
+    def __call__(self, inputs: dict, with_states: bool):
+        with torch.inference_mode():
+            outputs = self.model(**inputs, output_hidden_states=with_states)
+            preds = head_outputs(self.head, outputs)
+            states = None
+            if with_states:
+                hidden = outputs.hidden_states
+                states = self.filters(hidden) if self.filters is not None else [hidden[i + 1] for i in self.layers]
+        # Inference tensors cannot take part in autograd; a clone outside inference mode can.
+        preds = tuple(p.clone() for p in preds) if isinstance(preds, tuple) else preds.clone()
+        states = [s.clone() for s in states] if states is not None else None
+        return preds, states
+
+
+@dataclass
+class DistillWeights:
+    kl_alpha: float
+    mse_alpha: float
+    temperature: float = 2.0
+    paper_compat: bool = False
+
+
+class DistillObjective:
+    """Stage II loss: task + kl_alpha * T^2 KL + mse_alpha * mean over matched layers of the MSE."""
+
+    def __init__(self, head: str, teacher: Teacher, weights: DistillWeights):
+        self.head = head
+        self.teacher = teacher
+        self.w = weights
+
+    def kd_term(self, s_preds, t_preds, attention_mask) -> torch.Tensor:
+        T = self.w.temperature
+        if self.head == "classification":
+            return losses.kl_divergence(s_preds, t_preds, T)
+        if self.head == "regression":
+            if self.w.paper_compat:
+                return losses.regression_kl_paper(s_preds, t_preds, T)
+            return losses.regression_distillation(s_preds, t_preds)
+        mask = None if self.w.paper_compat else attention_mask
+        return (losses.kl_divergence(s_preds[0], t_preds[0], T, mask)
+                + losses.kl_divergence(s_preds[1], t_preds[1], T, mask)) / 2
+
+    def __call__(self, model: DistillStudent, inputs):
+        model_inputs, labels = split_labels(self.head, inputs)
+        if not model.training:  # evaluation scores the student's own head only
+            s_preds = head_outputs(self.head, model(**model_inputs)[0])
+            loss = losses.task_loss(self.head, s_preds, labels) if labels is not None else None
+            return loss, {}, stack_predictions(self.head, s_preds)
+        need_states = self.w.mse_alpha > 0
+        s_out, s_states = model(with_states=need_states, **model_inputs)
+        s_preds = head_outputs(self.head, s_out)
+        t_preds, t_states = self.teacher(model_inputs, with_states=need_states)
+        terms = {"pred": losses.task_loss(self.head, s_preds, labels)}
+        total = terms["pred"]
+        if self.w.kl_alpha:
+            terms["kl"] = self.kd_term(s_preds, t_preds, model_inputs.get("attention_mask"))
+            total = total + self.w.kl_alpha * terms["kl"]
+        if need_states:
+            mask = None if self.w.paper_compat else model_inputs.get("attention_mask")
+            per_layer = [losses.layer_mse(s, t, mask) for s, t in zip(s_states, t_states, strict=True)]
+            terms["mse"] = torch.stack(per_layer).mean()
+            for layer, value in zip(model.filters.layers, per_layer):
+                terms[f"mse_layer{layer}"] = value
+            total = total + self.w.mse_alpha * terms["mse"]
+        return total, terms, stack_predictions(self.head, s_preds)

@@ -1,0 +1,1 @@
+"""The stages of the method. Stages never import each other; they meet through folders on disk."""

@@ -1,0 +1,154 @@
+"""What every stage shares: data, Trainer set-up, resume, evaluation and writing the folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+from transformers import DataCollatorWithPadding
+from transformers.trainer_utils import get_last_checkpoint
+
+from .. import artifacts
+from ..errors import TedInputError
+from ..tasks.base import Task, TaskData
+from ..training import TedTrainer
+
+logger = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+
+
+@dataclass
+class StageResult:
+    output_dir: str
+    metrics: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def model_columns(dataset):
+    """Only model inputs and labels reach the Trainer (hub GLUE carries an `idx` column, SQuAD offsets)."""
+    drop = [c for c in dataset.column_names if c not in MODEL_INPUTS]
+    return dataset.remove_columns(drop) if drop else dataset
+
+
+def args_dict(*groups) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for group in groups:
+        if group is None:
+            continue
+        data = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
+        out.update({k: v for k, v in data.items() if not k.startswith("_")})
+    return out
+
+
+def fingerprint(args: dict[str, Any]) -> str:
+    ignore = {"output_dir", "logging_dir", "overwrite_output_dir", "report_to", "disable_tqdm", "run_name"}
+    stable = {k: v for k, v in sorted(args.items()) if k not in ignore}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool) -> tuple[Path, Optional[str]]:
+    """Checkpoint folder of this run and the checkpoint to resume from, if an identical run was cut off."""
+    work = artifacts.work_dir(output_dir)
+    marker = work / "ted_fingerprint.txt"
+    if work.exists() and (overwrite or not marker.is_file()):
+        shutil.rmtree(work)
+    if work.exists() and marker.read_text().strip() != run_fingerprint:
+        raise TedInputError(
+            f"{work} holds checkpoints of an interrupted run with different settings. Delete it, or pass "
+            "--overwrite_output_dir to start over."
+        )
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run_fingerprint + "\n")
+    last = get_last_checkpoint(str(work))
+    if last:
+        logger.warning("Resuming the interrupted run from %s", last)
+    return work, last
+
+
+def training_arguments(training_args, work: Path, selection_metric: Optional[str]):
+    """The user's TrainingArguments pointed at the work folder, with best-model selection wired in."""
+    evaluating = str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
+    keep_best = selection_metric is not None and evaluating
+    return dataclasses.replace(
+        training_args,
+        output_dir=str(work),
+        remove_unused_columns=False,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model=f"eval_{selection_metric}" if keep_best else None,
+        greater_is_better=True if keep_best else None,
+    )
+
+
+def make_collator(tokenizer, training_args):
+    multiple = 8 if (training_args.fp16 or training_args.bf16) else None
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+
+
+def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, training_args, output_dir: Path,
+                run_args: dict[str, Any], compute_metrics: Callable, selection_metric: Optional[str],
+                teacher=None) -> tuple[TedTrainer, dict[str, float], dict[str, float]]:
+    """Train `module` with `objective`, keep the best epoch, score every eval set."""
+    work, resume = prepare_work_dir(output_dir, fingerprint(run_args), training_args.overwrite_output_dir)
+    args = training_arguments(training_args, work, selection_metric)
+    eval_sets = {name: model_columns(ds) for name, ds in data.eval_sets.items()}
+    first_eval = next(iter(eval_sets.values())) if eval_sets else None
+    trainer = TedTrainer(
+        model=module,
+        args=args,
+        objective=objective,
+        teacher=teacher,
+        data_collator=make_collator(tokenizer, training_args),
+        train_dataset=model_columns(data.train),
+        eval_dataset=first_eval,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+    )
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    train_metrics = dict(train_output.metrics)
+    metrics: dict[str, float] = {}
+    for i, (name, dataset) in enumerate(eval_sets.items()):
+        prefix = "eval" if i == 0 else f"eval_{name}"
+        metrics.update(trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix))
+    return trainer, train_metrics, metrics
+
+
+def write_stage(tmp: Path, *, stage_description: dict, trainer: TedTrainer, train_metrics: dict,
+                eval_metrics: dict) -> None:
+    artifacts.write_json(tmp / artifacts.STAGE_FILE, stage_description)
+    artifacts.write_json(tmp / artifacts.EVAL_RESULTS, eval_metrics)
+    artifacts.write_json(tmp / artifacts.TRAIN_RESULTS, train_metrics)
+    artifacts.write_json(tmp / artifacts.LOG_HISTORY, trainer.state.log_history)
+
+
+def finish(output_dir: Path) -> None:
+    """The run is complete and its folder in place: its checkpoints are no longer needed."""
+    shutil.rmtree(artifacts.work_dir(output_dir), ignore_errors=True)
+
+
+def task_metrics(task: Task) -> Callable:
+    def compute(prediction) -> dict[str, float]:
+        return task.compute_metrics(np.asarray(prediction.predictions), np.asarray(prediction.label_ids))
+
+    return compute
+
+
+def per_filter_metrics(task: Task, layers: list[int]) -> Callable:
+    """Stage I diagnostics: each filter head scored on its own, keyed `layer{i}_{metric}`."""
+
+    def compute(prediction) -> dict[str, float]:
+        preds, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+        out: dict[str, float] = {}
+        for k, layer in enumerate(layers):
+            for name, value in task.compute_metrics(preds[:, k], labels).items():
+                out[f"layer{layer}_{name}"] = value
+        return out
+
+    return compute

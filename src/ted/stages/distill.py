@@ -1,0 +1,131 @@
+"""Stage II: TED, and the KD and LWD baselines, with one objective."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Optional
+
+from transformers import set_seed
+
+from .. import artifacts
+from ..errors import TedInputError
+from ..filters import TaskAwareFilters, check_filters_match, has_filters, match_layers, new_filters, select_layers
+from ..models import (
+    check_same_labels,
+    check_same_vocabulary,
+    has_trained_head,
+    load_task_model,
+    load_tokenizer,
+    num_layers,
+)
+from ..objectives import DistillObjective, DistillStudent, DistillWeights, Teacher
+from ..tasks import load_task
+from .common import StageResult, args_dict, finish, run_trainer, task_metrics, write_stage
+from .finetune import dropout_overrides
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("ted", "kd", "lwd")
+
+
+def resolve_method(method: Optional[str], filter_disabled: bool, mse_alpha: float) -> str:
+    """The paper's flags decide the method; `--method` is a shortcut that must agree with them."""
+    inferred = "kd" if mse_alpha == 0 else ("lwd" if filter_disabled else "ted")
+    if method is None:
+        return inferred
+    method = method.lower()
+    if method not in METHODS:
+        raise TedInputError(f"Unknown --method {method!r}; choose one of {', '.join(METHODS)}.")
+    if method == "kd" and mse_alpha != 0:
+        raise TedInputError(f"KD has no layer term, but --mse_alpha is {mse_alpha}. Drop --mse_alpha or use ted/lwd.")
+    if method in ("ted", "lwd") and mse_alpha <= 0:
+        raise TedInputError(f"{method.upper()} matches layers: give a positive --mse_alpha (the paper uses 5-7500).")
+    if method == "ted" and filter_disabled:
+        raise TedInputError("--method ted uses filters; remove --filter_disabled (that flag selects KD/LWD).")
+    return method
+
+
+def warn_no_ops(method: str, head: str, weights: DistillWeights, batch_size: int) -> None:
+    if weights.kl_alpha == 0 and weights.mse_alpha == 0:
+        warnings.warn("kl_alpha and mse_alpha are both 0: this run is plain fine-tuning of the student, "
+                      "no distillation.", stacklevel=2)
+    if weights.kl_alpha and head == "regression" and weights.paper_compat:
+        warnings.warn("--paper_compat regression KL is a softmax across the examples of each batch (the original "
+                      "code's behaviour): it depends on batch composition.", stacklevel=2)
+        if batch_size < 2:
+            warnings.warn("With batch size 1 the paper-compatible regression KL is identically 0.", stacklevel=2)
+    if weights.temperature <= 0:
+        raise TedInputError(f"--temperature must be positive, got {weights.temperature}.")
+
+
+def load_filters(path: str, layers: list[int], output_dim: Optional[int], nonlinear: bool, who: str):
+    if not has_filters(path):
+        raise TedInputError(
+            f"TED needs the {who}'s Stage I filters, but {path!r} holds none. Run `ted learn-filters` on it first "
+            "(or use --filter_disabled for the KD/LWD baselines)."
+        )
+    filters = TaskAwareFilters.load(path)
+    check_filters_match(filters, layers, output_dim, nonlinear, path)
+    return filters
+
+
+def run_distill(model_args, data_args, filter_args, distill_args, training_args) -> StageResult:
+    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir)
+    method = resolve_method(distill_args.method, filter_args.filter_disabled, distill_args.mse_alpha)
+    student_path, teacher_path = model_args.model_name_or_path, distill_args.teacher_model_name_or_path
+    if not teacher_path:
+        raise TedInputError("Stage II needs --teacher_model_name_or_path.")
+    weights = DistillWeights(distill_args.kl_alpha, distill_args.mse_alpha, distill_args.temperature,
+                             distill_args.paper_compat)
+    set_seed(training_args.seed)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or student_path, model_args.cache_dir)
+    check_same_vocabulary(load_tokenizer(teacher_path, model_args.cache_dir), tokenizer, teacher_path, student_path)
+    task, data = load_task(data_args, tokenizer)
+    warn_no_ops(method, task.head, weights, training_args.per_device_train_batch_size)
+    teacher_model = load_task_model(teacher_path, task, model_args.cache_dir)
+    if not has_trained_head(teacher_model.config, task):
+        raise TedInputError(f"Teacher {teacher_path!r} has no fine-tuned task head. Fine-tune it first (`ted finetune`).")
+    student = load_task_model(student_path, task, model_args.cache_dir, **dropout_overrides(model_args))
+    if task.head != "span":
+        check_same_labels(teacher_model.config, student.config, teacher_path, student_path)
+
+    s_layers = select_layers(num_layers(student.config), filter_args.filter_interval)
+    t_layers = select_layers(num_layers(teacher_model.config), filter_args.teacher_filter_interval)
+    pairs = match_layers(s_layers, t_layers) if method != "kd" else []
+    teacher_filters = student_filters = None
+    if method == "ted":
+        teacher_filters = load_filters(teacher_path, t_layers, filter_args.filter_output_dim,
+                                       filter_args.filter_nonlinear, "teacher")
+        student_filters = load_filters(student_path, s_layers, filter_args.filter_output_dim,
+                                       filter_args.filter_nonlinear, "student")
+        if teacher_filters.config.output_dim != student_filters.config.output_dim:
+            raise TedInputError(
+                f"Teacher filters output {teacher_filters.config.output_dim} features but student filters output "
+                f"{student_filters.config.output_dim}; run Stage I with the same --filter_output_dim for both."
+            )
+    elif method == "lwd":
+        # LWD: raw teacher layers as targets, a fresh student-side projector to the teacher's width.
+        student_filters = new_filters(student.config, s_layers, teacher_model.config.hidden_size, nonlinear=False,
+                                      interval=filter_args.filter_interval, role="projector")
+    teacher = Teacher(teacher_model, teacher_filters, t_layers, task.head)
+    module = DistillStudent(student, student_filters)
+    run_args = args_dict(model_args, data_args, filter_args, distill_args, training_args)
+    run_args["method"] = method
+    trainer, train_metrics, eval_metrics = run_trainer(
+        module=module, objective=DistillObjective(task.head, teacher, weights), tokenizer=tokenizer, task=task,
+        data=data, training_args=training_args, output_dir=output_dir, run_args=run_args,
+        compute_metrics=task_metrics(task), selection_metric=task.selection_metric, teacher=teacher,
+    )
+    with artifacts.atomic_folder(output_dir) as tmp:
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if student_filters is not None:
+            student_filters.save(tmp)
+        lineage = {"student": student_path, "teacher": teacher_path,
+                   "layer_pairs": [list(p) for p in pairs]}
+        description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
+        write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
+                    eval_metrics=eval_metrics)
+    finish(output_dir)
+    return StageResult(str(output_dir), eval_metrics, {"method": method, "layer_pairs": pairs})

@@ -1,0 +1,189 @@
+"""User data: --train_file / --validation_file in CSV, TSV, JSON or JSONL.
+
+Columns, labels and the task type are checked on the raw files before anything is tokenized, so
+a wrong column name or an unseen dev label fails in seconds with a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from ..errors import TedInputError
+from ..metrics import classification_metric_fn, regression_metric_fn
+from .base import Task, TaskData
+from .text_classification import keep_first, tokenize_pairs
+
+_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
+# Auto-detected text columns, first match wins.
+_TEXT_CANDIDATES = (("sentence1", "sentence2"), ("sentence",), ("text",), ("text_a", "text_b"), ("text_a",))
+
+
+def _read_file(path: Optional[str], flag: str) -> Dataset:
+    if not path:
+        raise TedInputError(
+            f"Custom data needs both --train_file and --validation_file; {flag} is missing."
+        )
+    if not os.path.isfile(path):
+        raise TedInputError(f"{flag} {path} does not exist.")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _BUILDERS:
+        raise TedInputError(
+            f"{flag} {path}: unsupported extension {ext!r}; use one of {', '.join(_BUILDERS)}."
+        )
+    kwargs = {}
+    if _BUILDERS[ext] == "csv":
+        # Only empty cells are missing values: words like "NA", "null" or "None" stay text.
+        kwargs = {"keep_default_na": False, "na_values": [""]}
+        if ext == ".tsv":
+            kwargs["delimiter"] = "\t"
+    try:
+        return datasets.load_dataset(_BUILDERS[ext], data_files=path, split="train", **kwargs)
+    except Exception as err:  # parse errors from pandas / pyarrow: name the file
+        raise TedInputError(f"{flag} {path} could not be parsed as {ext[1:].upper()}: {err}") from err
+
+
+def _text_columns(requested: Optional[list[str]], columns: list[str], path: str) -> list[str]:
+    if requested:
+        if len(requested) not in (1, 2):
+            raise TedInputError(f"--text_columns takes 1 or 2 column names, got {requested}.")
+        missing = [c for c in requested if c not in columns]
+        if missing:
+            raise TedInputError(f"{path}: text column(s) {missing} not found; available columns: {columns}.")
+        return list(requested)
+    for candidate in _TEXT_CANDIDATES:
+        if all(c in columns for c in candidate):
+            return list(candidate)
+    raise TedInputError(
+        f"{path}: no text column found (looked for sentence1+sentence2, sentence, text, text_a[+text_b]); "
+        f"available columns: {columns}. Name them with --text_columns."
+    )
+
+
+def _check_columns(ds: Dataset, path: str, text_columns: list[str], label_column: str) -> None:
+    missing = [c for c in text_columns + [label_column] if c not in ds.column_names]
+    if missing:
+        hint = " Set --label_column." if label_column in missing else ""
+        raise TedInputError(
+            f"{path}: column(s) {missing} not found; available columns: {ds.column_names}.{hint}"
+        )
+    for col in text_columns + [label_column]:
+        for i, value in enumerate(ds[col]):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                raise TedInputError(f"{path}, row {i + 1} (header excluded): column {col!r} is empty.")
+
+
+def _label_name(value) -> str:
+    # 1, 1.0 and "1" all name the same label.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _infer_task_type(requested: Optional[str], labels: list) -> str:
+    if requested:
+        kind = requested.strip().lower()
+        if kind not in ("classification", "regression"):
+            raise TedInputError(f"--task_type must be classification or regression, got {requested!r}.")
+        return kind
+    # Floats that are not all whole numbers are scores; ints, strings and 0.0/1.0 are classes.
+    is_float = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels) and any(
+        isinstance(v, float) for v in labels
+    )
+    return "regression" if is_float and not all(float(v).is_integer() for v in labels) else "classification"
+
+
+def _sorted_label_names(labels: list) -> list[str]:
+    names = {_label_name(v) for v in labels}
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels)
+    return sorted(names, key=float) if numeric else sorted(names)
+
+
+def _map_labels(labels: list, label_ids: dict[str, int], path: str) -> list[int]:
+    ids = []
+    for i, value in enumerate(labels):
+        name = _label_name(value)
+        if name not in label_ids:
+            raise TedInputError(
+                f"{path}, row {i + 1} (header excluded): label {value!r} is not in the label list "
+                f"{list(label_ids)}. Add it to --label_list (or to the training file)."
+            )
+        ids.append(label_ids[name])
+    return ids
+
+
+def _to_scores(labels: list, path: str) -> list[float]:
+    try:
+        return [float(v) for v in labels]
+    except (TypeError, ValueError):
+        bad = next(v for v in labels if not _is_number(v))
+        raise TedInputError(f"{path}: regression label {bad!r} is not a number.") from None
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _prepare(data_args) -> tuple[Task, DatasetDict, list[str]]:
+    """Read and validate both files; return the Task, raw splits (text + `label`) and text columns."""
+    train = _read_file(data_args.train_file, "--train_file")
+    dev = _read_file(data_args.validation_file, "--validation_file")
+    text_columns = _text_columns(data_args.text_columns, train.column_names, data_args.train_file)
+    label_column = data_args.label_column or "label"
+    _check_columns(train, data_args.train_file, text_columns, label_column)
+    _check_columns(dev, data_args.validation_file, text_columns, label_column)
+    train_labels, dev_labels = train[label_column], dev[label_column]
+
+    task_type = _infer_task_type(data_args.task_type, train_labels)
+    if task_type == "regression":
+        label_list = None
+        train_ids = _to_scores(train_labels, data_args.train_file)
+        dev_ids = _to_scores(dev_labels, data_args.validation_file)
+        task = Task("custom", "regression", None, "spearmanr", regression_metric_fn())
+    else:
+        label_list = list(data_args.label_list) if data_args.label_list else _sorted_label_names(train_labels)
+        if len(set(label_list)) != len(label_list) or len(label_list) < 2:
+            raise TedInputError(
+                f"Classification needs at least 2 distinct labels; label list is {label_list}. "
+                f"For scores use --task_type regression."
+            )
+        label_ids = {name: i for i, name in enumerate(label_list)}
+        train_ids = _map_labels(train_labels, label_ids, data_args.train_file)
+        dev_ids = _map_labels(dev_labels, label_ids, data_args.validation_file)
+        metric_fn = classification_metric_fn(len(label_list))
+        task = Task("custom", "classification", label_list, "accuracy", metric_fn)
+
+    raw = DatasetDict(
+        {
+            "train": train.select_columns(text_columns).add_column("label", train_ids),
+            "validation": dev.select_columns(text_columns).add_column("label", dev_ids),
+        }
+    )
+    return task, raw, text_columns
+
+
+def custom_task(data_args) -> Task:
+    """The static `Task` of custom data (reads and checks the files, tokenizes nothing)."""
+    return _prepare(data_args)[0]
+
+
+def load_custom(data_args, tokenizer) -> tuple[Task, TaskData]:
+    task, raw, text_columns = _prepare(data_args)
+    raw = keep_first(raw, data_args.max_train_samples, data_args.max_eval_samples)
+    tokenized = tokenize_pairs(
+        raw,
+        tokenizer,
+        text_columns,
+        data_args.max_seq_length,
+        data_args.pad_to_max_length,
+        is_regression=task.is_regression,
+    )
+    return task, TaskData(train=tokenized["train"], eval_sets={"validation": tokenized["validation"]})

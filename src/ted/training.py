@@ -1,0 +1,84 @@
+"""The one training engine: a thin `Trainer` subclass that owns only the loss.
+
+Mixed precision, gradient accumulation, DDP/FSDP/DeepSpeed, checkpoints, resume, best-model
+selection, progress bars and `report_to` trackers all come from the Hugging Face Trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from transformers import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+class TedTrainer(Trainer):
+    """Runs any stage: `objective(model, inputs) -> (loss, terms, predictions)`.
+
+    Loss terms are summed on the device every step and averaged into the logs at each logging
+    step, so no per-step host synchronisation is added and every term reaches the trackers.
+    """
+
+    def __init__(self, *args, objective, teacher=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.to(self.args.device)
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_steps = 0
+        self._checked_terms = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, terms, predictions = self.objective(model, inputs)
+        if model.training and terms:
+            self._accumulate(terms)
+        return (loss, predictions) if return_outputs else loss
+
+    def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            value = value.detach().float()
+            self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
+        self._term_steps += 1
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, _, predictions = self.objective(model, inputs)
+        loss = loss.detach() if loss is not None else None
+        if prediction_loss_only:
+            return loss, None, None
+        labels = self.objective_labels(inputs)
+        return loss, predictions.detach(), labels
+
+    def objective_labels(self, inputs):
+        head = self.objective.head
+        if head == "span":
+            if "start_positions" not in inputs:
+                return None
+            return torch.stack([inputs["start_positions"], inputs["end_positions"]], dim=-1)
+        return inputs.get("labels")
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._term_steps and "loss" in logs:
+            averages = {name: (total / self._term_steps).item() for name, total in self._term_sums.items()}
+            logs.update({f"loss_{name}": value for name, value in averages.items()})
+            self._warn_degenerate(averages)
+            self._term_sums, self._term_steps = {}, 0
+        super().log(logs, start_time)
+
+    def _warn_degenerate(self, averages: dict[str, float]) -> None:
+        # A weighted term that is exactly zero teaches nothing: say so once instead of staying silent.
+        if self._checked_terms:
+            return
+        self._checked_terms = True
+        for name in ("kl", "mse"):
+            if name in averages and averages[name] == 0.0:
+                warnings.warn(
+                    f"The {name} loss term was exactly 0 over the first logging interval although its weight is "
+                    "non-zero; it gives no training signal. Check the teacher, the filters and the batch size.",
+                    stacklevel=2,
+                )

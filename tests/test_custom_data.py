@@ -1,0 +1,156 @@
+"""Custom --train_file / --validation_file data: formats, label handling, task type, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ted.config import DataArguments
+from ted.errors import TedInputError
+from ted.tasks import load_task, task_from_name
+
+WORDS = ["the", "movie", "was", "good", "bad", "great", "a", "cat", "dog", "sat", "ok"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    # A tiny local WordPiece vocabulary: no hub, no shared data needed.
+    from transformers import BertTokenizer
+
+    vocab = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+    return BertTokenizer(vocab=str(vocab))
+
+
+class ExplodingTokenizer:
+    def __call__(self, *args, **kwargs):
+        raise AssertionError("tokenizer called before the input was validated")
+
+
+def _csv(path: Path, header: list[str], rows: list[list], sep: str = ",") -> str:
+    path.write_text("\n".join(sep.join(str(v) for v in row) for row in [header] + rows) + "\n")
+    return str(path)
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _load(tokenizer, train, dev, **kwargs):
+    return load_task(DataArguments(train_file=train, validation_file=dev, **kwargs), tokenizer)
+
+
+def test_csv_round_trip(tmp_path, tokenizer):
+    rows = [["the movie was good", "pos"], ["the movie was bad", "neg"], ["great", "pos"], ["NA", "neg"]]
+    train = _csv(tmp_path / "train.csv", ["sentence", "label"], rows)
+    dev = _csv(tmp_path / "dev.csv", ["sentence", "label"], [["a good movie", "pos"], ["bad", "neg"]])
+    task, data = _load(tokenizer, train, dev)
+    assert (task.name, task.head, task.label_list, task.selection_metric) == (
+        "custom", "classification", ["neg", "pos"], "accuracy"
+    )
+    assert data.train["labels"] == [1, 0, 1, 0]
+    assert data.eval_sets["validation"]["labels"] == [1, 0]
+    assert set(data.train.column_names) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
+    ids = data.train[0]["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "the", "movie", "was", "good", "[SEP]"]
+    assert data.train.features["labels"].dtype == "int64"
+    assert set(task.compute_metrics([[0.0, 1.0], [1.0, 0.0]], [1, 0])) == {"accuracy", "f1"}
+
+
+def test_tsv_pair_round_trip(tmp_path, tokenizer):
+    header = ["id", "sentence1", "sentence2", "label"]
+    train = _csv(tmp_path / "train.tsv", header, [[0, "a cat", "a dog", 0], [1, "the cat", "the cat sat", 1],
+                                                  [2, "a, b", "ok", 1]], sep="\t")
+    dev = _csv(tmp_path / "dev.tsv", header, [[9, "a cat sat", "a dog sat", 0]], sep="\t")
+    task, data = _load(tokenizer, train, dev, max_seq_length=6, pad_to_max_length=True)
+    assert task.label_list == ["0", "1"]
+    assert data.train["labels"] == [0, 1, 1]
+    row = data.eval_sets["validation"][0]
+    assert len(row["input_ids"]) == 6 and 1 in row["token_type_ids"]  # truncated pair, padded
+
+
+def test_jsonl_regression_inferred(tmp_path, tokenizer):
+    train = _jsonl(tmp_path / "train.jsonl", [{"text": "good", "score": 4.5}, {"text": "bad", "score": 1},
+                                              {"text": "ok", "score": 2.25}])
+    dev = _jsonl(tmp_path / "dev.jsonl", [{"text": "great", "score": 5}])
+    task, data = _load(tokenizer, train, dev, label_column="score")
+    assert (task.head, task.label_list, task.num_labels, task.selection_metric) == (
+        "regression", None, 1, "spearmanr"
+    )
+    assert data.train["labels"] == pytest.approx([4.5, 1.0, 2.25])
+    assert data.train.features["labels"].dtype == "float32"
+    assert set(task.compute_metrics([[1.0], [2.0]], [1.0, 3.0])) == {"pearson", "spearmanr", "mse"}
+
+
+def test_whole_floats_are_classes_and_task_type_override(tmp_path, tokenizer):
+    rows = [{"text": "a", "label": 0.0}, {"text": "b", "label": 2.0}, {"text": "c", "label": 10.0}]
+    train = _jsonl(tmp_path / "train.jsonl", rows)
+    dev = _jsonl(tmp_path / "dev.jsonl", rows[:1])
+    task = task_from_name(None, DataArguments(train_file=train, validation_file=dev))
+    assert task.head == "classification" and task.label_list == ["0", "2", "10"]  # numeric, not "10" < "2"
+    assert set(task.compute_metrics([[1.0, 0, 0]], [0])) == {"accuracy", "f1_macro"}
+    task, data = _load(tokenizer, train, dev, task_type="regression")
+    assert task.is_regression and data.train["labels"] == [0.0, 2.0, 10.0]
+
+
+def test_explicit_label_list_order(tmp_path, tokenizer):
+    train = _csv(tmp_path / "train.csv", ["text", "label"], [["a", "pos"], ["b", "neg"], ["c", "neutral"]])
+    dev = _csv(tmp_path / "dev.csv", ["text", "label"], [["d", "neutral"]])
+    task, data = _load(tokenizer, train, dev, label_list=["pos", "neutral", "neg"], task_name="custom")
+    assert task.label_list == ["pos", "neutral", "neg"]
+    assert data.train["labels"] == [0, 2, 1] and data.eval_sets["validation"]["labels"] == [1]
+
+
+def test_text_columns_option_and_sample_limits(tmp_path, tokenizer):
+    header = ["premise", "hypothesis", "y"]
+    train = _csv(tmp_path / "t.csv", header, [["a", "b", "x"], ["c", "d", "y"], ["e", "f", "x"]])
+    dev = _csv(tmp_path / "d.csv", header, [["a", "b", "x"], ["c", "d", "y"]])
+    args = dict(text_columns=["premise", "hypothesis"], label_column="y", max_train_samples=2, max_eval_samples=1)
+    task, data = _load(tokenizer, train, dev, **args)
+    assert len(data.train) == 2 and len(data.eval_sets["validation"]) == 1 and task.label_list == ["x", "y"]
+
+
+# ---- bad input: each fails before tokenization, with the fix in the message ---------------------
+
+
+def test_missing_label_column(tmp_path):
+    train = _csv(tmp_path / "train.csv", ["sentence", "target"], [["a", 1], ["b", 0]])
+    with pytest.raises(TedInputError, match=r"\['label'\] not found; available columns: \['sentence', 'target'\]"):
+        _load(ExplodingTokenizer(), train, train)
+
+
+def test_unseen_validation_label(tmp_path):
+    train = _csv(tmp_path / "train.csv", ["sentence", "label"], [["a", "pos"], ["b", "neg"]])
+    dev = _csv(tmp_path / "dev.csv", ["sentence", "label"], [["c", "pos"], ["d", "neutral"]])
+    with pytest.raises(TedInputError, match=r"dev.csv, row 2 .*'neutral' is not in the label list \['neg', 'pos'\]"):
+        _load(ExplodingTokenizer(), train, dev)
+
+
+def test_missing_text_column(tmp_path):
+    train = _csv(tmp_path / "train.csv", ["review", "label"], [["a", 1], ["b", 0]])
+    with pytest.raises(TedInputError, match=r"no text column found.*\['review', 'label'\].*--text_columns"):
+        _load(ExplodingTokenizer(), train, train)
+    with pytest.raises(TedInputError, match=r"text column\(s\) \['body'\] not found"):
+        _load(ExplodingTokenizer(), train, train, text_columns=["body"])
+    dev = _csv(tmp_path / "dev.csv", ["text", "label"], [["a", 1]])
+    with pytest.raises(TedInputError, match=r"dev.csv: column\(s\) \['review'\] not found"):
+        _load(ExplodingTokenizer(), train, dev, text_columns=["review"])
+
+
+def test_missing_files_and_bad_options(tmp_path):
+    train = _csv(tmp_path / "train.csv", ["sentence", "label"], [["a", 1], ["b", 0]])
+    with pytest.raises(TedInputError, match="--validation_file is missing"):
+        _load(ExplodingTokenizer(), train, None)
+    with pytest.raises(TedInputError, match=r"--validation_file .*nope.csv does not exist"):
+        _load(ExplodingTokenizer(), train, str(tmp_path / "nope.csv"))
+    with pytest.raises(TedInputError, match="unsupported extension '.txt'"):
+        _load(ExplodingTokenizer(), train, _csv(tmp_path / "dev.txt", ["sentence", "label"], [["a", 1]]))
+    with pytest.raises(TedInputError, match="at least 2 distinct labels"):
+        _load(ExplodingTokenizer(), _csv(tmp_path / "one.csv", ["sentence", "label"], [["a", 1]]), train)
+    with pytest.raises(TedInputError, match=r"row 2 .*column 'sentence' is empty"):
+        _load(ExplodingTokenizer(), _csv(tmp_path / "e.csv", ["sentence", "label"], [["a", 1], ["", 0]]), train)
+    with pytest.raises(TedInputError, match="--data_dir holds GLUE TSV folders"):
+        _load(ExplodingTokenizer(), train, train, data_dir=str(tmp_path))
