@@ -48,9 +48,9 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def check_output_dir(output_dir: Optional[str], overwrite: bool) -> Path:
+def check_output_dir(output_dir: Optional[str], overwrite: bool, given: bool = True) -> Path:
     """Fail before any compute when the output folder is missing or would be clobbered."""
-    if not output_dir:
+    if not output_dir or not given:
         raise TedInputError("--output_dir is required: the folder this stage writes.")
     path = Path(output_dir)
     if path.exists() and any(path.iterdir()) and not overwrite:

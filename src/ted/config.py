@@ -63,9 +63,17 @@ class DataArguments:
         default=None,
         metadata={"help": "classification or regression for custom data (default: inferred from the labels)."},
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    max_seq_length: Optional[int] = field(
+        default=None, metadata={"help": "Truncate inputs to this many tokens (default: 128; SQuAD 384 as in the paper)."}
+    )
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every batch to max_seq_length (default: dynamic padding)."}
+    )
+    doc_stride: int = field(default=128, metadata={"help": "SQuAD: overlap between windows of a long context."})
+    n_best_size: int = field(default=20, metadata={"help": "SQuAD: start/end candidates kept per window."})
+    max_answer_length: int = field(default=30, metadata={"help": "SQuAD: longest answer span, in tokens."})
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata={"help": "SQuAD 2.0: predict no answer when null score - best span score > this."}
     )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N train examples."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N dev examples."})
@@ -137,3 +145,8 @@ class TedTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace an existing stage folder at --output_dir."}
     )
+
+    def __post_init__(self):
+        # TrainingArguments fills in a default folder; a stage must know whether the user chose one.
+        self.output_dir_given = self.output_dir is not None
+        super().__post_init__()

@@ -22,7 +22,8 @@ LABEL_KEYS = {"classification": ("labels",), "regression": ("labels",), "span": 
 def split_labels(head: str, inputs: dict) -> tuple[dict, object]:
     """Model inputs without the labels, and the labels (a tensor, or (start, end) for spans)."""
     keys = LABEL_KEYS[head]
-    model_inputs = {k: v for k, v in inputs.items() if k not in keys}
+    # feature_index only tells SQuAD evaluation which window a row is; the model never sees it.
+    model_inputs = {k: v for k, v in inputs.items() if k not in keys and k != "feature_index"}
     found = [inputs.get(k) for k in keys]
     if any(v is None for v in found):
         return model_inputs, None

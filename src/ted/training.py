@@ -57,8 +57,8 @@ class TedTrainer(Trainer):
     def objective_labels(self, inputs):
         head = self.objective.head
         if head == "span":
-            if "start_positions" not in inputs:
-                return None
+            if "start_positions" not in inputs:  # dev windows: post-processing needs their indices
+                return inputs.get("feature_index")
             return torch.stack([inputs["start_positions"], inputs["end_positions"]], dim=-1)
         return inputs.get("labels")
 

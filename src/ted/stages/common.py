@@ -17,12 +17,16 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .. import artifacts
 from ..errors import TedInputError
+from ..squad.evaluator import SquadEvaluator
+from ..squad.postprocess import write_prediction_files
 from ..tasks.base import Task, TaskData
+from ..tasks.squad import version_2
 from ..training import TedTrainer
 
 logger = logging.getLogger(__name__)
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions",
+                "feature_index")
 
 
 @dataclass
@@ -73,7 +77,7 @@ def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool) ->
     return work, last
 
 
-def training_arguments(training_args, work: Path, selection_metric: Optional[str]):
+def training_arguments(training_args, work: Path, selection_metric: Optional[str], head: str):
     """The user's TrainingArguments pointed at the work folder, with best-model selection wired in."""
     evaluating = str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
     keep_best = selection_metric is not None and evaluating
@@ -84,6 +88,8 @@ def training_arguments(training_args, work: Path, selection_metric: Optional[str
         load_best_model_at_end=keep_best,
         metric_for_best_model=f"eval_{selection_metric}" if keep_best else None,
         greater_is_better=True if keep_best else None,
+        # SQuAD streams each batch's logits into post-processing instead of gathering them all.
+        batch_eval_metrics=head == "span",
     )
 
 
@@ -97,7 +103,7 @@ def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, tra
                 teacher=None) -> tuple[TedTrainer, dict[str, float], dict[str, float]]:
     """Train `module` with `objective`, keep the best epoch, score every eval set."""
     work, resume = prepare_work_dir(output_dir, fingerprint(run_args), training_args.overwrite_output_dir)
-    args = training_arguments(training_args, work, selection_metric)
+    args = training_arguments(training_args, work, selection_metric, task.head)
     eval_sets = {name: model_columns(ds) for name, ds in data.eval_sets.items()}
     first_eval = next(iter(eval_sets.values())) if eval_sets else None
     trainer = TedTrainer(
@@ -122,6 +128,7 @@ def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, tra
 
 def write_stage(tmp: Path, *, stage_description: dict, trainer: TedTrainer, train_metrics: dict,
                 eval_metrics: dict) -> None:
+    write_predictions(tmp, trainer.compute_metrics)
     artifacts.write_json(tmp / artifacts.STAGE_FILE, stage_description)
     artifacts.write_json(tmp / artifacts.EVAL_RESULTS, eval_metrics)
     artifacts.write_json(tmp / artifacts.TRAIN_RESULTS, train_metrics)
@@ -133,15 +140,34 @@ def finish(output_dir: Path) -> None:
     shutil.rmtree(artifacts.work_dir(output_dir), ignore_errors=True)
 
 
-def task_metrics(task: Task) -> Callable:
+def write_predictions(folder: Path, compute_metrics) -> None:
+    """SQuAD: the last evaluation's predictions.json, nbest_predictions.json and null_odds.json."""
+    last = getattr(compute_metrics, "last_predictions", None)
+    if last is not None:
+        write_prediction_files(str(folder), *last)
+
+
+def squad_evaluator(task: Task, data: TaskData, data_args, layers: Optional[list[int]] = None) -> SquadEvaluator:
+    name = next(iter(data.eval_sets))
+    return SquadEvaluator(data.eval_examples[name], data.eval_sets[name], version_2(task),
+                          n_best_size=data_args.n_best_size, max_answer_length=data_args.max_answer_length,
+                          null_score_diff_threshold=data_args.null_score_diff_threshold, layers=layers)
+
+
+def task_metrics(task: Task, data: TaskData, data_args) -> Callable:
+    if task.head == "span":
+        return squad_evaluator(task, data, data_args)
+
     def compute(prediction) -> dict[str, float]:
         return task.compute_metrics(np.asarray(prediction.predictions), np.asarray(prediction.label_ids))
 
     return compute
 
 
-def per_filter_metrics(task: Task, layers: list[int]) -> Callable:
+def per_filter_metrics(task: Task, layers: list[int], data: TaskData, data_args) -> Callable:
     """Stage I diagnostics: each filter head scored on its own, keyed `layer{i}_{metric}`."""
+    if task.head == "span":
+        return squad_evaluator(task, data, data_args, layers)
 
     def compute(prediction) -> dict[str, float]:
         preds, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)

@@ -71,7 +71,8 @@ def load_filters(path: str, layers: list[int], output_dim: Optional[int], nonlin
 
 
 def run_distill(model_args, data_args, filter_args, distill_args, training_args) -> StageResult:
-    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir)
+    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
+                                            training_args.output_dir_given)
     method = resolve_method(distill_args.method, filter_args.filter_disabled, distill_args.mse_alpha)
     student_path, teacher_path = model_args.model_name_or_path, distill_args.teacher_model_name_or_path
     if not teacher_path:
@@ -115,7 +116,7 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     trainer, train_metrics, eval_metrics = run_trainer(
         module=module, objective=DistillObjective(task.head, teacher, weights), tokenizer=tokenizer, task=task,
         data=data, training_args=training_args, output_dir=output_dir, run_args=run_args,
-        compute_metrics=task_metrics(task), selection_metric=task.selection_metric, teacher=teacher,
+        compute_metrics=task_metrics(task, data, data_args), selection_metric=task.selection_metric, teacher=teacher,
     )
     with artifacts.atomic_folder(output_dir) as tmp:
         student.save_pretrained(tmp)

@@ -13,7 +13,7 @@ from ..models import load_task_model, load_tokenizer
 from ..objectives import TaskObjective
 from ..tasks import load_task
 from ..training import TedTrainer
-from .common import StageResult, make_collator, model_columns, task_metrics
+from .common import StageResult, make_collator, model_columns, task_metrics, write_predictions
 
 
 def run_evaluate(model_args, data_args, training_args) -> StageResult:
@@ -22,17 +22,18 @@ def run_evaluate(model_args, data_args, training_args) -> StageResult:
     task, data = load_task(data_args, tokenizer)
     model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir)
     with tempfile.TemporaryDirectory() as scratch:
-        args = dataclasses.replace(training_args, output_dir=scratch, remove_unused_columns=False,
+        args = dataclasses.replace(training_args, output_dir=scratch, remove_unused_columns=False, eval_strategy="no",
                                    load_best_model_at_end=False, report_to=[])
         trainer = TedTrainer(model=model, args=args, objective=TaskObjective(task.head),
                              data_collator=make_collator(tokenizer, training_args), processing_class=tokenizer,
-                             compute_metrics=task_metrics(task))
+                             compute_metrics=task_metrics(task, data, data_args))
         metrics: dict[str, float] = {}
         for i, (name, dataset) in enumerate(data.eval_sets.items()):
             prefix = "eval" if i == 0 else f"eval_{name}"
             metrics.update(trainer.evaluate(eval_dataset=model_columns(dataset), metric_key_prefix=prefix))
-    if training_args.output_dir:
+    if training_args.output_dir_given:
         out = Path(training_args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         artifacts.write_json(out / artifacts.EVAL_RESULTS, metrics)
-    return StageResult(training_args.output_dir or "", metrics)
+        write_predictions(out, trainer.compute_metrics)
+    return StageResult(training_args.output_dir if training_args.output_dir_given else "", metrics)

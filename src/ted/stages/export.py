@@ -15,16 +15,19 @@ def model_card(stage: Optional[dict], metrics: dict) -> str:
     task = (stage or {}).get("task", {})
     lineage = (stage or {}).get("lineage", {})
     method = (stage or {}).get("method") or (stage or {}).get("stage", "unknown")
-    bases = [b for b in (lineage.get("student") or lineage.get("model"), lineage.get("teacher")) if b]
-    lines = ["---", "library_name: transformers", "tags:", "- ted", "- distillation", f"- {method}"]
+    roles = {"student initialised from": lineage.get("student") or lineage.get("model"),
+             "teacher": lineage.get("teacher")}
+    tags = list(dict.fromkeys(["ted", "distillation", method]))
+    lines = ["---", "library_name: transformers", "tags:", *[f"- {t}" for t in tags]]
     if task.get("head"):
         kind = "question-answering" if task["head"] == "span" else "text-classification"
         lines.append(f"pipeline_tag: {kind}")
     lines += ["---", "", f"# {task.get('name', 'task')} student ({method})", ""]
     lines.append("Distilled with `ted` (task-aware layer-wise distillation, TED, ICML 2023). "
                  "Filters and Stage I heads were stripped: this is a stock model.")
-    if bases:
-        lines += ["", "Made from: " + ", ".join(f"`{b}`" for b in bases) + "."]
+    made = [f"{role} `{path}`" for role, path in roles.items() if path]
+    if made:
+        lines += ["", "Made from: " + "; ".join(made) + "."]
     args = (stage or {}).get("args", {})
     keys = ("kl_alpha", "mse_alpha", "temperature", "filter_interval", "teacher_filter_interval", "learning_rate",
             "num_train_epochs", "per_device_train_batch_size", "seed", "paper_compat")
@@ -33,8 +36,8 @@ def model_card(stage: Optional[dict], metrics: dict) -> str:
         lines += ["", "## Training", "", "| setting | value |", "|---|---|", *hyper]
     if metrics:
         lines += ["", "## Dev results", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float) and not k.endswith(
-            ("runtime", "per_second", "_loss"))]
+        lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float) and k.startswith("eval_")
+                  and not k.endswith(("runtime", "per_second", "_loss", "preparation_time"))]
     return "\n".join(lines) + "\n"
 
 

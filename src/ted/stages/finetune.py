@@ -20,7 +20,8 @@ def dropout_overrides(model_args) -> dict:
 
 
 def run_finetune(model_args, data_args, training_args) -> StageResult:
-    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir)
+    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
+                                            training_args.output_dir_given)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
     task, data = load_task(data_args, tokenizer)
@@ -29,7 +30,7 @@ def run_finetune(model_args, data_args, training_args) -> StageResult:
     trainer, train_metrics, eval_metrics = run_trainer(
         module=model, objective=TaskObjective(task.head), tokenizer=tokenizer, task=task, data=data,
         training_args=training_args, output_dir=output_dir, run_args=run_args,
-        compute_metrics=task_metrics(task), selection_metric=task.selection_metric,
+        compute_metrics=task_metrics(task, data, data_args), selection_metric=task.selection_metric,
     )
     with artifacts.atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)

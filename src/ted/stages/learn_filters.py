@@ -28,7 +28,8 @@ def layer_scores(eval_metrics: dict, layers: list[int]) -> dict[str, dict[str, f
 
 
 def run_learn_filters(model_args, data_args, filter_args, training_args) -> StageResult:
-    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir)
+    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
+                                            training_args.output_dir_given)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
     task, data = load_task(data_args, tokenizer)
@@ -46,7 +47,7 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
     trainer, train_metrics, eval_metrics = run_trainer(
         module=learner, objective=FilterObjective(task.head), tokenizer=tokenizer, task=task, data=data,
         training_args=training_args, output_dir=output_dir, run_args=run_args,
-        compute_metrics=per_filter_metrics(task, layers), selection_metric=None,
+        compute_metrics=per_filter_metrics(task, layers, data, data_args), selection_metric=None,
     )
     scores = layer_scores(eval_metrics, layers)
     with artifacts.atomic_folder(output_dir) as tmp:

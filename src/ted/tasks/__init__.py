@@ -12,6 +12,7 @@ from ..errors import TedInputError
 from .base import Task, TaskData
 from .custom import custom_task, load_custom
 from .glue import GLUE_TASKS, canonical_glue_name, glue_task, load_glue
+from .squad import load_squad, squad_task
 
 Loader = Callable[[Any, Any], tuple]  # (data_args, tokenizer) -> (Task, TaskData)
 
@@ -37,6 +38,8 @@ def _describe_custom(name: str, data_args) -> Task:
 
 
 register_task("custom", load_custom, _describe_custom)
+register_task("squad_v2", load_squad, squad_task)
+register_task("squad", load_squad, squad_task)
 
 
 def supported_tasks() -> list[str]:

@@ -267,7 +267,7 @@ def load_glue(data_args, tokenizer) -> tuple[Task, TaskData]:
         raw,
         tokenizer,
         spec.text_columns,
-        data_args.max_seq_length,
+        data_args.max_seq_length or 128,
         data_args.pad_to_max_length,
         is_regression=task.is_regression,
     )
