@@ -20,7 +20,7 @@ STUDENT = {"layers": 2, "hidden": 32}
 
 def _common(train: Path, dev: Path, seed: int, out: Path) -> dict:
     return dict(train_file=str(train), validation_file=str(dev), max_seq_length=64, per_device_train_batch_size=32,
-                per_device_eval_batch_size=128, seed=seed, logging_steps=10, dataloader_pin_memory=False,
+                per_device_eval_batch_size=128, seed=seed, logging_steps=10, dataloader_pin_memory=False, warmup_steps=0.1,
                 overwrite_output_dir=True)
 
 
@@ -35,17 +35,17 @@ def run_demo(output_dir: str = "ted-demo", seed: int = 42, overwrite: bool = Fal
     student_init = write_tiny_model(out / "init" / "student", tokenizer, seed=seed + 1, **STUDENT)
     common = _common(train, dev, seed, out)
     runs = out / "runs"
-    api.finetune(model_name_or_path=str(teacher_init), output_dir=str(runs / "teacher"), learning_rate=1e-3,
+    api.finetune(model_name_or_path=str(teacher_init), output_dir=str(runs / "teacher"), learning_rate=2e-3,
                  num_train_epochs=6, **common)
-    api.finetune(model_name_or_path=str(student_init), output_dir=str(runs / "student"), learning_rate=1e-3,
+    api.finetune(model_name_or_path=str(student_init), output_dir=str(runs / "student"), learning_rate=2e-3,
                  num_train_epochs=6, **common)
     # Stage I: teacher filters on every 2nd layer, student filters on every layer, both 64 wide.
-    stage1 = dict(learning_rate=1e-3, num_train_epochs=3, filter_output_dim=TEACHER["hidden"], **common)
+    stage1 = dict(learning_rate=2e-3, num_train_epochs=3, filter_output_dim=TEACHER["hidden"], **common)
     api.learn_filters(model_name_or_path=str(runs / "teacher"), output_dir=str(runs / "teacher_stage1"),
                       filter_interval=2, **stage1)
     api.learn_filters(model_name_or_path=str(runs / "student"), output_dir=str(runs / "student_stage1"),
                       filter_interval=1, **stage1)
-    stage2 = dict(learning_rate=5e-4, num_train_epochs=6, kl_alpha=5.0, teacher_filter_interval=2,
+    stage2 = dict(learning_rate=2e-3, num_train_epochs=6, kl_alpha=5.0, teacher_filter_interval=2,
                   filter_interval=1, **common)
     api.distill(model_name_or_path=str(runs / "student_stage1"), teacher_model_name_or_path=str(runs / "teacher_stage1"),
                 output_dir=str(runs / "ted"), mse_alpha=20.0, filter_output_dim=TEACHER["hidden"], **stage2)

@@ -1,7 +1,7 @@
 """Built-in offline assets for `ted demo`: a synthetic text task, a word-level tokenizer, tiny models.
 
 The task is generated deterministically by this code (nothing is downloaded): short "reviews"
-made of sentiment words, intensifiers, negations and filler, labelled positive when the negation-
+made of sentiment words, negations and filler, labelled positive when the negation-
 aware polarity sum is positive. Negation scope makes it a little harder for a tiny 2-layer student
 than for a 4-layer teacher, which is what a distillation demo needs. It is synthetic and says so.
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "pleasant", "brilliant", "solid", "charming", "fun"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak", "messy", "clumsy", "bland", "grim"]
 NEGATIONS = ["not", "never", "hardly"]
-INTENSIFIERS = ["very", "really", "truly"]
 FILLER = ["the", "movie", "plot", "acting", "was", "and", "but", "quite", "a", "film", "story", "cast",
           "music", "ending", "it", "felt", "seemed", "overall", "still", "also"]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -24,17 +23,14 @@ LABELS = ["negative", "positive"]
 
 def _sentence(rng: random.Random) -> tuple[str, int]:
     words, score = [], 0
-    for _ in range(rng.randint(2, 4)):
-        words += rng.sample(FILLER, rng.randint(1, 3))
+    for _ in range(rng.randint(1, 3)):
+        words += rng.sample(FILLER, rng.randint(1, 2))
         negated = rng.random() < 0.35
-        weight = 2 if rng.random() < 0.3 else 1
         if negated:
             words.append(rng.choice(NEGATIONS))
-        if weight == 2:
-            words.append(rng.choice(INTENSIFIERS))
         polarity = 1 if rng.random() < 0.5 else -1
         words.append(rng.choice(POSITIVE if polarity > 0 else NEGATIVE))
-        score += weight * polarity * (-1 if negated else 1)
+        score += polarity * (-1 if negated else 1)
     if score == 0:  # no ties: a final plain sentiment word decides
         polarity = 1 if rng.random() < 0.5 else -1
         words += ["overall", rng.choice(POSITIVE if polarity > 0 else NEGATIVE)]
@@ -63,8 +59,7 @@ def build_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(set(POSITIVE + NEGATIVE + NEGATIONS + INTENSIFIERS
-                                                                    + FILLER + ["overall"])))}
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(set(POSITIVE + NEGATIVE + NEGATIONS + FILLER + ["overall"])))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.post_processor = processors.TemplateProcessing(

@@ -1,0 +1,133 @@
+"""Tiny offline assets for the stage tests: a word-level tokenizer, toy CSV data, tiny HF encoders.
+
+Nothing here touches the network or the shared folder. Models are hidden 32, 2-4 layers, vocabulary
+~25 tokens, so a whole fine-tune -> Stage I -> Stage II chain runs in seconds on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+POSITIVE = ["good", "great", "fine"]
+NEGATIVE = ["bad", "awful", "poor"]
+FILLER = ["the", "movie", "was", "not", "very", "plot", "a", "film", "it"]
+WORDS = POSITIVE + NEGATIVE + FILLER
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+HIDDEN = 32
+MAX_LEN = 32
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes tiny models ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build_tokenizer(extra: tuple[str, ...] = (), reverse: bool = False):
+    """A BERT-style word-level fast tokenizer over WORDS (+ `extra`); `reverse` permutes the word ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = WORDS + list(extra)
+    tokens = SPECIALS + (words[::-1] if reverse else words)
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=MAX_LEN)
+
+
+def _sentence(rng: random.Random) -> tuple[str, int]:
+    words = rng.choices(WORDS, k=rng.randint(3, 10))  # varied lengths: batches carry padding
+    score = sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)
+    return " ".join(words), score
+
+
+def write_data(folder: Path, n_train: int = 32, n_dev: int = 16, regression: bool = False,
+               seed: int = 0) -> tuple[Path, Path]:
+    """train.csv / dev.csv with columns sentence,label: labels pos/neg, or float scores (STS-B-like)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, n in (("train.csv", n_train), ("dev.csv", n_dev)):
+        path = folder / name
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["sentence", "label"])
+            for i in range(n):
+                text, score = _sentence(rng)
+                if regression:
+                    label = f"{score / 2 + 0.25 + 0.01 * (i % 7):.3f}"  # never all whole numbers
+                else:
+                    label = "pos" if score > 0 else "neg"
+                writer.writerow([text, label])
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def model_config(arch: str, vocab_size: int, layers: int, pad_token_id: int, **extra):
+    from transformers import BertConfig, DebertaV2Config, RobertaConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=2,
+                  intermediate_size=2 * HIDDEN, max_position_embeddings=64, pad_token_id=pad_token_id, **extra)
+    if arch == "bert":
+        return BertConfig(**common)
+    if arch == "roberta":
+        # RoBERTa positions start at pad_token_id + 1: 64 positions cover MAX_LEN tokens with room to spare.
+        return RobertaConfig(type_vocab_size=2, **common)
+    if arch == "deberta-v2":
+        return DebertaV2Config(relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                               position_buckets=16, type_vocab_size=0, **common)
+    raise ValueError(arch)
+
+
+def write_model(folder: Path, tokenizer, arch: str = "bert", layers: int = 2, seed: int = 0,
+                head_labels: list[str] | None = None, **extra) -> Path:
+    """A randomly initialised encoder saved with `tokenizer`; with `head_labels`, a *trained-looking*
+    sequence-classification model (architectures = ...ForSequenceClassification) with those labels."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = model_config(arch, len(tokenizer), layers, tokenizer.pad_token_id, **extra)
+    if head_labels is None:
+        model = AutoModel.from_config(config)
+    else:
+        config.num_labels = len(head_labels)
+        config.id2label = dict(enumerate(head_labels))
+        config.label2id = {name: i for i, name in enumerate(head_labels)}
+        model = AutoModelForSequenceClassification.from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def train_flags(train: Path, dev: Path, **overrides) -> list[str]:
+    """Common CLI flags of a fast tiny run."""
+    flags = {
+        "train_file": str(train), "validation_file": str(dev), "max_seq_length": MAX_LEN, "num_train_epochs": 1,
+        "per_device_train_batch_size": 16, "per_device_eval_batch_size": 16, "dataloader_pin_memory": False,
+        "logging_steps": 1, "learning_rate": 1e-3, "seed": 0,
+    }
+    flags.update(overrides)
+    argv: list[str] = []
+    for key, value in flags.items():
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+def state_dict_of(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
