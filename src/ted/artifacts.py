@@ -10,6 +10,7 @@ place, so a crash never leaves a half-written artifact.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
@@ -25,10 +26,10 @@ EVAL_RESULTS = "eval_results.json"
 TRAIN_RESULTS = "train_results.json"
 LOG_HISTORY = "log_history.json"
 STAGE1_SCORES = "stage1_layer_scores.json"
-# Files `ted export` copies: everything a stock model folder needs, nothing of ted's.
-_EXPORT_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".bin")
-_TED_FILES = {"filters.safetensors", "filters.json", "stage1_heads.safetensors", "stage1_heads.json", STAGE_FILE,
-              EVAL_RESULTS, TRAIN_RESULTS, LOG_HISTORY, STAGE1_SCORES, "training_args.bin"}
+# Files `ted export` copies: what a stock model folder needs (weights, config, tokenizer), nothing of ted's.
+_EXPORT_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
+                    "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt",
+                    "spm.model", "*.model", "chat_template*")
 
 
 def versions() -> dict[str, str]:
@@ -109,7 +110,7 @@ def export_student(stage_dir: str | Path, output_dir: str | Path, overwrite: boo
     dst = check_output_dir(str(output_dir), overwrite)
     with atomic_folder(dst) as tmp:
         for item in sorted(src.iterdir()):
-            if item.is_file() and item.suffix in _EXPORT_SUFFIXES and item.name not in _TED_FILES:
+            if item.is_file() and any(fnmatch.fnmatch(item.name, p) for p in _EXPORT_PATTERNS):
                 shutil.copy2(item, tmp / item.name)
         if model_card:
             (tmp / "README.md").write_text(model_card)

@@ -28,6 +28,8 @@ _HEAD_SUFFIX = {"classification": "ForSequenceClassification", "regression": "Fo
 
 
 def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
+    if not name_or_path:  # else AutoTokenizer asks the hub for a repo called "None" (retries, then a vague error)
+        raise TedInputError("No model given: pass --model_name_or_path (a hub id or a local folder).")
     try:
         return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
