@@ -54,7 +54,8 @@ def no_training(monkeypatch):
 
 def _data(a, **kw) -> dict:
     out = dict(train_file=str(a["train"]), validation_file=str(a["dev"]), max_seq_length=32,
-               per_device_train_batch_size=8, num_train_epochs=1, dataloader_pin_memory=False, report_to=["none"])
+               per_device_train_batch_size=8, num_train_epochs=1, dataloader_pin_memory=False, report_to=["none"],
+               disable_tqdm=True)
     out.update(kw)
     return out
 

@@ -40,7 +40,8 @@ def test_minilm_ted_on_rte(tmp_path, monkeypatch):
     data = ["--task_name", "rte", "--data_dir", SHARED / "data" / "glue", "--max_train_samples", 32,
             "--max_eval_samples", 32, "--max_seq_length", 64, "--num_train_epochs", 1,
             "--per_device_train_batch_size", 16, "--per_device_eval_batch_size", 32, "--dataloader_pin_memory",
-            "False", "--eval_strategy", "no", "--save_strategy", "no", "--learning_rate", 1e-4, "--logging_steps", 1]
+            "False", "--eval_strategy", "no", "--save_strategy", "no", "--learning_rate", 1e-4, "--logging_steps", 1,
+            "--disable_tqdm", "True"]
     t, t1, s1, out = (tmp_path / n for n in ("teacher", "teacher_stage1", "student_stage1", "ted"))
     _run("finetune", "--model_name_or_path", TEACHER, "--output_dir", t, *data)
     _run("learn-filters", "--model_name_or_path", t, "--output_dir", t1, "--filter_interval", 2, *data)

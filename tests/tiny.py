@@ -118,7 +118,7 @@ def train_flags(train: Path, dev: Path, **overrides) -> list[str]:
     flags = {
         "train_file": str(train), "validation_file": str(dev), "max_seq_length": MAX_LEN, "num_train_epochs": 1,
         "per_device_train_batch_size": 16, "per_device_eval_batch_size": 16, "dataloader_pin_memory": False,
-        "logging_steps": 1, "learning_rate": 1e-3, "seed": 0,
+        "logging_steps": 1, "learning_rate": 1e-3, "seed": 0, "disable_tqdm": True,
     }
     flags.update(overrides)
     argv: list[str] = []

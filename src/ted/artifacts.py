@@ -10,6 +10,7 @@ place, so a crash never leaves a half-written artifact.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fnmatch
 import json
 import os
@@ -88,8 +89,23 @@ def stage_info(folder: str | Path) -> Optional[dict]:
     return read_json(path) if path.is_file() else None
 
 
+# Extra keys for the ted_stage.json written inside `stage_extras(...)` (the pipeline's fingerprint).
+_STAGE_EXTRAS: contextvars.ContextVar[dict] = contextvars.ContextVar("ted_stage_extras", default={})
+
+
+@contextlib.contextmanager
+def stage_extras(**extra: Any) -> Iterator[None]:
+    """Every stage described inside this block records `extra` in its ted_stage.json (atomically, with it)."""
+    token = _STAGE_EXTRAS.set({**_STAGE_EXTRAS.get(), **extra})
+    try:
+        yield
+    finally:
+        _STAGE_EXTRAS.reset(token)
+
+
 def describe_stage(stage: str, task, args: dict, lineage: dict, method: Optional[str] = None) -> dict:
     return {
+        **_STAGE_EXTRAS.get(),
         "stage": stage,
         "method": method,
         "task": {"name": task.name, "head": task.head, "label_list": task.label_list,

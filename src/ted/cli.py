@@ -24,6 +24,9 @@ commands:
   export          write a stage's student as a stock Hugging Face model
   demo            the whole method offline on a built-in synthetic task
   score-squad     official SQuAD 2.0 scores of a prediction file
+  pipeline        every stage for tasks x seeds from a YAML preset (configs/), resumable
+  report          results table (mean +- std over seeds), plots and speed of pipeline runs
+  import-original convert a checkpoint of the paper's original code into a ted stage folder
 
 `ted <command> --help` lists every option of a command.
 """
@@ -95,6 +98,28 @@ def run_score_squad(argv: list[str]):
     return main(argv)
 
 
+def run_pipeline_cli(argv: list[str]):
+    from .pipeline import run_pipeline_cli as run
+
+    return run(argv)
+
+
+def run_report_cli(argv: list[str]):
+    from .report import run_report_cli as run
+
+    return run(argv)
+
+
+def run_import_original_cli(argv: list[str]):
+    from .import_original import run_import_original_cli as run
+
+    return run(argv)
+
+
+# Commands that print their own result.
+EXTRA_COMMANDS = {"pipeline": run_pipeline_cli, "report": run_report_cli, "import-original": run_import_original_cli}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -112,6 +137,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             result = run_demo_cli(rest)
         elif command == "score-squad":
             return int(run_score_squad(rest) or 0)
+        elif command in EXTRA_COMMANDS:
+            EXTRA_COMMANDS[command](rest)
+            return 0
         else:
             print(f"ted: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
             return 2

@@ -185,8 +185,10 @@ def set_override(overrides: dict, key: str, value) -> None:
             raise TedInputError(f"--{key}: unknown section {section!r}; choose one of {', '.join(SECTIONS)}.")
         overrides.setdefault(section, {})[name.replace("-", "_")] = value
     elif key in TOP_KEYS:
-        if key in PATH_KEYS and isinstance(value, str) and not os.path.isabs(value) and os.path.exists(value):
-            value = os.path.abspath(value)  # paths given on the command line are relative to the cwd
+        # Paths given on the command line are relative to the current folder (teacher/student may be hub ids).
+        local = key not in ("teacher", "student") or os.path.exists(value)
+        if key in PATH_KEYS and isinstance(value, str) and local:
+            value = os.path.abspath(os.path.expanduser(value))
         overrides[key] = value
     else:
         overrides.setdefault("common", {})[key] = value
@@ -231,6 +233,8 @@ def coerce(name: str, value, hint):
     if list in kinds and str not in kinds:
         items = value if isinstance(value, list) else [value]
         return [coerce(name, v, _item_hint(hint)) for v in items]
+    if isinstance(value, int) and not isinstance(value, bool) and float in kinds and int not in kinds:
+        return float(value)  # 20 in YAML and "20" on the command line must fingerprint alike
     if not isinstance(value, str) or str in kinds:
         return value
     try:

@@ -53,12 +53,13 @@ def plot_loss_terms(runs: dict[str, str | Path], path: str | Path) -> Path:
 
     terms = ["loss", "loss_pred", "loss_kl", "loss_mse"]
     fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2))
-    for name, folder in runs.items():
+    for i, (name, folder) in enumerate(runs.items()):
         history = artifacts.read_json(Path(folder) / artifacts.LOG_HISTORY)
+        color = f"C{i}"  # one colour per run in every panel, even where a run lacks a term
         for ax, term in zip(axes, terms):
             points = [(h["step"], h[term]) for h in history if term in h]
             if points:
-                ax.plot(*zip(*points), label=name, marker=".")
+                ax.plot(*zip(*points), label=name, marker=".", color=color)
     for ax, term in zip(axes, terms):
         ax.set_title("total loss" if term == "loss" else term.replace("loss_", "") + " term")
         ax.set_xlabel("step")

@@ -1,0 +1,391 @@
+"""`ted pipeline`: the whole comparison in one command, for several tasks and seeds, resumable.
+
+For every task and seed: fine-tune the teacher and the student, Stage I for both, then Stage II
+with TED and the KD and LWD baselines, each through the stage functions of `ted.api` (one training
+engine). Layout: `OUTPUT/<task>/seed<k>/{teacher,student,teacher_stage1,student_stage1,ted,kd,lwd}`
+plus `OUTPUT/<task>/pipeline.json` (the resolved settings and the paper's numbers, for reports).
+
+Reuse: each stage gets a fingerprint of its resolved arguments, the identity of its data files
+(path, size, mtime) and the fingerprints of the stages it reads (or the identity of an outside
+model folder). It is stored in the stage's `ted_stage.json`; a folder whose fingerprint matches is
+reused without loading anything. A stage that was cut off resumes from the last checkpoint in
+`<stage>.incomplete/` (see `stages.common.prepare_work_dir`); finished stages are never redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from . import api, artifacts
+from .errors import TedInputError
+from .pipeline_config import (
+    BASELINE_INITS,
+    METHODS,
+    PIPELINE_KEYS,
+    SECTIONS,
+    STAGE_SECTIONS,
+    coerce,
+    field_types,
+    load_file,
+    parse_overrides,
+)
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("teacher", "student", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
+ROLE_SECTION = dict(zip(ROLES, ("teacher_finetune", "student_finetune", "teacher_stage1", "student_stage1",
+                                "ted", "kd", "lwd")))
+ROLE_COMMAND = {"teacher": "finetune", "student": "finetune", "teacher_stage1": "learn-filters",
+                "student_stage1": "learn-filters", "ted": "distill", "kd": "distill", "lwd": "distill"}
+RUNNERS = {"finetune": api.finetune, "learn-filters": api.learn_filters, "distill": api.distill}
+# Left out of fingerprints: where things go and how they are watched, not what is computed.
+UNFINGERPRINTED = {"output_dir", "overwrite_output_dir", "report_to", "logging_dir", "run_name", "disable_tqdm"}
+PIPELINE_FILE = "pipeline.json"
+
+
+@dataclass
+class Source:
+    """A model a stage reads: another stage of this seed (`role`) or an outside path / hub id."""
+
+    role: Optional[str] = None
+    path: Optional[str] = None
+
+
+@dataclass
+class StageSpec:
+    role: str
+    command: str
+    kwargs: dict[str, Any]
+    inputs: dict[str, Source]  # model argument -> where it comes from
+    folder: Path
+
+
+@dataclass
+class StageRun:
+    task: str
+    seed: int
+    role: str
+    folder: str
+    status: str  # "trained" or "reused"
+    fingerprint: str
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ planning
+
+
+def task_configs(config_files: list[str], overrides: dict) -> list[tuple[str, dict]]:
+    """(task, resolved config) pairs from one or more pipeline files plus the command-line overrides."""
+    if not config_files:
+        raise TedInputError("ted pipeline needs --config FILE.yaml (see configs/ for presets).")
+    top = {k: v for k, v in overrides.items() if k not in SECTIONS}
+    out: list[tuple[str, dict]] = []
+    for file in config_files:
+        cfg = load_file(file, top)
+        for section in SECTIONS:
+            cfg[section] = dict(cfg.get(section) or {})
+        cfg["cli"] = {section: dict(overrides.get(section, {})) for section in SECTIONS}
+        tasks = cfg.get("tasks") or ([cfg["task"]] if cfg.get("task") else None)
+        if not tasks:
+            raise TedInputError(f"{file}: say which task(s) to run with `task: rte` or `tasks: [rte, mrpc]`.")
+        for task in [tasks] if isinstance(tasks, str) else tasks:
+            if any(task == seen for seen, _ in out):
+                raise TedInputError(f"Task {task!r} is configured twice; give each task once.")
+            out.append((str(task), cfg))
+    return out
+
+
+def _check_top(cfg: dict) -> None:
+    for key in ("teacher", "student"):
+        if not cfg.get(key):
+            raise TedInputError(f"{cfg['config_file']}: set `{key}:` (a model folder or hub id).")
+        if str(cfg[key]).startswith(("/", ".")) and not Path(cfg[key]).exists():
+            raise TedInputError(f"The {key} {cfg[key]!r} does not exist. Fix `{key}:` or pass --{key} PATH "
+                                "(presets find the shared models through TED_SHARED_DIR or shared_dir).")
+    if cfg.get("baseline_init", "pretrained") not in BASELINE_INITS:
+        raise TedInputError(f"--baseline_init must be one of {', '.join(BASELINE_INITS)}, got {cfg['baseline_init']!r}.")
+    unknown = set(cfg.get("methods") or METHODS) - set(METHODS)
+    if unknown:
+        raise TedInputError(f"Unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}.")
+
+
+def _stage_kwargs(cfg: dict, role: str, task: str) -> dict[str, Any]:
+    """common + section from the file, then common + section from the command line (the later wins)."""
+    command, section = ROLE_COMMAND[role], ROLE_SECTION[role]
+    types = field_types(api.COMMAND_ARGS[command])
+    merged: dict[str, Any] = {"task_name": task}
+    layers = ((cfg["common"], False), (cfg[section], True), (cfg["cli"]["common"], False),
+              (cfg["cli"][section], True))
+    for layer, strict in layers:
+        for key, value in layer.items():
+            if key in PIPELINE_KEYS:
+                raise TedInputError(f"`{key}` is set by the pipeline for every stage; use teacher/student/seeds/"
+                                    "output_dir instead.")
+            if key not in types:
+                if strict:
+                    raise TedInputError(f"Section `{section}` sets `{key}`, which `ted {command}` does not take.")
+                continue
+            merged[key] = coerce(key, value, types[key])
+    return merged
+
+
+def _check_common_keys(cfg: dict) -> None:
+    known = set().union(*(field_types(api.COMMAND_ARGS[c]) for c in set(ROLE_COMMAND.values())))
+    unknown = (set(cfg["common"]) | set(cfg["cli"]["common"])) - known - PIPELINE_KEYS
+    if unknown:
+        raise TedInputError(f"Unknown option(s) {sorted(unknown)}: no stage takes them (see `ted <stage> --help`).")
+
+
+def _method_defaults(role: str, kwargs: dict, resolved: dict[str, dict]) -> None:
+    """The paper's flags per method, and Stage II layer settings that follow from Stage I."""
+    if role == "kd":
+        kwargs.setdefault("filter_disabled", True)
+        kwargs.setdefault("mse_alpha", 0.0)
+    elif role == "lwd":
+        kwargs.setdefault("filter_disabled", True)
+    kwargs.setdefault("method", role)
+    teacher_s1, student_s1 = resolved.get("teacher_stage1", {}), resolved.get("student_stage1", {})
+    kwargs.setdefault("teacher_filter_interval", teacher_s1.get("filter_interval", 1))
+    kwargs.setdefault("filter_interval", student_s1.get("filter_interval", 1))
+    if role == "ted":
+        for key in ("filter_output_dim", "filter_nonlinear"):
+            if key in student_s1:
+                kwargs.setdefault(key, student_s1[key])
+
+
+def roles_for(methods: list[str]) -> list[str]:
+    needed = {"teacher", "student", *methods}
+    if "ted" in methods:
+        needed |= {"teacher_stage1", "student_stage1"}
+    return [r for r in ROLES if r in needed]
+
+
+def model_inputs(role: str, cfg: dict) -> dict[str, Source]:
+    pretrained = cfg.get("baseline_init", "pretrained") == "pretrained"
+    return {
+        "teacher": {"model_name_or_path": Source(path=cfg["teacher"])},
+        "student": {"model_name_or_path": Source(path=cfg["student"])},
+        "teacher_stage1": {"model_name_or_path": Source(role="teacher")},
+        "student_stage1": {"model_name_or_path": Source(role="student")},
+        "ted": {"model_name_or_path": Source(role="student_stage1"),
+                "teacher_model_name_or_path": Source(role="teacher_stage1")},
+        "kd": {"model_name_or_path": Source(path=cfg["student"]) if pretrained else Source(role="student"),
+               "teacher_model_name_or_path": Source(role="teacher")},
+    }[role if role != "lwd" else "kd"]
+
+
+def plan_seed(task: str, cfg: dict, seed: int, seed_dir: Path) -> list[StageSpec]:
+    methods = list(cfg.get("methods") or METHODS)
+    resolved: dict[str, dict] = {}
+    specs = []
+    for role in roles_for(methods):
+        kwargs = _stage_kwargs(cfg, role, task)
+        resolved[role] = kwargs
+        if ROLE_COMMAND[role] == "distill":
+            _method_defaults(role, kwargs, resolved)
+        kwargs["seed"] = seed
+        specs.append(StageSpec(role, ROLE_COMMAND[role], kwargs, model_inputs(role, cfg), seed_dir / role))
+    return specs
+
+
+# --------------------------------------------------------------------------------------- fingerprints
+
+
+def _file_identity(path: Path) -> list:
+    try:
+        st = path.stat()
+        return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(path), "missing"]
+
+
+def model_identity(path: str) -> dict:
+    folder = Path(path)
+    if not folder.is_dir():
+        return {"hub": path}
+    return {"folder": str(folder.resolve()),
+            "files": [_file_identity(p)[1:] + [p.name] for p in sorted(folder.iterdir()) if p.is_file()]}
+
+
+def data_identity(kwargs: dict) -> list:
+    files = [Path(kwargs[k]) for k in ("train_file", "validation_file") if kwargs.get(k)]
+    if kwargs.get("data_dir"):
+        from .tasks.glue import GLUE_TASKS, canonical_glue_name
+
+        root = Path(kwargs["data_dir"])
+        glue = canonical_glue_name(kwargs.get("task_name"))
+        folder = root / GLUE_TASKS[glue].folder if glue and (root / GLUE_TASKS[glue].folder).is_dir() else root
+        files += sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else [folder]
+    return [_file_identity(p) for p in files]
+
+
+def stage_fingerprint(spec: StageSpec, parents: dict[str, str]) -> str:
+    inputs = {key: {"stage": parents[src.role]} if src.role else model_identity(src.path)
+              for key, src in spec.inputs.items()}
+    args = {k: v for k, v in sorted(spec.kwargs.items()) if k not in UNFINGERPRINTED}
+    payload = {"command": spec.command, "args": args, "inputs": inputs, "data": data_identity(spec.kwargs)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _run_fingerprint(command: str, kwargs: dict) -> str:
+    """The fingerprint the stage itself writes into `<output>.incomplete/` (see prepare_work_dir)."""
+    from .stages.common import args_dict, fingerprint
+    from .stages.distill import resolve_method
+
+    groups = api.parse_kwargs(command, kwargs)
+    run_args = args_dict(*groups)
+    if command == "distill":
+        filter_args, distill_args = groups[2], groups[3]
+        run_args["method"] = resolve_method(distill_args.method, filter_args.filter_disabled, distill_args.mse_alpha)
+    return fingerprint(run_args)
+
+
+def _drop_stale_checkpoints(spec: StageSpec, kwargs: dict) -> None:
+    """Checkpoints of a cut-off run with other settings cannot be resumed: start that stage over."""
+    marker = artifacts.work_dir(spec.folder) / "ted_fingerprint.txt"
+    if marker.is_file() and marker.read_text().strip() != _run_fingerprint(spec.command, kwargs):
+        logger.warning("%s holds checkpoints of a run with other settings; starting that stage over.",
+                       marker.parent)
+        shutil.rmtree(marker.parent)
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def _stage_call_kwargs(spec: StageSpec, seed_dir: Path) -> dict:
+    kwargs = dict(spec.kwargs)
+    for key, src in spec.inputs.items():
+        kwargs[key] = str(seed_dir / src.role) if src.role else src.path
+    kwargs["output_dir"] = str(spec.folder)
+    return kwargs
+
+
+def run_stage(spec: StageSpec, fp: str, task: str, seed: int) -> StageRun:
+    start = time.time()
+    info = artifacts.stage_info(spec.folder) if spec.folder.is_dir() else None
+    label = f"[{task} seed {seed}] {spec.role}"
+    if info is not None and info.get("fingerprint") == fp:
+        logger.info("%s: reused %s (fingerprint %s)", label, spec.folder, fp)
+        return StageRun(task, seed, spec.role, str(spec.folder), "reused", fp, time.time() - start, _metrics(spec))
+    kwargs = _stage_call_kwargs(spec, spec.folder.parent)
+    stale = spec.folder.exists()
+    if stale:
+        logger.warning("%s: %s was made with other settings or inputs; training it again.", label, spec.folder)
+    else:
+        _drop_stale_checkpoints(spec, kwargs)
+    kwargs["overwrite_output_dir"] = stale
+    logger.info("%s: ted %s -> %s", label, spec.command, spec.folder)
+    with artifacts.stage_extras(fingerprint=fp, pipeline={"task": task, "seed": seed, "role": spec.role}):
+        RUNNERS[spec.command](**kwargs)
+    return StageRun(task, seed, spec.role, str(spec.folder), "trained", fp, time.time() - start, _metrics(spec))
+
+
+def _metrics(spec: StageSpec) -> dict:
+    path = spec.folder / artifacts.EVAL_RESULTS
+    return artifacts.read_json(path) if path.is_file() else {}
+
+
+def validate(plans: list[tuple[str, int, dict, list[StageSpec]]]) -> None:
+    """Parse every stage's arguments before any training, so a typo fails in seconds."""
+    for _, _, cfg, specs in plans:
+        _check_common_keys(cfg)
+        data_dir = cfg["common"].get("data_dir")
+        if data_dir and not Path(data_dir).is_dir():
+            raise TedInputError(f"data_dir {data_dir!r} does not exist (set common.data_dir, --data_dir, or "
+                                "TED_SHARED_DIR for the presets).")
+        for spec in specs:
+            api.parse_kwargs(spec.command, _stage_call_kwargs(spec, spec.folder.parent))
+
+
+def write_pipeline_file(task_dir: Path, task: str, cfg: dict, specs: list[StageSpec], seeds: list[int]) -> None:
+    path = task_dir / PIPELINE_FILE
+    old = artifacts.read_json(path) if path.is_file() else {}
+    data = {
+        "task": task,
+        "preset": cfg.get("preset"),
+        "config_file": cfg.get("config_file"),
+        "teacher": cfg["teacher"],
+        "student": cfg["student"],
+        "baseline_init": cfg.get("baseline_init", "pretrained"),
+        "methods": list(cfg.get("methods") or METHODS),
+        "seeds": sorted(set(old.get("seeds", [])) | set(seeds)),
+        "stages": {spec.role: {k: v for k, v in spec.kwargs.items() if k != "seed"} for spec in specs},
+        "paper_results": cfg.get("paper_results"),
+    }
+    task_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{PIPELINE_FILE}.{os.getpid()}.tmp")
+    artifacts.write_json(tmp, data)
+    os.replace(tmp, path)
+
+
+def run_pipeline(config_files: list[str], overrides: Optional[dict] = None) -> list[StageRun]:
+    """Every stage for every task and seed; returns what was trained and what was reused."""
+    overrides = overrides or {}
+    plans = []
+    for task, cfg in task_configs(config_files, overrides):
+        _check_top(cfg)
+        output = cfg.get("output_dir")
+        if not output:
+            raise TedInputError("Give the run folder with --output_dir DIR (or `output_dir:` in the config).")
+        seeds = [int(s) for s in (cfg.get("seeds") or [42])]
+        for seed in seeds:
+            seed_dir = Path(output) / task / f"seed{seed}"
+            plans.append((task, seed, cfg, plan_seed(task, cfg, seed, seed_dir)))
+    validate(plans)
+    runs: list[StageRun] = []
+    for task, seed, cfg, specs in plans:
+        write_pipeline_file(Path(cfg["output_dir"]) / task, task, cfg, specs, [p[1] for p in plans if p[0] == task])
+        fingerprints: dict[str, str] = {}
+        for spec in specs:
+            fp = stage_fingerprint(spec, fingerprints)
+            fingerprints[spec.role] = fp
+            runs.append(run_stage(spec, fp, task, seed))
+    return runs
+
+
+def run_pipeline_cli(argv: list[str]) -> list[StageRun]:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[0] + "\n\n" + CLI_HELP)
+        return []
+    configs, overrides = parse_overrides(argv)
+    runs = run_pipeline(configs, overrides)
+    print(summary(runs))
+    return runs
+
+
+def summary(runs: list[StageRun]) -> str:
+    lines = ["task   seed  stage           status   seconds  dev score  folder"]
+    for r in runs:
+        score = next((v for k, v in r.metrics.items() if k in ("eval_accuracy", "eval_f1", "eval_spearmanr",
+                                                               "eval_matthews_correlation")), None)
+        shown = f"{score:.4f}" if isinstance(score, float) else "-"
+        lines.append(f"{r.task:<6} {r.seed:<5} {r.role:<15} {r.status:<8} {r.seconds:7.1f}  {shown:>9}  {r.folder}")
+    trained = sum(r.status == "trained" for r in runs)
+    lines.append(f"{trained} stage(s) trained, {len(runs) - trained} reused. Next: ted report "
+                 f"{Path(runs[0].folder).parents[2] if runs else 'RUN_DIR'}")
+    return "\n".join(lines)
+
+
+CLI_HELP = """usage: ted pipeline --config FILE.yaml [FILE2.yaml ...] [options]
+
+  --output_dir DIR              run folder: DIR/<task>/seed<k>/<stage>
+  --seeds S1 S2 ...             one full run per seed (default: the file's `seeds`, else 42)
+  --baseline_init pretrained|finetuned
+                                KD/LWD start from the pre-trained student (the paper, default) or the
+                                fine-tuned one (a fair comparison with TED, which starts fine-tuned)
+  --methods ted kd lwd          which Stage II runs to make (default: all three)
+  --teacher PATH --student PATH --shared_dir PATH --tasks T1 T2
+  --KEY VALUE                   any stage option, for every stage that takes it
+                                (--max_train_samples 100, --num_train_epochs 1, --report_to tensorboard)
+  --SECTION.KEY VALUE           one stage only; SECTION is one of """ + ", ".join(STAGE_SECTIONS) + """
+
+Re-running the same command reuses every finished stage and resumes a cut-off one."""
