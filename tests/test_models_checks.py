@@ -142,10 +142,10 @@ def test_filter_dims_mismatch(assets, tmp_path):
 @pytest.mark.usefixtures("no_training")
 def test_layer_count_mismatch(assets, tmp_path):
     # 4 teacher layers at interval 1 vs 2 student layers at interval 1: 4 targets, 2 students.
-    for kwargs in (dict(model_name_or_path=str(assets["student_f"]), teacher_model_name_or_path=str(assets["teacher_f"]),
-                        mse_alpha=1.0),
-                   dict(model_name_or_path=str(assets["student"]), teacher_model_name_or_path=str(assets["teacher"]),
-                        mse_alpha=1.0, filter_disabled=True)):
+    ted_pair = dict(model_name_or_path=str(assets["student_f"]), teacher_model_name_or_path=str(assets["teacher_f"]))
+    lwd_pair = dict(model_name_or_path=str(assets["student"]), teacher_model_name_or_path=str(assets["teacher"]),
+                    filter_disabled=True)
+    for kwargs in (dict(ted_pair, mse_alpha=1.0), dict(lwd_pair, mse_alpha=1.0)):
         msg = _distill_error(assets, tmp_path, teacher_filter_interval=1, **kwargs)
         assert "selected layers [0, 1]" in msg and "[0, 1, 2, 3]" in msg and "--teacher_filter_interval" in msg
     # An interval that does not divide the depth.

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .api import demo, distill, evaluate, export, finetune, learn_filters  # noqa: E402
+from .api import demo, distill, evaluate, export, finetune, learn_filters, pipeline  # noqa: E402
 
-__all__ = ["finetune", "learn_filters", "distill", "evaluate", "export", "demo", "__version__"]
+__all__ = ["finetune", "learn_filters", "distill", "evaluate", "export", "demo", "pipeline", "__version__"]

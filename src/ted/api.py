@@ -68,11 +68,42 @@ def evaluate(**kwargs):
     return run_command("evaluate", parse_kwargs("evaluate", kwargs))
 
 
-def export(stage_dir: str, output_dir: str, overwrite: bool = False):
-    """Write the student of a stage folder as a stock Hugging Face model (filters stripped)."""
+def export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_speed: bool = True):
+    """Write the student of a stage folder as a stock Hugging Face model (filters stripped) with a model card."""
     from .stages.export import run_export
 
-    return run_export(stage_dir, output_dir, overwrite)
+    return run_export(stage_dir, output_dir, overwrite, measure_speed)
+
+
+def pipeline(config, output_dir: str | None = None, **overrides):
+    """`ted pipeline`: every stage for tasks x seeds from YAML file(s); keyword arguments as on the CLI
+    (`seeds=[1, 2]`, `baseline_init="finetuned"`, `max_train_samples=100`, `ted={"kl_alpha": 5}`)."""
+    from .pipeline import run_pipeline
+    from .pipeline_config import SECTIONS, set_override
+
+    merged: dict[str, Any] = {}
+    for key, value in {**overrides, **({"output_dir": output_dir} if output_dir else {})}.items():
+        if key in SECTIONS and isinstance(value, dict):
+            merged.setdefault(key, {}).update(value)
+        else:
+            set_override(merged, key, value)
+    return run_pipeline([config] if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__") else
+                        list(config), merged)
+
+
+def report(run_dirs, output: str | None = None, speed: bool = True):
+    """`ted report`: report.md and report.html for pipeline run folder(s)."""
+    from .report import write_report
+
+    dirs = [run_dirs] if isinstance(run_dirs, str) or hasattr(run_dirs, "__fspath__") else list(run_dirs)
+    return write_report(dirs, output, {"batch_size": 8, "seq_len": 128, "iterations": 10} if speed else None)
+
+
+def import_original(path: str, output_dir: str, **kwargs):
+    """`ted import-original`: a checkpoint of the paper's original code as a ted stage folder."""
+    from .import_original import import_original as run
+
+    return run(path, output_dir, **kwargs)
 
 
 def demo(output_dir: str = "ted-demo", **kwargs):

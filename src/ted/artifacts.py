@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -31,6 +32,15 @@ STAGE1_SCORES = "stage1_layer_scores.json"
 _EXPORT_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
                     "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt",
                     "spm.model", "*.model", "chat_template*")
+
+
+@dataclass
+class StageResult:
+    """What a stage returns: the folder it wrote and its dev metrics."""
+
+    output_dir: str
+    metrics: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def versions() -> dict[str, str]:

@@ -77,8 +77,9 @@ def run_export_cli(argv: list[str]):
     parser.add_argument("stage_dir", help="a ted stage folder (e.g. the output of `ted distill`)")
     parser.add_argument("--output_dir", required=True, help="folder to write the stock model to")
     parser.add_argument("--overwrite_output_dir", action="store_true")
+    parser.add_argument("--no_speed", action="store_true", help="do not time student vs teacher for the model card")
     args = parser.parse_args(argv)
-    return run_export(args.stage_dir, args.output_dir, args.overwrite_output_dir)
+    return run_export(args.stage_dir, args.output_dir, args.overwrite_output_dir, not args.no_speed)
 
 
 def run_demo_cli(argv: list[str]):

@@ -145,8 +145,31 @@ class TedTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace an existing stage folder at --output_dir."}
     )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Replace nan/inf step losses in the logged loss (the Trainer's default). Off here: the "
+                          "check reads the loss on the host every step (a device sync), and a nan should be seen."},
+    )
 
     def __post_init__(self):
         # TrainingArguments fills in a default folder; a stage must know whether the user chose one.
         self.output_dir_given = self.output_dir is not None
+        if not self.use_cpu and _launched_on_cpu_only():
+            # accelerate only builds a multi-CPU (gloo) process group when told to use the CPU; without it
+            # every torchrun process would silently train alone on the whole data set.
+            self.use_cpu = True
         super().__post_init__()
+
+
+def _launched_on_cpu_only() -> bool:
+    """Several processes (torchrun / accelerate launch) on a machine without an accelerator."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return not accelerator.is_available()
+    return not torch.cuda.is_available()

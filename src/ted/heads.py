@@ -19,6 +19,9 @@ from transformers.activations import ACT2FN
 
 HEADS_WEIGHTS = "stage1_heads.safetensors"
 HEADS_CONFIG = "stage1_heads.json"
+# The token a sequence-level head reads (token 0: [CLS] / <s> of encoders). The Stage I feature cache
+# (ted.feature_cache) stores exactly this position, so change both through this constant.
+POOLED_POSITION = 0
 
 
 @dataclass
@@ -61,7 +64,7 @@ class StageOneHeads(nn.Module):
             return [head(state) for head, state in zip(self.filter_head, filter_states, strict=True)]
         logits = []
         for pooler, head, state in zip(self.filter_pooler, self.filter_head, filter_states, strict=True):
-            pooled = self.activation(pooler.dense(self.pooler_dropout(state[:, 0])))
+            pooled = self.activation(pooler.dense(self.pooler_dropout(state[:, POOLED_POSITION])))
             logits.append(head(self.dropout(pooled)))
         return logits
 

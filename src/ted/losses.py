@@ -12,10 +12,12 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     """Cross-entropy over examples with a label >= 0 (negative labels are dropped, as DeBERTa does)."""
     labels = labels.view(-1).long()
     keep = labels >= 0
-    if not bool(keep.any()):
-        # Still connected to the graph, so backward works on an all-ignored batch (a crash in the paper).
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.view(labels.shape[0], -1)[keep].float(), labels[keep])
+    # Sum over kept rows / their count, with no boolean indexing and no branch on a tensor value: no host-device
+    # synchronisation per step. An all-ignored batch gives 0, still connected to the graph, so backward works
+    # (a crash in the paper's code).
+    total = F.cross_entropy(logits.view(labels.shape[0], -1).float(), labels.masked_fill(~keep, -100),
+                            ignore_index=-100, reduction="sum")
+    return total / keep.sum().clamp_min(1)
 
 
 def regression_loss(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

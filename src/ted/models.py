@@ -114,16 +114,6 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher: str, st
     )
 
 
-def check_same_labels(teacher_config, student_config, teacher: str, student: str) -> None:
-    t_labels = [teacher_config.id2label[i] for i in range(teacher_config.num_labels)]
-    s_labels = [student_config.id2label[i] for i in range(student_config.num_labels)]
-    if t_labels != s_labels:
-        raise TedInputError(
-            f"Teacher {teacher!r} labels {t_labels} and student {student!r} labels {s_labels} differ in order "
-            "or names; the KL term would compare different classes. Fine-tune both on the same label list."
-        )
-
-
 def num_layers(config) -> int:
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
         if getattr(config, attr, None):

@@ -6,6 +6,7 @@ Every stage is (a module to train, an objective). An objective maps (module, bat
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,6 +36,13 @@ def head_outputs(head: str, outputs):
     if head == "span":
         return outputs.start_logits, outputs.end_logits
     return outputs.logits
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module itself under a DDP (or similar `.module`) wrapper, to read attributes such as `.filters`."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
 
 
 def stack_predictions(head: str, outputs) -> torch.Tensor:
@@ -83,6 +91,27 @@ class FilterLearner(nn.Module):
         return self.heads(self.filters(hidden))
 
 
+class CachedFilterLearner(nn.Module):
+    """Stage I on cached features: the filters and heads alone, fed token 0 of each selected layer.
+
+    With the frozen backbone in eval mode the classification / regression heads only read token 0 of each
+    filter's output, and a filter is position-wise, so `features` [B, K, hidden] (token 0 of the K selected
+    layers' hidden states, computed once, see `ted.feature_cache`) give exactly the logits of a `FilterLearner`
+    in "eval" mode, without running the backbone every epoch.
+    """
+
+    def __init__(self, filters: TaskAwareFilters, heads: StageOneHeads):
+        super().__init__()
+        self.filters = filters
+        self.heads = heads
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        features = features.to(self.heads.filter_head[0].weight.dtype)
+        # Indexed like HF hidden states (layer i -> i + 1), one position each: what the heads read.
+        hidden = {layer + 1: features[:, k:k + 1] for k, layer in enumerate(self.filters.layers)}
+        return self.heads(self.filters(hidden))
+
+
 class FilterObjective:
     """Stage I loss: the mean over filters of each head's task loss."""
 
@@ -98,7 +127,7 @@ class FilterObjective:
         if labels is not None:
             head_losses = [losses.task_loss(self.head, out, labels) for out in per_head]
             loss = torch.stack(head_losses).mean()
-            layers = model.filters.layers
+            layers = unwrap(model).filters.layers
             terms = {f"filter_layer{layer}": value for layer, value in zip(layers, head_losses)}
         preds = torch.stack([stack_predictions(self.head, out) for out in per_head], dim=1)
         return loss, terms, preds
@@ -126,15 +155,26 @@ class Teacher:
         self.filters = filters.eval().requires_grad_(False) if filters is not None else None
         self.layers = layers
         self.head = head
+        # Set by TedTrainer from --bf16 / --fp16: the teacher is not prepared by accelerate, so it would
+        # otherwise run in full precision while the student runs under autocast.
+        self.autocast_dtype: Optional[torch.dtype] = None
+        self.device_type = "cpu"
 
     def to(self, device):
         self.model.to(device)
         if self.filters is not None:
             self.filters.to(device)
+        self.device_type = torch.device(device).type
         return self
 
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
     def __call__(self, inputs: dict, with_states: bool):
-        with torch.inference_mode():
+        # Only what the loss reads: logits, and the selected layers (filtered) when there is a layer term.
+        with torch.inference_mode(), self.autocast():
             outputs = self.model(**inputs, output_hidden_states=with_states)
             preds = head_outputs(self.head, outputs)
             states = None
@@ -194,7 +234,7 @@ class DistillObjective:
             mask = None if self.w.paper_compat else model_inputs.get("attention_mask")
             per_layer = [losses.layer_mse(s, t, mask) for s, t in zip(s_states, t_states, strict=True)]
             terms["mse"] = torch.stack(per_layer).mean()
-            for layer, value in zip(model.filters.layers, per_layer):
+            for layer, value in zip(unwrap(model).filters.layers, per_layer):
                 terms[f"mse_layer{layer}"] = value
             total = total + self.w.mse_alpha * terms["mse"]
         return total, terms, stack_predictions(self.head, s_preds)

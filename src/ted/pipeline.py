@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -145,15 +147,16 @@ def _check_common_keys(cfg: dict) -> None:
         raise TedInputError(f"Unknown option(s) {sorted(unknown)}: no stage takes them (see `ted <stage> --help`).")
 
 
-def _method_defaults(role: str, kwargs: dict, resolved: dict[str, dict]) -> None:
-    """The paper's flags per method, and Stage II layer settings that follow from Stage I."""
+def _method_defaults(role: str, kwargs: dict, cfg: dict, task: str) -> None:
+    """The paper's flags per method; TED / LWD layer settings follow the Stage I sections unless set."""
+    kwargs.setdefault("method", role)
     if role == "kd":
         kwargs.setdefault("filter_disabled", True)
         kwargs.setdefault("mse_alpha", 0.0)
-    elif role == "lwd":
+        return
+    if role == "lwd":
         kwargs.setdefault("filter_disabled", True)
-    kwargs.setdefault("method", role)
-    teacher_s1, student_s1 = resolved.get("teacher_stage1", {}), resolved.get("student_stage1", {})
+    teacher_s1, student_s1 = _stage_kwargs(cfg, "teacher_stage1", task), _stage_kwargs(cfg, "student_stage1", task)
     kwargs.setdefault("teacher_filter_interval", teacher_s1.get("filter_interval", 1))
     kwargs.setdefault("filter_interval", student_s1.get("filter_interval", 1))
     if role == "ted":
@@ -184,14 +187,11 @@ def model_inputs(role: str, cfg: dict) -> dict[str, Source]:
 
 
 def plan_seed(task: str, cfg: dict, seed: int, seed_dir: Path) -> list[StageSpec]:
-    methods = list(cfg.get("methods") or METHODS)
-    resolved: dict[str, dict] = {}
     specs = []
-    for role in roles_for(methods):
+    for role in roles_for(list(cfg.get("methods") or METHODS)):
         kwargs = _stage_kwargs(cfg, role, task)
-        resolved[role] = kwargs
         if ROLE_COMMAND[role] == "distill":
-            _method_defaults(role, kwargs, resolved)
+            _method_defaults(role, kwargs, cfg, task)
         kwargs["seed"] = seed
         specs.append(StageSpec(role, ROLE_COMMAND[role], kwargs, model_inputs(role, cfg), seed_dir / role))
     return specs
@@ -271,9 +271,8 @@ def _stage_call_kwargs(spec: StageSpec, seed_dir: Path) -> dict:
 
 def run_stage(spec: StageSpec, fp: str, task: str, seed: int) -> StageRun:
     start = time.time()
-    info = artifacts.stage_info(spec.folder) if spec.folder.is_dir() else None
     label = f"[{task} seed {seed}] {spec.role}"
-    if info is not None and info.get("fingerprint") == fp:
+    if reusable(spec.folder, fp):
         logger.info("%s: reused %s (fingerprint %s)", label, spec.folder, fp)
         return StageRun(task, seed, spec.role, str(spec.folder), "reused", fp, time.time() - start, _metrics(spec))
     kwargs = _stage_call_kwargs(spec, spec.folder.parent)
@@ -294,16 +293,14 @@ def _metrics(spec: StageSpec) -> dict:
     return artifacts.read_json(path) if path.is_file() else {}
 
 
-def validate(plans: list[tuple[str, int, dict, list[StageSpec]]]) -> None:
-    """Parse every stage's arguments before any training, so a typo fails in seconds."""
-    for _, _, cfg, specs in plans:
-        _check_common_keys(cfg)
-        data_dir = cfg["common"].get("data_dir")
+def validate(specs: list[StageSpec]) -> None:
+    """Parse the arguments of every stage that will train before any training, so a typo fails in seconds."""
+    for spec in specs:
+        data_dir = spec.kwargs.get("data_dir")
         if data_dir and not Path(data_dir).is_dir():
             raise TedInputError(f"data_dir {data_dir!r} does not exist (set common.data_dir, --data_dir, or "
                                 "TED_SHARED_DIR for the presets).")
-        for spec in specs:
-            api.parse_kwargs(spec.command, _stage_call_kwargs(spec, spec.folder.parent))
+        api.parse_kwargs(spec.command, _stage_call_kwargs(spec, spec.folder.parent))
 
 
 def write_pipeline_file(task_dir: Path, task: str, cfg: dict, specs: list[StageSpec], seeds: list[int]) -> None:
@@ -321,34 +318,42 @@ def write_pipeline_file(task_dir: Path, task: str, cfg: dict, specs: list[StageS
         "stages": {spec.role: {k: v for k, v in spec.kwargs.items() if k != "seed"} for spec in specs},
         "paper_results": cfg.get("paper_results"),
     }
+    if data == old:
+        return  # a re-run that changes nothing writes nothing
     task_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{PIPELINE_FILE}.{os.getpid()}.tmp")
     artifacts.write_json(tmp, data)
     os.replace(tmp, path)
 
 
+def reusable(folder: Path, fp: str) -> bool:
+    info = artifacts.stage_info(folder) if folder.is_dir() else None
+    return info is not None and info.get("fingerprint") == fp
+
+
 def run_pipeline(config_files: list[str], overrides: Optional[dict] = None) -> list[StageRun]:
     """Every stage for every task and seed; returns what was trained and what was reused."""
     overrides = overrides or {}
-    plans = []
+    jobs = []  # (task, seed, cfg, spec, fingerprint), in running order
     for task, cfg in task_configs(config_files, overrides):
         _check_top(cfg)
-        output = cfg.get("output_dir")
-        if not output:
+        _check_common_keys(cfg)
+        if not cfg.get("output_dir"):
             raise TedInputError("Give the run folder with --output_dir DIR (or `output_dir:` in the config).")
-        seeds = [int(s) for s in (cfg.get("seeds") or [42])]
-        for seed in seeds:
-            seed_dir = Path(output) / task / f"seed{seed}"
-            plans.append((task, seed, cfg, plan_seed(task, cfg, seed, seed_dir)))
-    validate(plans)
+        for seed in [int(s) for s in (cfg.get("seeds") or [42])]:
+            fingerprints: dict[str, str] = {}
+            for spec in plan_seed(task, cfg, seed, Path(cfg["output_dir"]) / task / f"seed{seed}"):
+                fingerprints[spec.role] = stage_fingerprint(spec, fingerprints)
+                jobs.append((task, seed, cfg, spec, fingerprints[spec.role]))
+    # Fingerprints cover every argument, so only stages that will train need checking.
+    validate([spec for *_, spec, fp in jobs if not reusable(spec.folder, fp)])
     runs: list[StageRun] = []
-    for task, seed, cfg, specs in plans:
-        write_pipeline_file(Path(cfg["output_dir"]) / task, task, cfg, specs, [p[1] for p in plans if p[0] == task])
-        fingerprints: dict[str, str] = {}
-        for spec in specs:
-            fp = stage_fingerprint(spec, fingerprints)
-            fingerprints[spec.role] = fp
-            runs.append(run_stage(spec, fp, task, seed))
+    for task, seed, cfg, spec, fp in jobs:
+        if spec.role == ROLES[0]:
+            seeds = sorted({s for t, s, *_ in jobs if t == task})
+            write_pipeline_file(Path(cfg["output_dir"]) / task, task, cfg, [j[3] for j in jobs if j[:2] == (task, seed)],
+                                seeds)
+        runs.append(run_stage(spec, fp, task, seed))
     return runs
 
 
@@ -389,3 +394,14 @@ CLI_HELP = """usage: ted pipeline --config FILE.yaml [FILE2.yaml ...] [options]
   --SECTION.KEY VALUE           one stage only; SECTION is one of """ + ", ".join(STAGE_SECTIONS) + """
 
 Re-running the same command reuses every finished stage and resumes a cut-off one."""
+
+
+class _CallableModule(types.ModuleType):
+    """`ted.pipeline` names both this module and the API function: importing the module (which rebinds
+    the package attribute) must not break `ted.pipeline(config, ...)`."""
+
+    def __call__(self, *args, **kwargs):
+        return api.pipeline(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -25,12 +25,26 @@ class TedTrainer(Trainer):
     def __init__(self, *args, objective, teacher=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
+        # Our objectives return batch means and never read `num_items_in_batch`; the wrapper modules' forward
+        # takes **kwargs, which would make the Trainer skip dividing the loss by gradient_accumulation_steps.
+        self.model_accepts_loss_kwargs = False
+        # The teacher is held here and by the objective, never as a submodule of the trained module, so
+        # accelerate/DDP never wrap it and its weights are never saved with the student. It runs under
+        # inference mode, with the run's autocast (--bf16 / --fp16) applied by the Teacher itself.
         self.teacher = teacher
         if teacher is not None:
             teacher.to(self.args.device)
+            teacher.autocast_dtype = self._teacher_autocast_dtype()
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
         self._checked_terms = False
+
+    def _teacher_autocast_dtype(self):
+        if self.args.bf16:
+            return torch.bfloat16
+        if self.args.fp16 and self.args.device.type == "cuda":
+            return torch.float16
+        return None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, terms, predictions = self.objective(model, inputs)
@@ -64,7 +78,11 @@ class TedTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._term_steps and "loss" in logs:
-            averages = {name: (total / self._term_steps).item() for name, total in self._term_sums.items()}
+            names = list(self._term_sums)  # the same order in every process (the objective builds it)
+            means = torch.stack([self._term_sums[name] for name in names]) / self._term_steps
+            if self.args.world_size > 1:  # every process logs at the same steps: average the terms over them
+                means = self.accelerator.reduce(means, reduction="mean")
+            averages = dict(zip(names, means.tolist()))
             logs.update({f"loss_{name}": value for name, value in averages.items()})
             self._warn_degenerate(averages)
             self._term_sums, self._term_steps = {}, 0

@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -16,6 +15,7 @@ from transformers import DataCollatorWithPadding
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import artifacts
+from ..artifacts import StageResult  # noqa: F401  (re-exported for the stages)
 from ..errors import TedInputError
 from ..squad.evaluator import SquadEvaluator
 from ..squad.postprocess import write_prediction_files
@@ -29,15 +29,10 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "star
                 "feature_index")
 
 
-@dataclass
-class StageResult:
-    output_dir: str
-    metrics: dict[str, float]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def model_columns(dataset):
     """Only model inputs and labels reach the Trainer (hub GLUE carries an `idx` column, SQuAD offsets)."""
+    if not hasattr(dataset, "column_names"):  # a torch Dataset built by the stage (cached Stage I features)
+        return dataset
     drop = [c for c in dataset.column_names if c not in MODEL_INPUTS]
     return dataset.remove_columns(drop) if drop else dataset
 
@@ -58,9 +53,16 @@ def fingerprint(args: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool) -> tuple[Path, Optional[str]]:
-    """Checkpoint folder of this run and the checkpoint to resume from, if an identical run was cut off."""
+def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool,
+                     main_process: bool = True) -> tuple[Path, Optional[str]]:
+    """Checkpoint folder of this run and the checkpoint to resume from, if an identical run was cut off.
+
+    Under torchrun / accelerate only the main process creates or clears the folder; the others (which run
+    after it, see `run_trainer`) only look for the checkpoint to resume from.
+    """
     work = artifacts.work_dir(output_dir)
+    if not main_process:
+        return work, get_last_checkpoint(str(work)) if work.is_dir() else None
     marker = work / "ted_fingerprint.txt"
     if work.exists() and (overwrite or not marker.is_file()):
         shutil.rmtree(work)
@@ -100,9 +102,14 @@ def make_collator(tokenizer, training_args):
 
 def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, training_args, output_dir: Path,
                 run_args: dict[str, Any], compute_metrics: Callable, selection_metric: Optional[str],
-                teacher=None) -> tuple[TedTrainer, dict[str, float], dict[str, float]]:
-    """Train `module` with `objective`, keep the best epoch, score every eval set."""
-    work, resume = prepare_work_dir(output_dir, fingerprint(run_args), training_args.overwrite_output_dir)
+                teacher=None, data_collator=None) -> tuple[TedTrainer, dict[str, float], dict[str, float]]:
+    """Train `module` with `objective`, keep the best epoch, score every eval set.
+
+    `data_collator` defaults to dynamic padding of tokenized rows (cached Stage I passes its own).
+    """
+    with training_args.main_process_first(local=False, desc="preparing the checkpoint folder"):
+        work, resume = prepare_work_dir(output_dir, fingerprint(run_args), training_args.overwrite_output_dir,
+                                        main_process=training_args.process_index == 0)
     args = training_arguments(training_args, work, selection_metric, task.head)
     eval_sets = {name: model_columns(ds) for name, ds in data.eval_sets.items()}
     first_eval = next(iter(eval_sets.values())) if eval_sets else None
@@ -111,7 +118,7 @@ def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, tra
         args=args,
         objective=objective,
         teacher=teacher,
-        data_collator=make_collator(tokenizer, training_args),
+        data_collator=data_collator or make_collator(tokenizer, training_args),
         train_dataset=model_columns(data.train),
         eval_dataset=first_eval,
         processing_class=tokenizer,

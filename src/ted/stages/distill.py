@@ -12,7 +12,6 @@ from .. import artifacts
 from ..errors import TedInputError
 from ..filters import TaskAwareFilters, check_filters_match, has_filters, match_layers, new_filters, select_layers
 from ..models import (
-    check_same_labels,
     check_same_vocabulary,
     has_trained_head,
     load_task_model,
@@ -88,12 +87,13 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     if not has_trained_head(teacher_model.config, task):
         raise TedInputError(f"Teacher {teacher_path!r} has no fine-tuned task head. Fine-tune it first (`ted finetune`).")
     student = load_task_model(student_path, task, model_args.cache_dir, **dropout_overrides(model_args))
-    if task.head != "span":
-        check_same_labels(teacher_model.config, student.config, teacher_path, student_path)
+    # Label order: load_task_model has checked each fine-tuned head against the task's label list.
 
-    s_layers = select_layers(num_layers(student.config), filter_args.filter_interval)
-    t_layers = select_layers(num_layers(teacher_model.config), filter_args.teacher_filter_interval)
-    pairs = match_layers(s_layers, t_layers) if method != "kd" else []
+    s_layers = t_layers = pairs = []
+    if method != "kd":  # KD pairs no layers, so the interval flags do not apply
+        s_layers = select_layers(num_layers(student.config), filter_args.filter_interval)
+        t_layers = select_layers(num_layers(teacher_model.config), filter_args.teacher_filter_interval)
+        pairs = match_layers(s_layers, t_layers)
     teacher_filters = student_filters = None
     if method == "ted":
         teacher_filters = load_filters(teacher_path, t_layers, filter_args.filter_output_dim,
@@ -118,15 +118,17 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
         data=data, training_args=training_args, output_dir=output_dir, run_args=run_args,
         compute_metrics=task_metrics(task, data, data_args), selection_metric=task.selection_metric, teacher=teacher,
     )
-    with artifacts.atomic_folder(output_dir) as tmp:
-        student.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if student_filters is not None:
-            student_filters.save(tmp)
-        lineage = {"student": student_path, "teacher": teacher_path,
-                   "layer_pairs": [list(p) for p in pairs]}
-        description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
-        write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
-                    eval_metrics=eval_metrics)
-    finish(output_dir)
+    if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
+        with artifacts.atomic_folder(output_dir) as tmp:
+            student.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if student_filters is not None:
+                student_filters.save(tmp)
+            lineage = {"student": student_path, "teacher": teacher_path,
+                       "layer_pairs": [list(p) for p in pairs]}
+            description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
+            write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
+                        eval_metrics=eval_metrics)
+        finish(output_dir)
+    trainer.accelerator.wait_for_everyone()
     return StageResult(str(output_dir), eval_metrics, {"method": method, "layer_pairs": pairs})

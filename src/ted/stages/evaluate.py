@@ -31,7 +31,7 @@ def run_evaluate(model_args, data_args, training_args) -> StageResult:
         for i, (name, dataset) in enumerate(data.eval_sets.items()):
             prefix = "eval" if i == 0 else f"eval_{name}"
             metrics.update(trainer.evaluate(eval_dataset=model_columns(dataset), metric_key_prefix=prefix))
-    if training_args.output_dir_given:
+    if training_args.output_dir_given and trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         artifacts.write_json(out / artifacts.EVAL_RESULTS, metrics)

@@ -7,11 +7,19 @@ from typing import Optional
 
 from .. import artifacts
 from ..errors import TedInputError
-from .common import StageResult
+from ..artifacts import StageResult
 
 
-def model_card(stage: Optional[dict], metrics: dict) -> str:
-    """A Hugging Face model card: metadata header, then what the model is and how it was made."""
+def model_card(stage: Optional[dict], metrics: dict, stage_dir: Optional[Path] = None,
+               speed_rows: Optional[list] = None) -> str:
+    """A Hugging Face model card: metadata header, then what the model is and how it was made.
+
+    With `stage_dir` (what `ted export` passes) the full card of `ted.model_card`: base models, results
+    over seeds, size and speed against the teacher."""
+    if stage_dir is not None:
+        from ..model_card import build
+
+        return build(Path(stage_dir), stage, metrics, speed_rows)
     task = (stage or {}).get("task", {})
     lineage = (stage or {}).get("lineage", {})
     method = (stage or {}).get("method") or (stage or {}).get("stage", "unknown")
@@ -41,12 +49,19 @@ def model_card(stage: Optional[dict], metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_export(stage_dir: str, output_dir: str, overwrite: bool = False) -> StageResult:
+def run_export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_speed: bool = True) -> StageResult:
     src = Path(stage_dir)
     if not src.is_dir():
         raise TedInputError(f"{src} is not a folder. Pass the output folder of a ted stage.")
     stage = artifacts.stage_info(src)
     metrics_path = src / artifacts.EVAL_RESULTS
     metrics = artifacts.read_json(metrics_path) if metrics_path.is_file() else {}
-    dst = artifacts.export_student(src, output_dir, overwrite, model_card(stage, metrics))
+    artifacts.check_output_dir(str(output_dir), overwrite)  # fail before timing anything
+    speed_rows = None
+    if measure_speed and (src / "config.json").is_file():
+        from ..model_card import measure_speed as measure
+
+        speed_rows = measure(src, stage)
+    card = model_card(stage, metrics, stage_dir=src, speed_rows=speed_rows)
+    dst = artifacts.export_student(src, output_dir, overwrite, card)
     return StageResult(str(dst), metrics)

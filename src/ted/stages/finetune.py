@@ -32,13 +32,15 @@ def run_finetune(model_args, data_args, training_args) -> StageResult:
         training_args=training_args, output_dir=output_dir, run_args=run_args,
         compute_metrics=task_metrics(task, data, data_args), selection_metric=task.selection_metric,
     )
-    with artifacts.atomic_folder(output_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        description = artifacts.describe_stage(
-            "finetune", task, run_args, lineage={"model": model_args.model_name_or_path}
-        )
-        write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
-                    eval_metrics=eval_metrics)
-    finish(output_dir)
+    if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
+        with artifacts.atomic_folder(output_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            description = artifacts.describe_stage(
+                "finetune", task, run_args, lineage={"model": model_args.model_name_or_path}
+            )
+            write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
+                        eval_metrics=eval_metrics)
+        finish(output_dir)
+    trainer.accelerator.wait_for_everyone()
     return StageResult(str(output_dir), eval_metrics)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
-from transformers import set_seed
+from transformers import default_data_collator, set_seed
 
 from .. import artifacts
 from ..filters import new_filters, select_layers
 from ..heads import new_heads
 from ..models import has_trained_head, load_task_model, load_tokenizer, num_layers
-from ..objectives import FilterLearner, FilterObjective
+from ..feature_cache import cache_autocast_dtype, first_token_features
+from ..objectives import CachedFilterLearner, FilterLearner, FilterObjective
 from ..tasks import load_task
+from ..tasks.base import TaskData
 from .common import StageResult, args_dict, finish, per_filter_metrics, run_trainer, write_stage
 from .finetune import dropout_overrides
 
@@ -25,6 +28,21 @@ def layer_scores(eval_metrics: dict, layers: list[int]) -> dict[str, dict[str, f
         prefix = f"eval_layer{layer}_"
         scores[str(layer)] = {k[len(prefix):]: v for k, v in eval_metrics.items() if k.startswith(prefix)}
     return scores
+
+
+def cached_data(model, data: TaskData, layers: list[int], tokenizer, training_args) -> TaskData:
+    """Token 0 of every selected layer for the train and dev rows, from one pass of the frozen backbone."""
+    device = training_args.device
+    dtype = cache_autocast_dtype(device, training_args.fp16)
+    batch_size = max(training_args.per_device_eval_batch_size, 1)
+    model.to(device)
+
+    def cache(dataset):
+        return first_token_features(model, dataset, layers, tokenizer, device, batch_size, dtype)
+
+    cached = TaskData(train=cache(data.train), eval_sets={name: cache(ds) for name, ds in data.eval_sets.items()})
+    model.to("cpu")  # the backbone is not needed again until it is saved
+    return cached
 
 
 def run_learn_filters(model_args, data_args, filter_args, training_args) -> StageResult:
@@ -41,25 +59,44 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
     filters = new_filters(model.config, layers, filter_args.filter_output_dim, filter_args.filter_nonlinear,
                           interval=filter_args.filter_interval)
     heads = new_heads(task.head, len(layers), filters.config.output_dim, task.num_labels, model.config)
-    learner = FilterLearner(model, filters, heads, backbone_mode=filter_args.stage1_backbone_mode)
     run_args = args_dict(model_args, data_args, filter_args, training_args)
+    # Every trainable parameter (filters, heads) feeds the loss: DDP need not search for unused ones.
+    if training_args.ddp_find_unused_parameters is None:
+        training_args = dataclasses.replace(training_args, ddp_find_unused_parameters=False)
+    collator = None
+    if filter_args.stage1_backbone_mode == "eval" and task.head != "span":
+        # Eval-mode backbone + heads reading token 0: compute token 0 of each selected layer once and train
+        # the filters and heads on it (see ted.feature_cache); same logits as the uncached eval-mode learner.
+        logger.info("Stage I with cached features: one backbone pass over %d train rows", len(data.train))
+        data = cached_data(model, data, layers, tokenizer, training_args)
+        learner = CachedFilterLearner(filters, heads)
+        collator = default_data_collator
+        if training_args.train_sampling_strategy == "group_by_length":  # cached rows have no length
+            training_args = dataclasses.replace(training_args, train_sampling_strategy="random")
+    else:
+        # The paper: the frozen backbone runs on every batch (train mode: with dropout). Span heads read every
+        # token, so SQuAD always takes this path.
+        learner = FilterLearner(model, filters, heads, backbone_mode=filter_args.stage1_backbone_mode)
     # The paper keeps the last epoch (no selection); every epoch still scores each filter head on dev.
     trainer, train_metrics, eval_metrics = run_trainer(
         module=learner, objective=FilterObjective(task.head), tokenizer=tokenizer, task=task, data=data,
         training_args=training_args, output_dir=output_dir, run_args=run_args,
         compute_metrics=per_filter_metrics(task, layers, data, data_args), selection_metric=None,
+        data_collator=collator,
     )
     scores = layer_scores(eval_metrics, layers)
-    with artifacts.atomic_folder(output_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        filters.save(tmp)
-        heads.save(tmp)
-        artifacts.write_json(tmp / artifacts.STAGE1_SCORES, scores)
-        description = artifacts.describe_stage(
-            "learn_filters", task, run_args, lineage={"model": model_args.model_name_or_path}
-        )
-        write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
-                    eval_metrics=eval_metrics)
-    finish(output_dir)
+    if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
+        with artifacts.atomic_folder(output_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            filters.save(tmp)
+            heads.save(tmp)
+            artifacts.write_json(tmp / artifacts.STAGE1_SCORES, scores)
+            description = artifacts.describe_stage(
+                "learn_filters", task, run_args, lineage={"model": model_args.model_name_or_path}
+            )
+            write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
+                        eval_metrics=eval_metrics)
+        finish(output_dir)
+    trainer.accelerator.wait_for_everyone()
     return StageResult(str(output_dir), eval_metrics, {"layer_scores": scores})

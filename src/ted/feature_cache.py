@@ -1,0 +1,102 @@
+"""Cached Stage I features for classification / regression.
+
+With the frozen backbone in eval mode (`--stage1_backbone_mode eval`), a Stage I head only reads one
+position (token 0, `heads.POOLED_POSITION`) of its filter's output, and a filter is position-wise. So the
+backbone is run once over the data, under `torch.inference_mode()` (bf16 autocast on CUDA devices that
+support it), keeping token 0 of each selected layer's hidden state; the filters and heads then train on
+these [K, hidden] features for all epochs through the same `TedTrainer` (`objectives.CachedFilterLearner`).
+
+Batches for the single backbone pass are sorted by length (least padding). Under DDP every process
+computes a share of the batches and the shares are summed across processes, so the pass is split
+across devices instead of repeated. Memory: N examples x K layers x hidden x 4 bytes (2 with bf16),
+kept in host memory; e.g. RTE with a 12-layer base teacher: 2,490 x 12 x 768 x 4 B = 92 MB.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from .heads import POOLED_POSITION
+
+logger = logging.getLogger(__name__)
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+_REDUCE_ROWS = 4096  # rows summed across processes at a time (bounds device memory under DDP)
+
+
+class CachedFeatures(Dataset):
+    """Rows {"features": [K, hidden], "labels": label} for `CachedFilterLearner` + `FilterObjective`."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        if len(features) != len(labels):
+            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+        self.features = features
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[index], "labels": self.labels[index]}
+
+
+def cache_autocast_dtype(device: torch.device, fp16: bool = False) -> Optional[torch.dtype]:
+    """Reduced precision for the one backbone pass where the device supports it: bf16 on CUDA when available,
+    fp16 on CUDA only when the run asks for --fp16, full precision elsewhere (CPU bf16 is slow on most CPUs)."""
+    if device.type != "cuda":
+        return None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if fp16 else None
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def first_token_features(backbone: torch.nn.Module, dataset, layers: list[int], tokenizer, device: torch.device,
+                         batch_size: int = 64, autocast_dtype: Optional[torch.dtype] = None) -> CachedFeatures:
+    """Token 0 of `hidden_states[i + 1]` for every selected layer i, for every row of a tokenized dataset."""
+    n = len(dataset)
+    inputs_present = [k for k in INPUT_KEYS if k in dataset.column_names]
+    labels = torch.tensor(dataset["labels"])
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = sorted(range(n), key=lengths.__getitem__)
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    rank, world = _dist()
+    hidden_size = backbone.config.hidden_size
+    store_dtype = autocast_dtype if autocast_dtype == torch.bfloat16 else torch.float32
+    features = torch.zeros(n, len(layers), hidden_size, dtype=store_dtype)
+    was_training = backbone.training
+    backbone.eval()
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else torch.autocast(device.type, enabled=False))
+    try:
+        with autocast:
+            for b, index in enumerate(batches):
+                if b % world != rank:
+                    continue
+                rows = dataset[index]
+                batch = tokenizer.pad({k: rows[k] for k in inputs_present}, return_tensors="pt")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with torch.inference_mode():
+                    hidden = backbone(**batch, output_hidden_states=True).hidden_states
+                    token0 = torch.stack([hidden[i + 1][:, POOLED_POSITION] for i in layers], dim=1)
+                # Copied into an ordinary tensor: the cache feeds autograd later (inference tensors cannot).
+                features[index] = token0.to(store_dtype).cpu()
+    finally:
+        backbone.train(was_training)
+    if world > 1:
+        # Each row was computed by exactly one process (zeros elsewhere): a sum gathers them all.
+        reduce_device = device if torch.distributed.get_backend() != "gloo" else torch.device("cpu")
+        for start in range(0, n, _REDUCE_ROWS):
+            chunk = features[start:start + _REDUCE_ROWS].to(reduce_device)
+            torch.distributed.all_reduce(chunk)
+            features[start:start + _REDUCE_ROWS] = chunk.cpu()
+    return CachedFeatures(features, labels)

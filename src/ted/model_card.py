@@ -1,0 +1,162 @@
+"""The model card (`README.md`) `ted export` writes next to an exported student.
+
+Standard Hugging Face metadata header (library, base models, tags, datasets, metrics, pipeline
+tag), then: the models involved, task, method and hyperparameters, dev results (mean ± std over
+seeds when the stage is part of a multi-seed `ted pipeline` run), size and measured speed against
+the teacher (`ted.speed`, the same helper `ted report` uses).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from . import artifacts
+from .report import count_parameters, mean_std
+
+HYPERPARAMETERS = ("method", "kl_alpha", "mse_alpha", "temperature", "paper_compat", "filter_interval",
+                   "teacher_filter_interval", "filter_output_dim", "filter_nonlinear", "learning_rate",
+                   "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps",
+                   "weight_decay", "max_seq_length", "max_train_samples", "fp16", "bf16", "seed")
+DATASETS = {"squad_v2": "rajpurkar/squad_v2", "squad": "rajpurkar/squad"}
+HIDDEN_METRICS = ("runtime", "per_second", "_loss", "preparation_time", "_total")
+CITATION = """@inproceedings{liang2023less,
+  title={Less is More: Task-aware Layer-wise Distillation for Language Model Compression},
+  author={Liang, Chen and Zuo, Simiao and Zhang, Qingru and He, Pengcheng and Chen, Weizhu and Zhao, Tuo},
+  booktitle={International Conference on Machine Learning},
+  year={2023}
+}"""
+
+
+def root_model(path: Optional[str]) -> Optional[str]:
+    """Follow a stage's lineage back to the model it started from (a hub id or a plain folder)."""
+    seen = set()
+    while path and path not in seen:
+        seen.add(path)
+        info = artifacts.stage_info(path) if Path(path).is_dir() else None
+        if info is None:
+            return path
+        lineage = info.get("lineage", {})
+        path = lineage.get("student") or lineage.get("model") or lineage.get("imported_from")
+    return path
+
+
+def dataset_id(stage: dict) -> Optional[str]:
+    from .tasks.glue import canonical_glue_name
+
+    name, args = stage.get("task", {}).get("name"), stage.get("args", {})
+    if canonical_glue_name(name):
+        return args.get("dataset_name") or "nyu-mll/glue"
+    return DATASETS.get(name)
+
+
+def shown_metrics(metrics: dict) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))
+            and not k.endswith(HIDDEN_METRICS) and not k.startswith(("eval_HasAns", "eval_NoAns", "eval_best"))}
+
+
+def seed_folders(stage_dir: Path, stage: dict) -> list[Path]:
+    """The same stage in every seed of a `ted pipeline` run (OUTPUT/<task>/seed<k>/<stage>)."""
+    if not (stage.get("pipeline") or stage_dir.parent.name.startswith("seed")):
+        return [stage_dir]
+    found = [p for p in sorted(stage_dir.parent.parent.glob(f"seed*/{stage_dir.name}"))
+             if (p / artifacts.EVAL_RESULTS).is_file()]
+    return found or [stage_dir]
+
+
+def _header(stage: dict, bases: list[str], metrics: dict) -> list[str]:
+    task, method = stage.get("task", {}), stage.get("method") or stage.get("stage", "model")
+    tags = list(dict.fromkeys(["ted", "distillation", "knowledge-distillation", method, task.get("name", "task")]))
+    lines = ["---", "library_name: transformers"]
+    if bases:
+        lines += ["base_model:", *[f"- {json.dumps(b)}" for b in bases]]
+    lines += ["tags:", *[f"- {json.dumps(t)}" for t in tags]]
+    if dataset_id(stage):
+        lines += ["datasets:", f"- {dataset_id(stage)}"]
+    names = [k[5:] for k in shown_metrics(metrics)]
+    if names:
+        lines += ["metrics:", *[f"- {n}" for n in names]]
+    if task.get("head"):
+        lines.append("pipeline_tag: " + ("question-answering" if task["head"] == "span" else "text-classification"))
+    return lines + ["---", ""]
+
+
+def _results(stage_dir: Path, stage: dict, metrics: dict) -> list[str]:
+    folders = seed_folders(stage_dir, stage)
+    seed = stage.get("args", {}).get("seed")
+    lines = ["## Dev results", "", f"This model (seed {seed}):", "", "| metric | value |", "|---|---:|"]
+    lines += [f"| {k[5:]} | {v:.4f} |" for k, v in shown_metrics(metrics).items()]
+    if len(folders) > 1:
+        seeds = ", ".join(f.parent.name.replace("seed", "") for f in folders)
+        lines += ["", f"The same recipe over {len(folders)} seeds ({seeds}), mean ± sample std:", "",
+                  "| metric | mean ± std | n |", "|---|---:|---:|"]
+        for key in shown_metrics(metrics):
+            values = [artifacts.read_json(f / artifacts.EVAL_RESULTS).get(key) for f in folders]
+            values = [float(v) for v in values if isinstance(v, (int, float))]
+            lines.append(f"| {key[5:]} | {mean_std(values, digits=4)} | {len(values)} |")
+    return lines + [""]
+
+
+def _speed(stage_dir: Path, teacher: Optional[str], speed_rows: Optional[list[dict]]) -> list[str]:
+    lines = ["## Size and speed", "", "| model | parameters | device | batch × seq len | latency (ms / batch) | "
+             "throughput (seq / s) |", "|---|---:|---|---|---:|---:|"]
+    sizes = {"student": count_parameters(stage_dir)}
+    if teacher and Path(teacher).is_dir():
+        sizes["teacher"] = count_parameters(teacher)
+    if not speed_rows:
+        lines += [f"| {role} | {n:,} | — | — | — | — |" for role, n in sizes.items()]
+        return lines + ["", "Speed not measured (`ted export --no_speed`, or the teacher is not a local folder).", ""]
+    for r in speed_rows:
+        device = f"CPU ({r['threads']} threads)" if r["device"] == "cpu" else r["device"]
+        lines.append(f"| {r['role']} | {sizes.get(r['role'], 0):,} | {device} | {r['batch_size']} × {r['seq_len']} | "
+                     f"{r['latency_ms']:.1f} | {r['throughput']:.1f} |")
+    by_role = {(r["role"], r["device"]): r["latency_ms"] for r in speed_rows}
+    ratios = [f"{by_role[('teacher', d)] / by_role[('student', d)]:.2f}× faster on {d}"
+              for (role, d) in by_role if role == "student" and ("teacher", d) in by_role]
+    if "teacher" in sizes:
+        ratios.insert(0, f"{sizes['student'] / max(sizes['teacher'], 1):.0%} of the teacher's parameters")
+    lines += ["", "Student vs teacher: " + "; ".join(ratios) + ". Random token ids, no padding, eval mode, median of "
+              "timed calls (teacher and student alternating), measured when this card was written.", ""]
+    return lines
+
+
+def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Optional[list[dict]] = None) -> str:
+    stage = stage or {}
+    lineage, args = stage.get("lineage", {}), stage.get("args", {})
+    task, method = stage.get("task", {}), stage.get("method") or stage.get("stage", "unknown")
+    teacher = lineage.get("teacher")
+    start = lineage.get("student") or lineage.get("model") or lineage.get("imported_from")
+    bases = [b for b in dict.fromkeys([root_model(start), root_model(teacher)]) if b]
+    lines = _header(stage, bases, metrics)
+    lines += [f"# {task.get('name', 'task')} student distilled with {method.upper()}", "",
+              "Made with [`ted`](https://arxiv.org/abs/2210.01351) (task-aware layer-wise distillation, TED, "
+              "ICML 2023). Filters and Stage I heads were stripped: this is a stock Hugging Face model.", "",
+              "## Models", "", "| role | model |", "|---|---|",
+              f"| student initialised from | `{start}` (base: `{root_model(start)}`) |"]
+    if teacher:
+        lines.append(f"| teacher | `{teacher}` (base: `{root_model(teacher)}`) |")
+    lines += ["", "## Training", "", f"Task `{task.get('name')}` ({task.get('head')}), selection metric "
+              f"`{task.get('selection_metric')}`; method **{method}**.", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {args[k]} |" for k in HYPERPARAMETERS if args.get(k) is not None]
+    lines += [""] + _results(stage_dir, stage, metrics) + _speed(stage_dir, teacher, speed_rows)
+    head = "AutoModelForQuestionAnswering" if task.get("head") == "span" else "AutoModelForSequenceClassification"
+    lines += ["## Use", "", "```python", f"from transformers import AutoTokenizer, {head}", "",
+              f'model = {head}.from_pretrained("PATH")', 'tokenizer = AutoTokenizer.from_pretrained("PATH")', "```",
+              "", "## Citation", "", "```bibtex", CITATION, "```", ""]
+    return "\n".join(lines)
+
+
+def measure_speed(stage_dir: Path, stage: Optional[dict]) -> Optional[list[dict]]:
+    """Student vs teacher timings for the card; None when the teacher cannot be loaded locally."""
+    from .speed import compare
+
+    teacher = (stage or {}).get("lineage", {}).get("teacher")
+    teacher = teacher if teacher and (Path(teacher) / "config.json").is_file() else None
+    try:
+        return compare(stage_dir, teacher)
+    except (OSError, ValueError) as err:  # an unloadable folder should not block the export
+        import logging
+
+        logging.getLogger(__name__).warning("Speed not measured: %s", err)
+        return None

@@ -1,0 +1,99 @@
+"""Inference latency and throughput of a model folder, measured with a small timed loop.
+
+Random token ids (fixed generator) of one batch size and sequence length, no padding, the model in
+eval mode under `torch.inference_mode()`; a few warm-up calls, then the median of timed calls.
+Used by `ted report` and by the model card `ted export` writes, so both state the same numbers.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass
+class Speed:
+    device: str
+    batch_size: int
+    seq_len: int
+    latency_ms: float  # median time of one forward pass of the whole batch
+    throughput: float  # sequences per second
+    iterations: int
+    threads: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def devices() -> list[str]:
+    """CPU, plus the first GPU when there is one."""
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def load_for_inference(folder: str | Path):
+    """The model of a folder with its task head when it has one (config `architectures`)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(folder)
+    archs = " ".join(config.architectures or [])
+    cls = (AutoModelForQuestionAnswering if "QuestionAnswering" in archs
+           else AutoModelForSequenceClassification if "SequenceClassification" in archs else AutoModel)
+    return cls.from_pretrained(folder).eval()
+
+
+def _batch(model, batch_size: int, seq_len: int, device: str) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=gen)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
+def measure_many(folders: dict[str, str | Path], batch_size: int = 8, seq_len: int = 128, device: str = "cpu",
+                 iterations: int = 10, warmup: int = 2) -> dict[str, Speed]:
+    """Several models timed in interleaved rounds, so a busy shared machine slows them alike."""
+    import torch
+
+    models = {name: load_for_inference(folder).to(device) for name, folder in folders.items()}
+    for model in models.values():
+        seq_len = min(seq_len, getattr(model.config, "max_position_embeddings", None) or seq_len)
+    batches = {name: _batch(model, batch_size, seq_len, device) for name, model in models.items()}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for i in range(warmup + iterations):
+            for name, model in models.items():
+                sync()
+                start = time.perf_counter()
+                model(**batches[name])
+                sync()
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    label = "cpu" if device == "cpu" else torch.cuda.get_device_name(0)
+    out = {}
+    for name, values in times.items():
+        latency = statistics.median(values)
+        out[name] = Speed(device=label, batch_size=batch_size, seq_len=seq_len, latency_ms=1000 * latency,
+                          throughput=batch_size / latency, iterations=iterations, threads=torch.get_num_threads())
+    return out
+
+
+def measure(folder: str | Path, batch_size: int = 8, seq_len: int = 128, device: str = "cpu",
+            iterations: int = 10) -> Speed:
+    return measure_many({"model": folder}, batch_size, seq_len, device, iterations)["model"]
+
+
+def compare(student: str | Path, teacher: Optional[str | Path], batch_size: int = 8, seq_len: int = 128,
+            iterations: int = 10) -> list[dict]:
+    """Teacher and student on every available device (rows for a table: role, device, latency, ...)."""
+    folders = {"teacher": teacher, "student": student} if teacher is not None else {"student": student}
+    rows = []
+    for device in devices():
+        for role, speed in measure_many(folders, batch_size, seq_len, device, iterations).items():
+            rows.append({"role": role, **speed.as_dict()})
+    return rows

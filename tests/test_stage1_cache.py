@@ -1,0 +1,107 @@
+"""Cached Stage I (`--stage1_backbone_mode eval`): the cache gives the same logits and the same training as
+running the eval-mode backbone on every batch, and the stage writes the same kind of folder."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import tiny
+import torch
+from datasets import Dataset
+from tiny import one_thread  # noqa: F401  (module fixture)
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from ted.cli import main
+from ted.feature_cache import first_token_features
+from ted.filters import new_filters
+from ted.heads import new_heads
+from ted.objectives import CachedFilterLearner, FilterLearner, FilterObjective
+from ted.training import TedTrainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAYERS = [1, 3]
+
+
+def _setup(tmp_path):
+    tok = tiny.build_tokenizer()
+    folder = tiny.write_model(tmp_path / "m", tok, layers=4, head_labels=["neg", "pos"],
+                              hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    train, _ = tiny.write_data(tmp_path / "data", n_train=24, n_dev=4)
+    rows = [line.rsplit(",", 1) for line in train.read_text().splitlines()[1:]]
+    enc = tok([r[0] for r in rows], truncation=True, max_length=tiny.MAX_LEN)
+    data = Dataset.from_dict({**enc, "labels": [int(r[1] == "pos") for r in rows]})
+    torch.manual_seed(5)
+    filters = new_filters(model.config, LAYERS, 16, nonlinear=True)
+    heads = new_heads("classification", len(LAYERS), 16, 2, model.config)
+    return tok, model, data, filters, heads
+
+
+def test_cached_logits_equal_eval_mode_backbone(tmp_path):
+    tok, model, data, filters, heads = _setup(tmp_path)
+    full = FilterLearner(model, filters, heads, backbone_mode="eval").eval()
+    cache = first_token_features(model, data, LAYERS, tok, torch.device("cpu"), batch_size=5)
+    assert cache.features.shape == (len(data), len(LAYERS), model.config.hidden_size)
+    assert not cache.features.is_inference()  # it feeds autograd later
+    cached = CachedFilterLearner(filters, heads).eval()
+    inputs = [k for k in data.column_names if k != "labels"]
+    batch = DataCollatorWithPadding(tok)([{k: data[i][k] for k in inputs} for i in range(8)])  # padded batch
+    with torch.no_grad():
+        expected = full(**batch)
+        got = cached(features=cache.features[:8])
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.labels, torch.tensor(data["labels"]))
+
+
+def test_cached_training_matches_uncached_eval_mode(tmp_path):
+    """Same seed, same data order, same head dropout: the trained filters agree up to float error."""
+    tok, model, data, filters, heads = _setup(tmp_path)
+
+    def train(module, dataset, collator):
+        args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=6,
+                                 learning_rate=1e-2, report_to=[], remove_unused_columns=False, save_strategy="no",
+                                 use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, seed=3)
+        TedTrainer(model=module, args=args, objective=FilterObjective("classification"), data_collator=collator,
+                   train_dataset=dataset).train()
+        return module.filters.state_dict()
+
+    uncached = train(FilterLearner(model, copy.deepcopy(filters), copy.deepcopy(heads), backbone_mode="eval"),
+                     data, DataCollatorWithPadding(tok))
+    cache = first_token_features(model, data, LAYERS, tok, torch.device("cpu"), batch_size=7)
+    cached = train(CachedFilterLearner(copy.deepcopy(filters), copy.deepcopy(heads)), cache, default_data_collator)
+    moved = False
+    for key, value in uncached.items():
+        torch.testing.assert_close(cached[key], value, rtol=1e-4, atol=1e-5)
+        moved |= not torch.equal(value, filters.state_dict()[key])
+    assert moved  # the comparison is not vacuous: training changed the filters
+
+
+def test_learn_filters_eval_mode_cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    tok = tiny.build_tokenizer()
+    model = tiny.write_model(tmp_path / "m", tok, layers=2, head_labels=["neg", "pos"])
+    train, dev = tiny.write_data(tmp_path / "data", n_train=32, n_dev=16)
+    out = tmp_path / "stage1"
+    argv = ["learn-filters", "--model_name_or_path", str(model), "--output_dir", str(out),
+            "--stage1_backbone_mode", "eval", "--disable_tqdm", "true", *tiny.train_flags(train, dev)]
+    assert main(argv) == 0
+    scores = json.loads((out / "stage1_layer_scores.json").read_text())
+    assert set(scores) == {"0", "1"} and all("accuracy" in v for v in scores.values())
+    stage = json.loads((out / "ted_stage.json").read_text())
+    assert stage["args"]["stage1_backbone_mode"] == "eval"
+    assert (out / "filters.safetensors").is_file() and (out / "stage1_heads.safetensors").is_file()
+    logged = [e for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
+    assert logged and "loss_filter_layer0" in logged[0]
+    # The backbone is saved unchanged.
+    before = tiny.state_dict_of(model)
+    after = tiny.state_dict_of(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)
