@@ -82,7 +82,11 @@ def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool,
 def training_arguments(training_args, work: Path, selection_metric: Optional[str], head: str):
     """The user's TrainingArguments pointed at the work folder, with best-model selection wired in."""
     evaluating = str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
-    keep_best = selection_metric is not None and evaluating
+    saving = str(training_args.save_strategy) not in ("no", "SaveStrategy.NO")
+    # Keeping the best epoch needs both its evaluation and its checkpoint; without either the last one is kept.
+    keep_best = selection_metric is not None and evaluating and saving
+    if selection_metric is not None and evaluating and not saving:
+        logger.warning("--save_strategy no: the last epoch is kept, not the best one on dev.")
     return dataclasses.replace(
         training_args,
         output_dir=str(work),
