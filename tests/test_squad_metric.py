@@ -149,3 +149,20 @@ def test_shared_dev_subset_gold_predictions_score_100():
     assert res["total"] == len(qas) == 1494
     assert res["NoAns_total"] == sum(1 for q in qas if not q["answers"]) == 769
     assert res["exact"] == pytest.approx(100.0) and res["f1"] == pytest.approx(100.0)
+
+
+def test_best_threshold_walks_ties_in_null_odds_file_order():
+    """The official script visits equal no-answer probabilities in the order of the null-odds file.
+
+    q1 is answerable ("x", predicted right), q2 is not (but "y" is predicted). Starting from "all
+    forced empty" (score 1 of 2): visiting q2 first gives 1 - 1 = 0 then +1 = 1 (never above 1, so
+    best stays 50% at threshold 0.0); visiting q1 first gives 2 (100% at 0.5) before q2 brings it back.
+    """
+    data = [{"title": "t", "paragraphs": [{"context": "x y", "qas": [
+        {"id": "q1", "question": "?", "answers": [{"text": "x", "answer_start": 0}]},
+        {"id": "q2", "question": "?", "answers": []}]}]}]
+    preds = {"q1": "x", "q2": "y"}
+    q2_first = evaluate_squad(data, preds, na_probs={"q2": 0.5, "q1": 0.5})
+    q1_first = evaluate_squad(data, preds, na_probs={"q1": 0.5, "q2": 0.5})
+    assert (q2_first["best_exact"], q2_first["best_exact_thresh"]) == (50.0, 0.0)
+    assert (q1_first["best_exact"], q1_first["best_exact_thresh"]) == (100.0, 0.5)

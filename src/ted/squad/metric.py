@@ -133,7 +133,9 @@ def _best_threshold(predictions, scores, na_probs, has_ans):
     # Missing predictions never change with the threshold, they stay wrong.
     cur = sum(1 for q, h in has_ans.items() if not h and q in predictions)
     best, best_thresh = cur, 0.0
-    for qid in sorted((q for q in scores if q in predictions), key=lambda q: na_probs[q]):
+    # Like the official script, ties are visited in the order of the no-answer file (na_probs' own order):
+    # the running maximum is taken inside runs of equal probabilities, so that order shows in best_*.
+    for qid in sorted((q for q in na_probs if q in scores and q in predictions), key=lambda q: na_probs[q]):
         if has_ans[qid]:
             cur += scores[qid]
         elif predictions[qid]:
@@ -153,7 +155,8 @@ def _evaluate(gold, predictions, na_probs, na_prob_thresh):
         missing = [q for q in gold if q in predictions and q not in na_probs]
         if missing:
             print(f"Missing no-answer probability for {len(missing)} question(s), using 0.0", file=sys.stderr)
-        probs.update({q: float(p) for q, p in na_probs.items()})
+        # The file's order first (it decides how ties are walked), then questions it lacks.
+        probs = {**{q: float(p) for q, p in na_probs.items()}, **{q: 0.0 for q in missing}}
     exact = _apply_threshold(exact_raw, probs, has_ans, predictions, na_prob_thresh)
     f1 = _apply_threshold(f1_raw, probs, has_ans, predictions, na_prob_thresh)
 
