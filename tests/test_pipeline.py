@@ -149,8 +149,11 @@ class CountSteps(TrainerCallback):
             CountSteps.steps.append(state.global_step)
 
 
+BASE_TRAINER = stage_common.TedTrainer
+
+
 def with_callback(callback):
-    class Trainer(stage_common.TedTrainer):
+    class Trainer(BASE_TRAINER):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.add_callback(callback)
@@ -187,9 +190,10 @@ def test_interrupted_stage_two_resumes(run, tmp_path, monkeypatch):
 def test_report_has_table_over_seeds_and_plots(run, tmp_path):
     assert main(["report", str(run["out"]), "--output", str(tmp_path), "--speed_iterations", "2"]) == 0
     md, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| student + ") or line.startswith("| teacher")]
-    assert len(rows) >= 4 + 2  # teacher, KD, LWD, TED result rows and two speed rows
-    assert "| student + TED | 2 | " in md and " ± " in md
+    for row in ("teacher (fine-tuned)", "student (fine-tuned)", "student + KD", "student + LWD", "student + TED"):
+        assert f"| {row} | 2 | " in md, row  # two seeds each
+    ted_row = next(line for line in md.splitlines() if line.startswith("| student + TED | 2 | "))
+    assert " ± " in ted_row  # mean ± std over the two seeds
     assert html.count("data:image/png;base64,") >= 3
     assert len(list((tmp_path / "report_files").glob("*.png"))) >= 3
     assert "latency" in md and "CPU" in md and "8 × 64" in md  # batch 8; 128 tokens capped at the tiny models' 64
@@ -253,7 +257,8 @@ def test_presets_resolve(monkeypatch, tmp_path):
         plans[task] = specs
     assert len(plans) == 9
     rte = plans["rte"]
-    assert rte["student_stage1"]["per_device_train_batch_size"] == 32 and rte["student"]["per_device_train_batch_size"] == 16
+    assert rte["student_stage1"]["per_device_train_batch_size"] == 32  # the RTE exception
+    assert rte["student"]["per_device_train_batch_size"] == rte["ted"]["per_device_train_batch_size"] == 16
     assert (rte["ted"]["kl_alpha"], rte["ted"]["mse_alpha"], rte["lwd"]["mse_alpha"]) == (20, 50, 20)
     assert rte["teacher"]["hidden_dropout_prob"] == rte["ted"]["attention_probs_dropout_prob"] == 0.0
     assert (plans["mnli"]["ted"]["mse_alpha"], plans["mnli"]["teacher"]["warmup_steps"]) == (7500, 1500)
@@ -274,3 +279,30 @@ def test_minilm_presets_plan(tmp_path):
         pipeline_module.validate(list(specs.values()))
         assert specs["ted"].kwargs["teacher_filter_interval"] == 2 and specs["lwd"].kwargs["filter_interval"] == 1
         assert Path(specs["teacher"].kwargs["data_dir"]).is_dir()
+
+
+def test_checkpoint_cut_off_mid_write_is_not_resumed(tmp_path):
+    """The Trainer writes trainer_state.json last: a checkpoint without it is half written."""
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "model.safetensors").write_text("partial")
+    assert stage_common.last_complete_checkpoint(tmp_path, remove_partial=False) == str(tmp_path / "checkpoint-2")
+    assert (tmp_path / "checkpoint-4").exists()
+    assert stage_common.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert not (tmp_path / "checkpoint-4").exists()
+
+
+def test_checkpoints_of_other_settings_are_dropped(run, tmp_path):
+    """A stage cut off under other settings cannot be resumed: its checkpoints go, the stage starts over."""
+    [(task, cfg)] = pipeline_module.task_configs([str(run["root"] / "cfg.yaml")], {"output_dir": str(tmp_path)})
+    spec = next(s for s in pipeline_module.plan_seed(task, cfg, 1, tmp_path) if s.role == "ted")
+    kwargs = pipeline_module._stage_call_kwargs(spec, tmp_path)
+    work = tmp_path / "ted.incomplete"
+    (work / "checkpoint-2").mkdir(parents=True)
+    (work / "ted_fingerprint.txt").write_text(pipeline_module._run_fingerprint("distill", kwargs) + "\n")
+    pipeline_module._drop_stale_checkpoints(spec, kwargs)
+    assert (work / "checkpoint-2").is_dir()  # same settings: kept for resuming
+    (work / "ted_fingerprint.txt").write_text("0123456789abcdef\n")
+    pipeline_module._drop_stale_checkpoints(spec, kwargs)
+    assert not work.exists()

@@ -104,7 +104,7 @@ def build_model(config: dict, weights: dict, kind: str, where: Path):
     return model
 
 
-def filter_config(config: dict, filters: dict, num_layers: int):
+def filter_config(config: dict, filters: dict, num_layers: int, role: str = "filter"):
     from .filters import FilterConfig, select_layers
 
     layers = sorted({int(k.split(".")[1]) for k in filters})
@@ -118,7 +118,7 @@ def filter_config(config: dict, filters: dict, num_layers: int):
     act = config.get("hidden_act", "gelu")
     return FilterConfig(layers=layers, hidden_size=int(config["hidden_size"]), output_dim=int(last.shape[0]),
                         nonlinear=nonlinear, activation=act if isinstance(act, str) else "gelu", interval=interval,
-                        initializer_range=float(config.get("initializer_range", 0.02)), role="filter")
+                        initializer_range=float(config.get("initializer_range", 0.02)), role=role)
 
 
 def heads_config(config: dict, heads: dict, kind: str, output_dim: int):
@@ -127,11 +127,12 @@ def heads_config(config: dict, heads: dict, kind: str, output_dim: int):
     count = len({k.split(".")[1] for k in heads if k.startswith("filter_head.")})
     dropout = next((config[k] for k in ("cls_dropout", "classifier_dropout", "hidden_dropout_prob")
                     if config.get(k) is not None), 0.0)
-    return HeadsConfig(kind=kind, num_heads=count, input_dim=output_dim,
-                       num_labels=2 if kind == "span" else int(config.get("num_labels") or len(config["id2label"])),
+    num_labels = 2 if kind == "span" else int(config.get("num_labels") or len(config["id2label"]))
+    return HeadsConfig(kind=kind, num_heads=count, input_dim=output_dim, num_labels=num_labels,
                        activation=config.get("pooler_hidden_act", "gelu") or "gelu",
                        pooler_dropout=float(config.get("pooler_dropout", 0.0) or 0.0),
-                       classifier_dropout=float(dropout), initializer_range=float(config.get("initializer_range", 0.02)))
+                       classifier_dropout=float(dropout),
+                       initializer_range=float(config.get("initializer_range", 0.02)))
 
 
 def describe_task(task_name: Optional[str], kind: str, config: dict):
@@ -167,7 +168,8 @@ def import_original(path: str, output_dir: str, task_name: Optional[str] = None,
     model = build_model(config, model_w, kind, src)
     filters = heads = None
     if filter_w:
-        filters = TaskAwareFilters(filter_config(original, filter_w, int(original["num_hidden_layers"])))
+        role = "projector" if method == "lwd" else "filter"  # LWD's student "filters" are its projector
+        filters = TaskAwareFilters(filter_config(original, filter_w, int(original["num_hidden_layers"]), role))
         filters.load_state_dict(filter_w)
     if head_w:
         if filters is None:
@@ -186,7 +188,8 @@ def import_original(path: str, output_dir: str, task_name: Optional[str] = None,
             heads.save(tmp)
         ted_fields = {k: original[k] for k in TED_FIELDS if k in original}
         description = artifacts.describe_stage(
-            "learn_filters" if stage1 else "distill", describe_task(task_name, kind, original), {"imported": ted_fields},
+            "learn_filters" if stage1 else "distill", describe_task(task_name, kind, original),
+            {"imported": ted_fields},
             lineage={"imported_from": str(src.resolve())},
             method=None if stage1 else (method or ("kd" if filters is None else None)),
         )

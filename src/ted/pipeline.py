@@ -114,7 +114,8 @@ def _check_top(cfg: dict) -> None:
             raise TedInputError(f"The {key} {cfg[key]!r} does not exist. Fix `{key}:` or pass --{key} PATH "
                                 "(presets find the shared models through TED_SHARED_DIR or shared_dir).")
     if cfg.get("baseline_init", "pretrained") not in BASELINE_INITS:
-        raise TedInputError(f"--baseline_init must be one of {', '.join(BASELINE_INITS)}, got {cfg['baseline_init']!r}.")
+        raise TedInputError(f"--baseline_init must be one of {', '.join(BASELINE_INITS)}, "
+                            f"got {cfg['baseline_init']!r}.")
     unknown = set(cfg.get("methods") or METHODS) - set(METHODS)
     if unknown:
         raise TedInputError(f"Unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}.")
@@ -249,6 +250,13 @@ def _run_fingerprint(command: str, kwargs: dict) -> str:
     return fingerprint(run_args)
 
 
+def _drop_leftovers(folder: Path) -> None:
+    """Half-written copies of a stage folder that a killed run left under atomic_folder's temporary names."""
+    for path in folder.parent.glob(f".{folder.name}.*"):
+        if path.is_dir() and (path.name.endswith(".tmp") or ".old-" in path.name):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _drop_stale_checkpoints(spec: StageSpec, kwargs: dict) -> None:
     """Checkpoints of a cut-off run with other settings cannot be resumed: start that stage over."""
     marker = artifacts.work_dir(spec.folder) / "ted_fingerprint.txt"
@@ -276,6 +284,7 @@ def run_stage(spec: StageSpec, fp: str, task: str, seed: int) -> StageRun:
         logger.info("%s: reused %s (fingerprint %s)", label, spec.folder, fp)
         return StageRun(task, seed, spec.role, str(spec.folder), "reused", fp, time.time() - start, _metrics(spec))
     kwargs = _stage_call_kwargs(spec, spec.folder.parent)
+    _drop_leftovers(spec.folder)
     stale = spec.folder.exists()
     if stale:
         logger.warning("%s: %s was made with other settings or inputs; training it again.", label, spec.folder)
@@ -349,10 +358,10 @@ def run_pipeline(config_files: list[str], overrides: Optional[dict] = None) -> l
     validate([spec for *_, spec, fp in jobs if not reusable(spec.folder, fp)])
     runs: list[StageRun] = []
     for task, seed, cfg, spec, fp in jobs:
-        if spec.role == ROLES[0]:
+        if not any(r.task == task for r in runs):  # once per task, before its first stage
             seeds = sorted({s for t, s, *_ in jobs if t == task})
-            write_pipeline_file(Path(cfg["output_dir"]) / task, task, cfg, [j[3] for j in jobs if j[:2] == (task, seed)],
-                                seeds)
+            specs = [j[3] for j in jobs if j[:2] == (task, seed)]
+            write_pipeline_file(Path(cfg["output_dir"]) / task, task, cfg, specs, seeds)
         runs.append(run_stage(spec, fp, task, seed))
     return runs
 
@@ -370,8 +379,8 @@ def run_pipeline_cli(argv: list[str]) -> list[StageRun]:
 def summary(runs: list[StageRun]) -> str:
     lines = ["task   seed  stage           status   seconds  dev score  folder"]
     for r in runs:
-        score = next((v for k, v in r.metrics.items() if k in ("eval_accuracy", "eval_f1", "eval_spearmanr",
-                                                               "eval_matthews_correlation")), None)
+        metric = (artifacts.stage_info(r.folder) or {}).get("task", {}).get("selection_metric")
+        score = r.metrics.get(f"eval_{metric}")
         shown = f"{score:.4f}" if isinstance(score, float) else "-"
         lines.append(f"{r.task:<6} {r.seed:<5} {r.role:<15} {r.status:<8} {r.seconds:7.1f}  {shown:>9}  {r.folder}")
     trained = sum(r.status == "trained" for r in runs)

@@ -12,7 +12,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 from transformers import DataCollatorWithPadding
-from transformers.trainer_utils import get_last_checkpoint
 
 from .. import artifacts
 from ..artifacts import StageResult  # noqa: F401  (re-exported for the stages)
@@ -53,6 +52,23 @@ def fingerprint(args: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def last_complete_checkpoint(work: Path, remove_partial: bool = True) -> Optional[str]:
+    """The newest checkpoint the Trainer finished writing (it writes trainer_state.json last). One cut off
+    mid-write by a kill is removed, so a resume never loads half a checkpoint."""
+    complete = []
+    for path in work.glob("checkpoint-*"):
+        if not (path.is_dir() and path.name[len("checkpoint-"):].isdigit()):
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            complete.append(path)
+        except (OSError, ValueError):
+            if remove_partial:
+                logger.warning("Removing %s: it was cut off while being written.", path)
+                shutil.rmtree(path, ignore_errors=True)
+    return str(max(complete, key=lambda p: int(p.name[len("checkpoint-"):]))) if complete else None
+
+
 def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool,
                      main_process: bool = True) -> tuple[Path, Optional[str]]:
     """Checkpoint folder of this run and the checkpoint to resume from, if an identical run was cut off.
@@ -62,7 +78,7 @@ def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool,
     """
     work = artifacts.work_dir(output_dir)
     if not main_process:
-        return work, get_last_checkpoint(str(work)) if work.is_dir() else None
+        return work, last_complete_checkpoint(work, remove_partial=False) if work.is_dir() else None
     marker = work / "ted_fingerprint.txt"
     if work.exists() and (overwrite or not marker.is_file()):
         shutil.rmtree(work)
@@ -73,7 +89,7 @@ def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool,
         )
     work.mkdir(parents=True, exist_ok=True)
     marker.write_text(run_fingerprint + "\n")
-    last = get_last_checkpoint(str(work))
+    last = last_complete_checkpoint(work)
     if last:
         logger.warning("Resuming the interrupted run from %s", last)
     return work, last

@@ -1,0 +1,435 @@
+"""Speed benchmark of `ted`: Stage II overhead, cached Stage I, dynamic padding; one JSON object on stdout.
+
+    python benchmarks/run.py [--model_pair TEACHER STUDENT] [--task rte] [--data_dir DIR] [--json OUT] [--quick]
+
+Defaults: the shared MiniLM pair (all-MiniLM-L6-v2 teacher, paraphrase-MiniLM-L3-v2 student) and the shared
+GLUE TSV folders (`$TED_SHARED_DIR`, else `../shared` beside the repository). Every number comes from this
+one process, measured side by side:
+
+* `stage2_overhead_ratio`: median time of a Stage II TED training step divided by (median time of a plain
+  fine-tuning step of the student + median time of one teacher forward under `torch.inference_mode()`), on
+  the same batch. A "training step" is what `Trainer.train()` does per batch: `TedTrainer.training_step`
+  (the objective's forward and the backward), gradient clipping, the optimizer and scheduler steps and
+  `zero_grad`. Configurations are interleaved round by round (warm-up rounds first) so load changes on a
+  shared machine hit all of them alike. KD and LWD steps are measured the same way.
+* `stage1_cache_speedup`: wall time of Stage I training the paper's way (the frozen backbone runs in train mode
+  on every batch of every epoch) divided by ours (`--stage1_backbone_mode eval`: one inference-mode backbone
+  pass builds the token-0 cache, then the filters and heads train on it), same examples, 3 epochs, batch 32,
+  both through `TedTrainer.train()` and without per-epoch evaluation (the paper's Stage I has none).
+* `dynamic_padding_speedup`: fine-tuning samples/s on SST-2 training data with dynamic padding and
+  length-grouped batches (`train_sampling_strategy=group_by_length`) divided by samples/s with every batch
+  padded to max_seq_length 128. `dynamic_padding_only_speedup` is the same without length grouping.
+* peak memory of every configuration: peak RSS of this process while it ran (Linux VmHWM, reset before each
+  configuration, so it includes the models already loaded) on CPU, `torch.cuda.max_memory_allocated` on GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TED_SHARED_DIR", REPO.parent / "shared"))
+DEFAULT_PAIR = (str(SHARED / "models" / "all-MiniLM-L6-v2"), str(SHARED / "models" / "paraphrase-MiniLM-L3-v2"))
+
+# Full run: a few minutes on 2 CPU cores. Quick: under a minute.
+SETTINGS = {
+    "full": dict(stage2_batch=16, stage2_warmup=2, stage2_reps=7, stage1_examples=512, padding_examples=1024,
+                 padding_batch=32, padded_steps=5),
+    "quick": dict(stage2_batch=8, stage2_warmup=1, stage2_reps=3, stage1_examples=64, padding_examples=128,
+                  padding_batch=16, padded_steps=2),
+}
+STAGE1_EPOCHS, STAGE1_BATCH = 3, 32
+MAX_SEQ_LENGTH = 128
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_pair", nargs=2, metavar=("TEACHER", "STUDENT"), default=DEFAULT_PAIR,
+                        help="teacher and student (hub ids or folders; same vocabulary)")
+    parser.add_argument("--task", default="rte", help="GLUE task of the Stage I / II measurements (default rte)")
+    parser.add_argument("--data_dir", default=str(SHARED / "data" / "glue"), help="GLUE TSV folders")
+    parser.add_argument("--json", dest="json_out", help="also write the JSON object to this file")
+    parser.add_argument("--quick", action="store_true", help="small sizes: finishes in under a minute")
+    parser.add_argument("--teacher_filter_interval", type=int, default=None,
+                        help="default: teacher layers / student layers, so every student layer is matched")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA) for every measured step")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+class Meter:
+    """Peak memory of a configuration: VmHWM (reset per configuration) on CPU, max_memory_allocated on CUDA."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch = torch
+        self.cuda = device.type == "cuda"
+        self.can_reset = not self.cuda and _reset_rss_peak()
+        self.kind = "cuda_max_memory_allocated" if self.cuda else ("rss_peak" if self.can_reset else "rss_peak_since_start")
+        self.peaks: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def track(self, name: str):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            self.torch.cuda.reset_peak_memory_stats()
+        elif self.can_reset:
+            _reset_rss_peak()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                self.torch.cuda.synchronize()
+                peak = self.torch.cuda.max_memory_allocated() / 2**20
+            else:
+                peak = _rss_peak_kb() / 1024
+            self.peaks[name] = round(max(self.peaks.get(name, 0.0), peak), 1)
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_peak_kb() -> float:
+    try:
+        return float(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+    except (OSError, AttributeError):
+        import resource
+
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+
+def training_args(output_dir: str, device, bf16: bool, **overrides):
+    from ted.config import TedTrainingArguments
+
+    values = dict(output_dir=output_dir, report_to=["none"], eval_strategy="no", save_strategy="no",
+                  logging_steps=10**6, disable_tqdm=True, dataloader_pin_memory=device.type == "cuda",
+                  use_cpu=device.type == "cpu", bf16=bf16, seed=0, remove_unused_columns=False,
+                  learning_rate=5e-5, max_steps=10**6)
+    values.update(overrides)
+    return TedTrainingArguments(**values)
+
+
+def make_trainer(module, objective, args, teacher=None, **kwargs):
+    from ted.training import TedTrainer
+
+    trainer = TedTrainer(model=module, args=args, objective=objective, teacher=teacher, **kwargs)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() otherwise
+    return trainer
+
+
+def train_step(trainer, batch) -> None:
+    """What Trainer.train() does for one batch: forward + backward, clip, optimizer + scheduler step, zero_grad."""
+    model = trainer.model
+    trainer.training_step(model, batch)
+    trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()
+    model.zero_grad()
+
+
+def load_data(task_name, data_dir, tokenizer, n_train, pad_to_max_length=False):
+    from ted.config import DataArguments
+    from ted.tasks import load_task
+
+    data_args = DataArguments(task_name=task_name, data_dir=data_dir, max_seq_length=MAX_SEQ_LENGTH,
+                              max_train_samples=n_train, max_eval_samples=8, pad_to_max_length=pad_to_max_length)
+    return load_task(data_args, tokenizer)
+
+
+def columns(dataset):
+    from ted.stages.common import model_columns
+
+    return model_columns(dataset)
+
+
+# ---------------------------------------------------------------------------------------------- Stage II
+
+
+def bench_stage2(opts, size, device, meter, tokenizer, task, data):
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    from ted.filters import match_layers, new_filters, select_layers
+    from ted.models import load_task_model, num_layers
+    from ted.objectives import DistillObjective, DistillStudent, DistillWeights, TaskObjective, Teacher
+
+    teacher_path, student_path = opts.model_pair
+    torch.manual_seed(opts.seed)
+    teacher_model = load_task_model(teacher_path, task).to(device)
+    student = load_task_model(student_path, task)
+    s_layers = select_layers(num_layers(student.config), 1)
+    interval = opts.teacher_filter_interval or num_layers(teacher_model.config) // num_layers(student.config)
+    t_layers = select_layers(num_layers(teacher_model.config), interval)
+    match_layers(s_layers, t_layers)
+    dim = teacher_model.config.hidden_size
+    t_filters = new_filters(teacher_model.config, t_layers, dim, False, interval=interval)
+    s_filters = new_filters(student.config, s_layers, dim, False, interval=1)
+    projector = new_filters(student.config, s_layers, dim, False, interval=1, role="projector")
+
+    rows = columns(data.train).select(range(size["stage2_batch"]))
+    batch = DataCollatorWithPadding(tokenizer)([rows[i] for i in range(len(rows))])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = training_args(tmp, device, opts.bf16)
+
+        def distill(filters, teacher_filters, weights):
+            teacher = Teacher(teacher_model, teacher_filters, t_layers, task.head)
+            module = DistillStudent(copy.deepcopy(student), copy.deepcopy(filters) if filters is not None else None)
+            return make_trainer(module, DistillObjective(task.head, teacher, weights), args, teacher=teacher)
+
+        trainers = {
+            "finetune": make_trainer(copy.deepcopy(student), TaskObjective(task.head), args),
+            "ted": distill(s_filters, t_filters, DistillWeights(kl_alpha=20, mse_alpha=50)),
+            "kd": distill(None, None, DistillWeights(kl_alpha=20, mse_alpha=0)),
+            "lwd": distill(projector, None, DistillWeights(kl_alpha=20, mse_alpha=20)),
+        }
+        teacher_only = Teacher(teacher_model, None, t_layers, task.head)
+        teacher_only.to(device)
+        teacher_only.autocast_dtype = torch.bfloat16 if opts.bf16 else None
+
+        def teacher_forward():
+            with torch.inference_mode(), teacher_only.autocast():
+                teacher_model(**inputs)
+
+        steps = {name: (lambda tr=tr: train_step(tr, batch)) for name, tr in trainers.items()}
+        steps["teacher_forward"] = teacher_forward
+        names = list(steps)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(size["stage2_warmup"] + size["stage2_reps"]):
+            order = names[round_ % len(names):] + names[:round_ % len(names)]  # rotate who goes first
+            for name in order:
+                with meter.track(name):
+                    elapsed = timed(steps[name], device)
+                if round_ >= size["stage2_warmup"]:
+                    times[name].append(elapsed)
+    med = {name: statistics.median(values) for name, values in times.items()}
+    base = med["finetune"] + med["teacher_forward"]
+    n = size["stage2_batch"]
+    return {
+        "stage2_overhead_ratio": round(med["ted"] / base, 4),
+        "kd_overhead_ratio": round(med["kd"] / base, 4),
+        "lwd_overhead_ratio": round(med["lwd"] / base, 4),
+        "step_ms_median": {k: round(v * 1000, 1) for k, v in med.items()},
+        "step_ms_all": {k: [round(x * 1000, 1) for x in v] for k, v in times.items()},
+        "samples_per_second": {k: round(n / v, 2) for k, v in med.items()},
+        "batch": {"size": n, "seq_len": int(batch["input_ids"].shape[1]),
+                  "real_tokens": int(batch["attention_mask"].sum())},
+        "layers": {"student": s_layers, "teacher": t_layers, "filter_output_dim": dim},
+        "alphas": {"ted": [20, 50], "kd": [20, 0], "lwd": [20, 20]},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- Stage I
+
+
+def bench_stage1(opts, size, device, meter, tokenizer, task, data):
+    import torch
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    from ted.feature_cache import cache_autocast_dtype, first_token_features
+    from ted.filters import new_filters, select_layers
+    from ted.heads import new_heads
+    from ted.models import load_task_model, num_layers
+    from ted.objectives import CachedFilterLearner, FilterLearner, FilterObjective
+
+    backbone = load_task_model(opts.model_pair[0], task)  # the teacher: Stage I's most expensive model
+    layers = select_layers(num_layers(backbone.config), 1)  # the paper's Stage I: a filter on every layer
+    train = columns(data.train)
+    n = len(train)
+
+    def fresh():
+        torch.manual_seed(opts.seed)
+        filters = new_filters(backbone.config, layers, None, False, interval=1)
+        heads = new_heads(task.head, len(layers), filters.config.output_dim, task.num_labels, backbone.config)
+        return filters, heads
+
+    out = {"examples": n, "epochs": STAGE1_EPOCHS, "batch_size": STAGE1_BATCH, "filters": len(layers)}
+    with tempfile.TemporaryDirectory() as tmp:
+        args = training_args(tmp, device, opts.bf16, max_steps=-1, num_train_epochs=STAGE1_EPOCHS,
+                             per_device_train_batch_size=STAGE1_BATCH, per_device_eval_batch_size=STAGE1_BATCH)
+        from ted.training import TedTrainer
+
+        # The paper's way: the frozen backbone (dropout on) runs on every batch of every epoch.
+        filters, heads = fresh()
+        learner = FilterLearner(backbone, filters, heads, backbone_mode="train")
+        trainer = TedTrainer(model=learner, args=args, objective=FilterObjective(task.head), train_dataset=train,
+                             data_collator=DataCollatorWithPadding(tokenizer))
+        with meter.track("stage1_train_backbone"):
+            paper = timed(trainer.train, device)
+
+        # Ours: one inference-mode pass builds the token-0 cache; filters + heads train on it.
+        filters, heads = fresh()
+        dtype = cache_autocast_dtype(device, fp16=False)
+
+        def cached_run():
+            start = time.perf_counter()
+            cache = first_token_features(backbone.to(device), train, layers, tokenizer, device,
+                                         batch_size=args.per_device_eval_batch_size, autocast_dtype=dtype)
+            sync(device)
+            out["cache_build_seconds"] = round(time.perf_counter() - start, 3)
+            TedTrainer(model=CachedFilterLearner(filters, heads), args=args, objective=FilterObjective(task.head),
+                       train_dataset=cache, data_collator=default_data_collator).train()
+
+        with meter.track("stage1_eval_cache"):
+            cached = timed(cached_run, device)
+    out.update(paper_seconds=round(paper, 3), cached_seconds=round(cached, 3),
+               cache_train_seconds=round(cached - out["cache_build_seconds"], 3))
+    return {
+        "stage1_cache_speedup": round(paper / cached, 3),
+        "stage1": out,
+        "samples_per_second": {"stage1_train_backbone": round(n * STAGE1_EPOCHS / paper, 2),
+                               "stage1_eval_cache": round(n * STAGE1_EPOCHS / cached, 2)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- padding
+
+
+def bench_padding(opts, size, device, meter, tokenizer):
+    import torch
+
+    from ted.models import load_task_model
+    from ted.objectives import TaskObjective
+
+    results, info = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, pad, strategy in (("finetune_pad128", True, "random"), ("finetune_dynamic", False, "random"),
+                                    ("finetune_dynamic_grouped", False, "group_by_length")):
+            task, data = load_data("sst2", opts.data_dir, tokenizer, size["padding_examples"], pad_to_max_length=pad)
+            torch.manual_seed(opts.seed)
+            model = load_task_model(opts.model_pair[1], task)
+            args = training_args(tmp, device, opts.bf16, per_device_train_batch_size=size["padding_batch"],
+                                 train_sampling_strategy=strategy)
+            from ted.stages.common import make_collator
+
+            trainer = make_trainer(model, TaskObjective(task.head), args, train_dataset=columns(data.train),
+                                   data_collator=make_collator(tokenizer, args))
+            batches = [trainer._prepare_inputs(b) for b in trainer.get_train_dataloader()]
+            train_step(trainer, batches[0])  # warm-up
+            if pad:  # every batch has the same shape: the median of a few steps is exact enough
+                with meter.track(name):
+                    times = [timed(lambda b=b: train_step(trainer, b), device) for b in batches[1:1 + size["padded_steps"]]]
+                seconds_per_sample = statistics.median(times) / size["padding_batch"]
+                measured = len(times)
+            else:  # batch shapes vary: one full pass over the examples
+                with meter.track(name):
+                    total = sum(timed(lambda b=b: train_step(trainer, b), device) for b in batches)
+                seconds_per_sample = total / sum(len(b["input_ids"]) for b in batches)
+                measured = len(batches)
+            results[name] = round(1 / seconds_per_sample, 2)
+            lengths = [int(b["input_ids"].shape[1]) for b in batches]
+            info[name] = {"batches_timed": measured, "mean_padded_length": round(statistics.mean(lengths), 1)}
+    return {
+        "dynamic_padding_speedup": round(results["finetune_dynamic_grouped"] / results["finetune_pad128"], 3),
+        "dynamic_padding_only_speedup": round(results["finetune_dynamic"] / results["finetune_pad128"], 3),
+        "padding": {"examples": size["padding_examples"], "batch_size": size["padding_batch"], **info},
+        "samples_per_second": results,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    opts = parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.perf_counter()
+    load_before = load_average()
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    from ted.models import check_same_vocabulary, load_tokenizer
+
+    size = SETTINGS["quick" if opts.quick else "full"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    meter = Meter(device)
+    tokenizer = load_tokenizer(opts.model_pair[1])
+    check_same_vocabulary(load_tokenizer(opts.model_pair[0]), tokenizer, *opts.model_pair)
+    task, data = load_data(opts.task, opts.data_dir, tokenizer, max(size["stage1_examples"], size["stage2_batch"]))
+
+    result: dict = {}
+    sps: dict = {}
+    for part in (bench_stage2(opts, size, device, meter, tokenizer, task, data),
+                 bench_stage1(opts, size, device, meter, tokenizer, task, data),
+                 bench_padding(opts, size, device, meter, tokenizer)):
+        sps.update(part.pop("samples_per_second"))
+        result.update(part)
+    result["samples_per_second"] = sps
+    result["peak_memory_mb"] = dict(meter.peaks)
+    result["memory_kind"] = meter.kind
+    result["targets"] = {"stage2_overhead_ratio<=1.10": result["stage2_overhead_ratio"] <= 1.10,
+                         "stage1_cache_speedup>=5": result["stage1_cache_speedup"] >= 5,
+                         "dynamic_padding_speedup>2": result["dynamic_padding_speedup"] > 2}
+    result["config"] = {"mode": "quick" if opts.quick else "full", "task": opts.task, "model_pair": opts.model_pair,
+                        "max_seq_length": MAX_SEQ_LENGTH, "bf16": opts.bf16, **size}
+    result["environment"] = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "load_average_before": load_before, "load_average_after": load_average(),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if opts.json_out:
+        Path(opts.json_out).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))  # a fresh clone without `pip install -e .` still runs
+    main()
+    sys.exit(0)
