@@ -20,7 +20,7 @@ from tiny import one_thread  # noqa: F401  (module fixture)
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 import ted
-import ted.pipeline as pipeline_module
+import ted.pipeline_runner as pipeline_module
 import ted.stages.common as stage_common
 from ted.cli import main
 from ted.errors import TedInputError

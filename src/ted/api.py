@@ -78,7 +78,7 @@ def export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_spe
 def pipeline(config, output_dir: str | None = None, **overrides):
     """`ted pipeline`: every stage for tasks x seeds from YAML file(s); keyword arguments as on the CLI
     (`seeds=[1, 2]`, `baseline_init="finetuned"`, `max_train_samples=100`, `ted={"kl_alpha": 5}`)."""
-    from .pipeline import run_pipeline
+    from .pipeline_runner import run_pipeline
     from .pipeline_config import SECTIONS, set_override
 
     merged: dict[str, Any] = {}

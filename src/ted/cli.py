@@ -100,7 +100,7 @@ def run_score_squad(argv: list[str]):
 
 
 def run_pipeline_cli(argv: list[str]):
-    from .pipeline import run_pipeline_cli as run
+    from .pipeline_runner import run_pipeline_cli as run
 
     return run(argv)
 

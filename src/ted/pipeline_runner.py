@@ -19,9 +19,7 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -403,14 +401,3 @@ CLI_HELP = """usage: ted pipeline --config FILE.yaml [FILE2.yaml ...] [options]
   --SECTION.KEY VALUE           one stage only; SECTION is one of """ + ", ".join(STAGE_SECTIONS) + """
 
 Re-running the same command reuses every finished stage and resumes a cut-off one."""
-
-
-class _CallableModule(types.ModuleType):
-    """`ted.pipeline` names both this module and the API function: importing the module (which rebinds
-    the package attribute) must not break `ted.pipeline(config, ...)`."""
-
-    def __call__(self, *args, **kwargs):
-        return api.pipeline(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
