@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from transformers import HfArgumentParser
-
-from .api import COMMAND_ARGS, run_command
 from .errors import TedInputError
+
+# The stage commands; their modules (and transformers) are imported only when one runs, so that
+# `ted score-squad` or `ted --help` start instantly.
+STAGE_COMMANDS = ("finetune", "learn-filters", "distill", "evaluate")
 
 USAGE = """usage: ted <command> [--config FILE] [options]
 
@@ -65,6 +66,10 @@ def split_config(argv: list[str]) -> list[str]:
 
 
 def run_stage(command: str, argv: list[str]):
+    from transformers import HfArgumentParser
+
+    from .api import COMMAND_ARGS, run_command
+
     parser = HfArgumentParser(COMMAND_ARGS[command], prog=f"ted {command}")
     groups = parser.parse_args_into_dataclasses(args=split_config(argv))
     return run_command(command, groups)
@@ -130,7 +135,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("transformers").setLevel(logging.WARNING)
     try:
-        if command in COMMAND_ARGS:
+        if command in STAGE_COMMANDS:
             result = run_stage(command, rest)
         elif command == "export":
             result = run_export_cli(rest)
