@@ -17,7 +17,6 @@ POSITIVE = ["good", "great", "fine"]
 NEGATIVE = ["bad", "awful", "poor"]
 FILLER = ["the", "movie", "was", "not", "very", "plot", "a", "film", "it"]
 WORDS = POSITIVE + NEGATIVE + FILLER
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 HIDDEN = 32
 MAX_LEN = 32
 
@@ -33,20 +32,10 @@ def one_thread():
 
 def build_tokenizer(extra: tuple[str, ...] = (), reverse: bool = False):
     """A BERT-style word-level fast tokenizer over WORDS (+ `extra`); `reverse` permutes the word ids."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from ted.demo_assets import build_tokenizer as word_level_tokenizer
 
     words = WORDS + list(extra)
-    tokens = SPECIALS + (words[::-1] if reverse else words)
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=MAX_LEN)
+    return word_level_tokenizer(words[::-1] if reverse else words, model_max_length=MAX_LEN)
 
 
 def _sentence(rng: random.Random) -> tuple[str, int]:

@@ -54,12 +54,14 @@ def write_synthetic_task(folder: Path, n_train: int = 2000, n_dev: int = 400, se
     return paths[0], paths[1]
 
 
-def build_tokenizer():
-    """A word-level tokenizer over the task's closed vocabulary, with BERT-style special tokens."""
+def build_tokenizer(words: list[str] | None = None, model_max_length: int = 64):
+    """A word-level tokenizer with BERT-style special tokens over `words` (default: the demo's vocabulary)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(set(POSITIVE + NEGATIVE + NEGATIONS + FILLER + ["overall"])))}
+    if words is None:
+        words = sorted(set(POSITIVE + NEGATIVE + NEGATIONS + FILLER + ["overall"]))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + list(words))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.post_processor = processors.TemplateProcessing(
@@ -67,7 +69,7 @@ def build_tokenizer():
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length)
 
 
 def write_tiny_model(folder: Path, tokenizer, layers: int, hidden: int, seed: int) -> Path:
