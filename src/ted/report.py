@@ -45,28 +45,30 @@ def results_table(rows: list[tuple[str, str | Path]]) -> str:
     return "\n".join(lines)
 
 
-def plot_loss_terms(runs: dict[str, str | Path], path: str | Path) -> Path:
-    """One panel per loss term (pred, kl, mse, total), one line per run, from each run's log history."""
-    import matplotlib
+LOSS_TERMS = ["loss", "loss_pred", "loss_kl", "loss_mse"]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    terms = ["loss", "loss_pred", "loss_kl", "loss_mse"]
-    fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2))
-    for i, (name, folder) in enumerate(runs.items()):
+def draw_loss_terms(axes, series: list[tuple[str, Optional[str], Path]]) -> None:
+    """One panel per Stage II loss term; `series` = (colour, legend label or None, stage folder)."""
+    for color, label, folder in series:
         history = artifacts.read_json(Path(folder) / artifacts.LOG_HISTORY)
-        color = f"C{i}"  # one colour per run in every panel, even where a run lacks a term
-        for ax, term in zip(axes, terms):
-            points = [(h["step"], h[term]) for h in history if term in h]
-            if points:
-                ax.plot(*zip(*points), label=name, marker=".", color=color)
-    for ax, term in zip(axes, terms):
+        for ax, term in zip(axes, LOSS_TERMS):
+            points = [(h["step"], h[term]) for h in history if isinstance(h.get(term), (int, float))]
+            if points and any(v > 0 for _, v in points):  # log scale: a run lacking a term draws nothing
+                ax.plot(*zip(*points), color=color, alpha=0.8, marker=".", label=label)
+    for ax, term in zip(axes, LOSS_TERMS):
         ax.set_title("total loss" if term == "loss" else term.replace("loss_", "") + " term")
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend()
+
+
+def plot_loss_terms(runs: dict[str, str | Path], path: str | Path) -> Path:
+    """The loss terms of a few stage folders, one colour per run (used by `ted demo`)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(4 * len(LOSS_TERMS), 3.2))
+    draw_loss_terms(axes, [(f"C{i}", name, Path(folder)) for i, (name, folder) in enumerate(runs.items())])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -228,22 +230,9 @@ def plot_task_losses(runs: TaskRuns, path: Path) -> Optional[Path]:
     if not methods:
         return None
     plt = _pyplot()
-    terms = ["loss", "loss_pred", "loss_kl", "loss_mse"]
-    fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2))
-    for method in methods:
-        for i, folder in enumerate(runs.folders(method)):
-            history = artifacts.read_json(folder / artifacts.LOG_HISTORY)
-            for ax, term in zip(axes, terms):
-                points = [(h["step"], h[term]) for h in history if isinstance(h.get(term), (int, float))]
-                if points and any(v > 0 for _, v in points):
-                    ax.plot(*zip(*points), color=METHOD_COLORS[method], alpha=0.8, marker=".",
-                            label=method.upper() if i == 0 else None)
-    for ax, term in zip(axes, terms):
-        ax.set_title("total loss" if term == "loss" else term.replace("loss_", "") + " term")
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
+    fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(4 * len(LOSS_TERMS), 3.2))
+    draw_loss_terms(axes, [(METHOD_COLORS[m], m.upper() if i == 0 else None, folder)
+                           for m in methods for i, folder in enumerate(runs.folders(m))])
     fig.suptitle(f"{runs.task}: Stage II loss terms (one line per seed)")
     return _save(fig, path)
 
