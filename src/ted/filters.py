@@ -100,9 +100,11 @@ class TaskAwareFilters(nn.Module):
         """Filtered outputs in increasing layer order; `hidden_states` as returned by HF models."""
         return [self.filters[str(i)](hidden_states[i + 1]) for i in self.config.layers]
 
-    def save(self, folder: str | Path) -> None:
+    def save(self, folder: str | Path, state_dict: dict | None = None) -> None:
+        """Write the weights (`state_dict`: this module's keys, e.g. gathered from FSDP; default: its own)."""
         folder = Path(folder)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = self.state_dict() if state_dict is None else state_dict
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         save_file(tensors, str(folder / FILTERS_WEIGHTS), metadata={"format": "pt"})
         (folder / FILTERS_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 

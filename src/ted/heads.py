@@ -68,9 +68,11 @@ class StageOneHeads(nn.Module):
             logits.append(head(self.dropout(pooled)))
         return logits
 
-    def save(self, folder: str | Path) -> None:
+    def save(self, folder: str | Path, state_dict: dict | None = None) -> None:
+        """Write the weights (`state_dict`: this module's keys, e.g. gathered from FSDP; default: its own)."""
         folder = Path(folder)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = self.state_dict() if state_dict is None else state_dict
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         save_file(tensors, str(folder / HEADS_WEIGHTS), metadata={"format": "pt"})
         (folder / HEADS_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 

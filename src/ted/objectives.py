@@ -181,9 +181,10 @@ class Teacher:
             if with_states:
                 hidden = outputs.hidden_states
                 states = self.filters(hidden) if self.filters is not None else [hidden[i + 1] for i in self.layers]
-        # Inference tensors cannot take part in autograd; a clone outside inference mode can.
+        # Inference tensors cannot be saved for backward; a clone outside inference mode can. The logits are
+        # small; the layer states are not cloned: `losses.layer_mse` never saves them for backward (it masks
+        # them or subtracts them outside inference mode first, which makes ordinary tensors).
         preds = tuple(p.clone() for p in preds) if isinstance(preds, tuple) else preds.clone()
-        states = [s.clone() for s in states] if states is not None else None
         return preds, states
 
 
@@ -222,9 +223,11 @@ class DistillObjective:
             loss = losses.task_loss(self.head, s_preds, labels) if labels is not None else None
             return loss, {}, stack_predictions(self.head, s_preds)
         need_states = self.w.mse_alpha > 0
+        # Teacher first: its activations are freed before the student's forward keeps its own for the
+        # backward (lower peak memory, measurably faster on CPU); the teacher draws no random numbers.
+        t_preds, t_states = self.teacher(model_inputs, with_states=need_states)
         s_out, s_states = model(with_states=need_states, **model_inputs)
         s_preds = head_outputs(self.head, s_out)
-        t_preds, t_states = self.teacher(model_inputs, with_states=need_states)
         terms = {"pred": losses.task_loss(self.head, s_preds, labels)}
         total = terms["pred"]
         if self.w.kl_alpha:

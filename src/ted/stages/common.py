@@ -153,6 +153,25 @@ def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, tra
     return trainer, train_metrics, metrics
 
 
+def trained_state(trainer: TedTrainer) -> dict:
+    """State dict of the trained module to write the stage folder from; call it in every process.
+
+    Under FSDP / DeepSpeed ZeRO-3 the parameters are sharded across processes, so the modules the stage
+    holds do not have the trained weights: this gathers them (a collective) onto the main process. With
+    one process or DDP it is simply the module's own state dict.
+    """
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    # --torch_compile: the compiled wrapper prefixes every key with `_orig_mod.` (possibly nested).
+    return {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+
+
+def sub_state(state: dict, prefix: str) -> Optional[dict]:
+    """The entries of `state` under `prefix.`, with the prefix removed (None when there are none)."""
+    prefix = prefix + "."
+    found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return found or None
+
+
 def write_stage(tmp: Path, *, stage_description: dict, trainer: TedTrainer, train_metrics: dict,
                 eval_metrics: dict) -> None:
     write_predictions(tmp, trainer.compute_metrics)

@@ -20,7 +20,7 @@ from ..models import (
 )
 from ..objectives import DistillObjective, DistillStudent, DistillWeights, Teacher
 from ..tasks import load_task
-from .common import StageResult, args_dict, finish, run_trainer, task_metrics, write_stage
+from .common import StageResult, args_dict, finish, run_trainer, sub_state, task_metrics, trained_state, write_stage
 from .finetune import dropout_overrides
 
 logger = logging.getLogger(__name__)
@@ -118,12 +118,13 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
         data=data, training_args=training_args, output_dir=output_dir, run_args=run_args,
         compute_metrics=task_metrics(task, data, data_args), selection_metric=task.selection_metric, teacher=teacher,
     )
+    state = trained_state(trainer)  # DistillStudent keys: model.*, filters.*
     if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
         with artifacts.atomic_folder(output_dir) as tmp:
-            student.save_pretrained(tmp)
+            student.save_pretrained(tmp, state_dict=sub_state(state, "model"))
             tokenizer.save_pretrained(tmp)
             if student_filters is not None:
-                student_filters.save(tmp)
+                student_filters.save(tmp, sub_state(state, "filters"))
             lineage = {"student": student_path, "teacher": teacher_path,
                        "layer_pairs": [list(p) for p in pairs]}
             description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)

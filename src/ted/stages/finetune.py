@@ -8,7 +8,7 @@ from .. import artifacts
 from ..models import load_task_model, load_tokenizer
 from ..objectives import TaskObjective
 from ..tasks import load_task
-from .common import StageResult, args_dict, finish, run_trainer, task_metrics, write_stage
+from .common import StageResult, args_dict, finish, run_trainer, task_metrics, trained_state, write_stage
 
 
 def dropout_overrides(model_args) -> dict:
@@ -32,9 +32,10 @@ def run_finetune(model_args, data_args, training_args) -> StageResult:
         training_args=training_args, output_dir=output_dir, run_args=run_args,
         compute_metrics=task_metrics(task, data, data_args), selection_metric=task.selection_metric,
     )
+    state = trained_state(trainer)
     if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
         with artifacts.atomic_folder(output_dir) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state)
             tokenizer.save_pretrained(tmp)
             description = artifacts.describe_stage(
                 "finetune", task, run_args, lineage={"model": model_args.model_name_or_path}

@@ -15,7 +15,16 @@ from ..feature_cache import cache_autocast_dtype, first_token_features
 from ..objectives import CachedFilterLearner, FilterLearner, FilterObjective
 from ..tasks import load_task
 from ..tasks.base import TaskData
-from .common import StageResult, args_dict, finish, per_filter_metrics, run_trainer, write_stage
+from .common import (
+    StageResult,
+    args_dict,
+    finish,
+    per_filter_metrics,
+    run_trainer,
+    sub_state,
+    trained_state,
+    write_stage,
+)
 from .finetune import dropout_overrides
 
 logger = logging.getLogger(__name__)
@@ -85,12 +94,13 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
         data_collator=collator,
     )
     scores = layer_scores(eval_metrics, layers)
+    state = trained_state(trainer)  # backbone.* (uncached learner only; it is frozen), filters.*, heads.*
     if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
         with artifacts.atomic_folder(output_dir) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=sub_state(state, "backbone"))
             tokenizer.save_pretrained(tmp)
-            filters.save(tmp)
-            heads.save(tmp)
+            filters.save(tmp, sub_state(state, "filters"))
+            heads.save(tmp, sub_state(state, "heads"))
             artifacts.write_json(tmp / artifacts.STAGE1_SCORES, scores)
             description = artifacts.describe_stage(
                 "learn_filters", task, run_args, lineage={"model": model_args.model_name_or_path}
