@@ -51,6 +51,10 @@ SETTINGS = {
 }
 STAGE1_EPOCHS, STAGE1_BATCH = 3, 32
 PARTS = ("stage2", "stage1", "padding")
+STAGE2_CONFIGS = ("finetune", "ted", "kd", "lwd", "teacher_forward")
+CONFIG_PART = {**{name: "stage2" for name in STAGE2_CONFIGS},
+               "stage1_train_backbone": "stage1", "stage1_eval_cache": "stage1",
+               "finetune_pad_to_max": "padding", "finetune_dynamic": "padding", "finetune_dynamic_grouped": "padding"}
 MAX_SEQ_LENGTH = 128
 
 
@@ -70,6 +74,12 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS),
                         help="measure only these parts (default: all; the headline ratios need all three)")
+    parser.add_argument("--memory", choices=("auto", "process", "inprocess"), default="auto",
+                        help="CPU peak memory per configuration: 'process' runs each configuration again in a fresh "
+                             "process and reads its peak RSS; 'inprocess' resets this process's peak before each "
+                             "configuration (memory kept from earlier ones counts). auto: process for the full run "
+                             "on CPU, inprocess otherwise (CUDA: max_memory_allocated, always per configuration)")
+    parser.add_argument("--memory_of", choices=sorted(CONFIG_PART), help=argparse.SUPPRESS)  # internal
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -198,26 +208,30 @@ def columns(dataset):
 # ---------------------------------------------------------------------------------------------- Stage II
 
 
-def bench_stage2(opts, size, device, meter, tokenizer, task, data):
+def bench_stage2(opts, size, device, meter, tokenizer, task, data, select=None):
     import torch
     from transformers import DataCollatorWithPadding
 
     from ted.filters import match_layers, new_filters, select_layers
-    from ted.models import load_task_model, num_layers
+    from ted.models import config_for_task, load_task_model, num_layers
     from ted.objectives import DistillObjective, DistillStudent, DistillWeights, TaskObjective, Teacher
 
     teacher_path, student_path = opts.model_pair
+    t_config, s_config = config_for_task(teacher_path, task), config_for_task(student_path, task)
+    # A memory run (`select`) loads only what its configuration needs and does not copy the student.
+    wanted = set(STAGE2_CONFIGS) if select is None else set(select)
     torch.manual_seed(opts.seed)
-    teacher_model = load_task_model(teacher_path, task).to(device)
-    student = load_task_model(student_path, task)
-    s_layers = select_layers(num_layers(student.config), 1)
-    interval = opts.teacher_filter_interval or num_layers(teacher_model.config) // num_layers(student.config)
-    t_layers = select_layers(num_layers(teacher_model.config), interval)
+    teacher_model = load_task_model(teacher_path, task).to(device) if wanted - {"finetune"} else None
+    student = load_task_model(student_path, task) if wanted - {"teacher_forward"} else None
+    clone = copy.deepcopy if select is None else (lambda module: module)
+    s_layers = select_layers(num_layers(s_config), 1)
+    interval = opts.teacher_filter_interval or num_layers(t_config) // num_layers(s_config)
+    t_layers = select_layers(num_layers(t_config), interval)
     match_layers(s_layers, t_layers)
-    dim = teacher_model.config.hidden_size
-    t_filters = new_filters(teacher_model.config, t_layers, dim, False, interval=interval)
-    s_filters = new_filters(student.config, s_layers, dim, False, interval=1)
-    projector = new_filters(student.config, s_layers, dim, False, interval=1, role="projector")
+    dim = t_config.hidden_size
+    t_filters = new_filters(t_config, t_layers, dim, False, interval=interval)
+    s_filters = new_filters(s_config, s_layers, dim, False, interval=1)
+    projector = new_filters(s_config, s_layers, dim, False, interval=1, role="projector")
 
     rows = columns(data.train).select(range(size["stage2_batch"]))
     batch = DataCollatorWithPadding(tokenizer)([rows[i] for i in range(len(rows))])
@@ -229,25 +243,24 @@ def bench_stage2(opts, size, device, meter, tokenizer, task, data):
 
         def distill(filters, teacher_filters, weights):
             teacher = Teacher(teacher_model, teacher_filters, t_layers, task.head)
-            module = DistillStudent(copy.deepcopy(student), copy.deepcopy(filters) if filters is not None else None)
+            module = DistillStudent(clone(student), clone(filters) if filters is not None else None)
             return make_trainer(module, DistillObjective(task.head, teacher, weights), args, teacher=teacher)
 
-        trainers = {
-            "finetune": make_trainer(copy.deepcopy(student), TaskObjective(task.head), args),
-            "ted": distill(s_filters, t_filters, DistillWeights(kl_alpha=20, mse_alpha=50)),
-            "kd": distill(None, None, DistillWeights(kl_alpha=20, mse_alpha=0)),
-            "lwd": distill(projector, None, DistillWeights(kl_alpha=20, mse_alpha=20)),
+        builders = {
+            "finetune": lambda: make_trainer(clone(student), TaskObjective(task.head), args),
+            "ted": lambda: distill(s_filters, t_filters, DistillWeights(kl_alpha=20, mse_alpha=50)),
+            "kd": lambda: distill(None, None, DistillWeights(kl_alpha=20, mse_alpha=0)),
+            "lwd": lambda: distill(projector, None, DistillWeights(kl_alpha=20, mse_alpha=20)),
         }
-        teacher_only = Teacher(teacher_model, None, t_layers, task.head)
-        teacher_only.to(device)
-        teacher_only.autocast_dtype = torch.bfloat16 if opts.bf16 else None
-
-        def teacher_forward():
-            with torch.inference_mode(), teacher_only.autocast():
+        trainers = {name: build() for name, build in builders.items() if select is None or name in select}
+        def teacher_forward():  # the irreducible teacher cost: one forward, inference mode, the run's autocast
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16) if opts.bf16 else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
                 teacher_model(**inputs)
 
         steps = {name: (lambda tr=tr: train_step(tr, batch)) for name, tr in trainers.items()}
-        steps["teacher_forward"] = teacher_forward
+        if select is None or "teacher_forward" in select:
+            steps["teacher_forward"] = teacher_forward
         names = list(steps)
         times: dict[str, list[float]] = {name: [] for name in names}
         for round_ in range(size["stage2_warmup"] + size["stage2_reps"]):
@@ -257,6 +270,8 @@ def bench_stage2(opts, size, device, meter, tokenizer, task, data):
                     elapsed = timed(steps[name], device)
                 if round_ >= size["stage2_warmup"]:
                     times[name].append(elapsed)
+    if select is not None:
+        return {}
     med = {name: statistics.median(values) for name, values in times.items()}
     base = med["finetune"] + med["teacher_forward"]
     n = size["stage2_batch"]
@@ -277,7 +292,7 @@ def bench_stage2(opts, size, device, meter, tokenizer, task, data):
 # ---------------------------------------------------------------------------------------------- Stage I
 
 
-def bench_stage1(opts, size, device, meter, tokenizer, task, data):
+def bench_stage1(opts, size, device, meter, tokenizer, task, data, select=None):
     import torch
     from transformers import DataCollatorWithPadding, default_data_collator
 
@@ -298,19 +313,21 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data):
         heads = new_heads(task.head, len(layers), filters.config.output_dim, task.num_labels, backbone.config)
         return filters, heads
 
-    out = {"examples": n, "epochs": STAGE1_EPOCHS, "batch_size": STAGE1_BATCH, "filters": len(layers)}
+    epochs = STAGE1_EPOCHS if select is None else 1  # memory runs: one epoch reaches the same peak
+    out = {"examples": n, "epochs": epochs, "batch_size": STAGE1_BATCH, "filters": len(layers)}
     with tempfile.TemporaryDirectory() as tmp:
-        args = training_args(tmp, device, opts.bf16, max_steps=-1, num_train_epochs=STAGE1_EPOCHS,
+        args = training_args(tmp, device, opts.bf16, max_steps=-1, num_train_epochs=epochs,
                              per_device_train_batch_size=STAGE1_BATCH, per_device_eval_batch_size=STAGE1_BATCH)
         from ted.training import TedTrainer
 
         # The paper's way: the frozen backbone (dropout on) runs on every batch of every epoch.
-        filters, heads = fresh()
-        learner = FilterLearner(backbone, filters, heads, backbone_mode="train")
-        trainer = TedTrainer(model=learner, args=args, objective=FilterObjective(task.head), train_dataset=train,
-                             data_collator=DataCollatorWithPadding(tokenizer))
-        with meter.track("stage1_train_backbone"):
-            paper = timed(trainer.train, device)
+        if select is None or "stage1_train_backbone" in select:
+            filters, heads = fresh()
+            learner = FilterLearner(backbone, filters, heads, backbone_mode="train")
+            trainer = TedTrainer(model=learner, args=args, objective=FilterObjective(task.head), train_dataset=train,
+                                 data_collator=DataCollatorWithPadding(tokenizer))
+            with meter.track("stage1_train_backbone"):
+                paper = timed(trainer.train, device)
 
         # Ours: one inference-mode pass builds the token-0 cache; filters + heads train on it.
         filters, heads = fresh()
@@ -325,8 +342,11 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data):
             TedTrainer(model=CachedFilterLearner(filters, heads), args=args, objective=FilterObjective(task.head),
                        train_dataset=cache, data_collator=default_data_collator).train()
 
-        with meter.track("stage1_eval_cache"):
-            cached = timed(cached_run, device)
+        if select is None or "stage1_eval_cache" in select:
+            with meter.track("stage1_eval_cache"):
+                cached = timed(cached_run, device)
+    if select is not None:
+        return {}
     out.update(paper_seconds=round(paper, 3), cached_seconds=round(cached, 3),
                cache_train_seconds=round(cached - out["cache_build_seconds"], 3))
     return {
@@ -340,7 +360,7 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data):
 # ---------------------------------------------------------------------------------------------- padding
 
 
-def bench_padding(opts, size, device, meter, tokenizer):
+def bench_padding(opts, size, device, meter, tokenizer, select=None):
     import torch
 
     from ted.models import load_task_model
@@ -350,6 +370,8 @@ def bench_padding(opts, size, device, meter, tokenizer):
     with tempfile.TemporaryDirectory() as tmp:
         for name, pad, strategy in (("finetune_pad_to_max", True, "random"), ("finetune_dynamic", False, "random"),
                                     ("finetune_dynamic_grouped", False, "group_by_length")):
+            if select is not None and name not in select:
+                continue
             task, data = load_data("sst2", opts.data_dir, tokenizer, size["padding_examples"], opts.max_seq_length,
                                    pad_to_max_length=pad)
             torch.manual_seed(opts.seed)
@@ -376,6 +398,8 @@ def bench_padding(opts, size, device, meter, tokenizer):
             results[name] = round(1 / seconds_per_sample, 2)
             lengths = [int(b["input_ids"].shape[1]) for b in batches]
             info[name] = {"batches_timed": measured, "mean_padded_length": round(statistics.mean(lengths), 1)}
+    if select is not None:
+        return {}
     return {
         "dynamic_padding_speedup": round(results["finetune_dynamic_grouped"] / results["finetune_pad_to_max"], 3),
         "dynamic_padding_only_speedup": round(results["finetune_dynamic"] / results["finetune_pad_to_max"], 3),
@@ -385,6 +409,36 @@ def bench_padding(opts, size, device, meter, tokenizer):
 
 
 # ---------------------------------------------------------------------------------------------- main
+
+
+def memory_in_fresh_processes(argv, configs: list[str]) -> dict[str, float]:
+    """Peak RSS of a new process that loads what one configuration needs and runs it briefly (Stage II: two
+    steps; Stage I: one epoch; padding: one pass), for each configuration: no memory kept from others counts."""
+    import subprocess
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    peaks = {}
+    for config in configs:
+        cmd = [sys.executable, str(Path(__file__).resolve()), *strip_json_flag(argv), "--memory_of", config]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory run of {config} failed:\n{done.stderr[-3000:]}")
+        peaks[config] = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return peaks
+
+
+def strip_json_flag(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token == "--json":
+            skip = True
+            continue
+        if not token.startswith("--json="):
+            out.append(token)
+    return out
 
 
 def main(argv=None) -> dict:
@@ -406,6 +460,8 @@ def main(argv=None) -> dict:
     from ted.models import check_same_vocabulary, load_tokenizer
 
     size = SETTINGS["quick" if opts.quick else "full"]
+    if opts.memory_of:  # a memory run needs only a couple of steps
+        size = {**size, "stage2_warmup": 1, "stage2_reps": 1, "padded_steps": 2}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     meter = Meter(device)
     tokenizer = load_tokenizer(opts.model_pair[1])
@@ -413,9 +469,15 @@ def main(argv=None) -> dict:
     task, data = load_data(opts.task, opts.data_dir, tokenizer, max(size["stage1_examples"], size["stage2_batch"]),
                            opts.max_seq_length)
 
-    benches = {"stage2": lambda: bench_stage2(opts, size, device, meter, tokenizer, task, data),
-               "stage1": lambda: bench_stage1(opts, size, device, meter, tokenizer, task, data),
-               "padding": lambda: bench_padding(opts, size, device, meter, tokenizer)}
+    select = None if opts.memory_of is None else {opts.memory_of}
+    benches = {"stage2": lambda: bench_stage2(opts, size, device, meter, tokenizer, task, data, select),
+               "stage1": lambda: bench_stage1(opts, size, device, meter, tokenizer, task, data, select),
+               "padding": lambda: bench_padding(opts, size, device, meter, tokenizer, select)}
+    if opts.memory_of:  # internal: run one configuration briefly, report this fresh process's peak RSS
+        with contextlib.redirect_stdout(sys.stderr):
+            benches[CONFIG_PART[opts.memory_of]]()
+        print(json.dumps({"config": opts.memory_of, "peak_rss_mb": round(_rss_peak_kb() / 1024, 1)}))
+        return {}
     result: dict = {}
     sps: dict = {}
     for name in PARTS:
@@ -426,7 +488,11 @@ def main(argv=None) -> dict:
             result.update(part)
     result["samples_per_second"] = sps
     result["peak_memory_mb"] = dict(meter.peaks)
-    result["memory_kind"] = meter.kind
+    result["memory_kind"] = meter.kind if meter.cuda else f"{meter.kind}_in_process"
+    if not meter.cuda and (opts.memory == "process" or (opts.memory == "auto" and not opts.quick)):
+        result["peak_memory_mb"] = memory_in_fresh_processes(argv, [c for c, part in CONFIG_PART.items()
+                                                                    if part in opts.only])
+        result["memory_kind"] = "rss_peak_fresh_process"
     checks = (("stage2_overhead_ratio", "<=", 1.10), ("stage1_cache_speedup", ">=", 5),
               ("dynamic_padding_speedup", ">", 2))
     result["targets"] = {f"{key}{op}{bound}": (result[key] <= bound if op == "<=" else

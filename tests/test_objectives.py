@@ -88,6 +88,33 @@ def test_ted_terms_and_total():
         torch.testing.assert_close(terms[f"mse_layer{layer}"], expected)
 
 
+def test_real_token_filtering_gives_the_masked_loss_and_gradients():
+    # On CPU the filters see only the real tokens (padding dropped before filtering); the loss and every
+    # student gradient must equal the masked MSE over all positions that accelerators compute.
+    teacher, student, objective = _setup(kl_alpha=2.0, mse_alpha=3.0)
+    batch = _batch()
+    total, _, _ = objective(student, batch)
+    total.backward()
+    fast = {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
+    student.zero_grad()
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    s_out = student.model(**inputs, output_hidden_states=True)
+    with torch.no_grad():
+        t_out = teacher.model(**inputs, output_hidden_states=True)
+        t_states = teacher.filters(t_out.hidden_states)
+    s_states = student.filters(s_out.hidden_states)
+    mse = torch.stack([losses.layer_mse(s, t, batch["attention_mask"]) for s, t in zip(s_states, t_states)]).mean()
+    reference = (losses.classification_loss(s_out.logits, batch["labels"])
+                 + 2.0 * losses.kl_divergence(s_out.logits, t_out.logits, 2.0) + 3.0 * mse)
+    torch.testing.assert_close(total, reference)
+    reference.backward()
+    assert fast.keys() == {name for name, p in student.named_parameters() if p.grad is not None}
+    for name, p in student.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(fast[name], p.grad, msg=name)
+
+
 def test_teacher_is_frozen_in_eval_mode_and_gets_no_gradient():
     teacher, student, objective = _setup()
     assert not teacher.model.training and not teacher.filters.training

@@ -254,6 +254,9 @@ def test_presets_resolve(monkeypatch, tmp_path):
         assert set(c["paper_results"]) == {"metrics", "teacher", "student", "kd", "lwd", "ted"}
         assert all(s["fp16"] and s["per_device_eval_batch_size"] == 8 for s in specs.values())
         assert specs["student_stage1"]["filter_output_dim"] == specs["ted"]["filter_output_dim"] == 768
+        # ted's default Stage I is the cached eval-mode one; the paper presets keep the paper's train mode.
+        assert specs["student_stage1"]["stage1_backbone_mode"] == specs["teacher_stage1"]["stage1_backbone_mode"] \
+            == "train"
         plans[task] = specs
     assert len(plans) == 9
     rte = plans["rte"]

@@ -85,14 +85,14 @@ def test_cached_training_matches_uncached_eval_mode(tmp_path):
     assert moved  # the comparison is not vacuous: training changed the filters
 
 
-def test_learn_filters_eval_mode_cli(tmp_path, monkeypatch):
+def test_learn_filters_default_is_cached_eval_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     tok = tiny.build_tokenizer()
     model = tiny.write_model(tmp_path / "m", tok, layers=2, head_labels=["neg", "pos"])
     train, dev = tiny.write_data(tmp_path / "data", n_train=32, n_dev=16)
     out = tmp_path / "stage1"
     argv = ["learn-filters", "--model_name_or_path", str(model), "--output_dir", str(out),
-            "--stage1_backbone_mode", "eval", "--disable_tqdm", "true", *tiny.train_flags(train, dev)]
+            "--disable_tqdm", "true", *tiny.train_flags(train, dev)]  # no --stage1_backbone_mode: the default
     assert main(argv) == 0
     scores = json.loads((out / "stage1_layer_scores.json").read_text())
     assert set(scores) == {"0", "1"} and all("accuracy" in v for v in scores.values())

@@ -97,8 +97,10 @@ class FilterArguments:
         default=False, metadata={"help": "Stage II without filters: KD (mse_alpha 0) or LWD (mse_alpha > 0)."}
     )
     stage1_backbone_mode: str = field(
-        default="train",
-        metadata={"help": "Stage I frozen backbone in 'train' mode (dropout on, the paper) or 'eval' mode."},
+        default="eval",
+        metadata={"help": "Stage I frozen backbone in 'eval' mode (default: dropout off; for classification and "
+                          "regression token 0 of each selected layer is computed once and cached) or 'train' mode "
+                          "(the paper: dropout on, backbone run on every batch). See README 'Speed and scale'."},
     )
 
 

@@ -45,6 +45,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def real_tokens(hidden_states, layers: list[int], token_index: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The selected layers' hidden states at the real tokens only, flattened to [tokens, hidden].
+
+    Keyed like HF hidden states (layer i -> i + 1), so position-wise filters read them unchanged.
+    """
+    return {i + 1: hidden_states[i + 1].flatten(0, 1).index_select(0, token_index) for i in layers}
+
+
 def stack_predictions(head: str, outputs) -> torch.Tensor:
     """Predictions in one tensor for the Trainer to gather: logits, or [B, T, 2] start/end for spans."""
     if head == "span":
@@ -141,9 +149,15 @@ class DistillStudent(nn.Module):
         self.model = model
         self.filters = filters
 
-    def forward(self, with_states: bool = False, **inputs):
+    def forward(self, with_states: bool = False, token_index: Optional[torch.Tensor] = None, **inputs):
+        """`token_index` (flat indices of the real tokens): filter only those, see `DistillObjective`."""
         outputs = self.model(**inputs, output_hidden_states=with_states)
-        states = self.filters(outputs.hidden_states) if with_states and self.filters is not None else None
+        states = None
+        if with_states and self.filters is not None:
+            hidden = outputs.hidden_states
+            if token_index is not None:
+                hidden = real_tokens(hidden, self.filters.layers, token_index)
+            states = self.filters(hidden)
         return outputs, states
 
 
@@ -172,7 +186,7 @@ class Teacher:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.autocast_dtype)
 
-    def __call__(self, inputs: dict, with_states: bool):
+    def __call__(self, inputs: dict, with_states: bool, token_index: Optional[torch.Tensor] = None):
         # Only what the loss reads: logits, and the selected layers (filtered) when there is a layer term.
         with torch.inference_mode(), self.autocast():
             outputs = self.model(**inputs, output_hidden_states=with_states)
@@ -180,6 +194,8 @@ class Teacher:
             states = None
             if with_states:
                 hidden = outputs.hidden_states
+                if token_index is not None:
+                    hidden = real_tokens(hidden, self.layers, token_index)
                 states = self.filters(hidden) if self.filters is not None else [hidden[i + 1] for i in self.layers]
         # Inference tensors cannot be saved for backward; a clone outside inference mode can. The logits are
         # small; the layer states are not cloned: `losses.layer_mse` never saves them for backward (it masks
@@ -223,10 +239,18 @@ class DistillObjective:
             loss = losses.task_loss(self.head, s_preds, labels) if labels is not None else None
             return loss, {}, stack_predictions(self.head, s_preds)
         need_states = self.w.mse_alpha > 0
+        mask = None if self.w.paper_compat else model_inputs.get("attention_mask")
+        token_index = None
+        if need_states and mask is not None and mask.device.type == "cpu":
+            # The layer MSE reads real tokens only, and filters are position-wise: on CPU, filter just those
+            # (padding is often 30-50% of a batch). On accelerators the data-dependent gather would need a
+            # host-device sync every step (nonzero), so there the filters run on every position and the MSE
+            # is masked instead; both give the same loss.
+            token_index = mask.flatten().nonzero().squeeze(1)
         # Teacher first: its activations are freed before the student's forward keeps its own for the
         # backward (lower peak memory, measurably faster on CPU); the teacher draws no random numbers.
-        t_preds, t_states = self.teacher(model_inputs, with_states=need_states)
-        s_out, s_states = model(with_states=need_states, **model_inputs)
+        t_preds, t_states = self.teacher(model_inputs, with_states=need_states, token_index=token_index)
+        s_out, s_states = model(with_states=need_states, token_index=token_index, **model_inputs)
         s_preds = head_outputs(self.head, s_out)
         terms = {"pred": losses.task_loss(self.head, s_preds, labels)}
         total = terms["pred"]
@@ -234,7 +258,8 @@ class DistillObjective:
             terms["kl"] = self.kd_term(s_preds, t_preds, model_inputs.get("attention_mask"))
             total = total + self.w.kl_alpha * terms["kl"]
         if need_states:
-            mask = None if self.w.paper_compat else model_inputs.get("attention_mask")
+            if token_index is not None:
+                mask = None  # the states hold real tokens only
             per_layer = [losses.layer_mse(s, t, mask) for s, t in zip(s_states, t_states, strict=True)]
             terms["mse"] = torch.stack(per_layer).mean()
             for layer, value in zip(unwrap(model).filters.layers, per_layer):
