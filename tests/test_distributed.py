@@ -19,10 +19,8 @@ from pathlib import Path
 import pytest
 import tiny
 import torch
-from transformers import AutoConfig
 
 from ted.cli import main
-from ted.filters import new_filters
 
 HERE = Path(__file__).resolve().parent
 N_DEV = 32
@@ -32,21 +30,12 @@ FLAGS = ["distill", "--teacher_filter_interval", "2", "--filter_output_dim", "16
          "--dataloader_pin_memory", "false", "--report_to", "none"]
 
 
-def _stage1_folder(folder: Path, tok, layers: int, filter_layers: list[int], interval: int, seed: int) -> Path:
-    """A fine-tuned-looking model (no dropout) with Stage I filters, as `ted learn-filters` would write."""
-    tiny.write_model(folder, tok, layers=layers, seed=seed, head_labels=["neg", "pos"], hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    torch.manual_seed(seed)
-    new_filters(AutoConfig.from_pretrained(folder), filter_layers, 16, False, interval=interval).save(folder)
-    return folder
-
-
 def test_ted_two_processes_match_one(tmp_path, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     tok = tiny.build_tokenizer()
     train, dev = tiny.write_data(tmp_path / "data", n_train=64, n_dev=N_DEV)
-    teacher = _stage1_folder(tmp_path / "t", tok, 4, [1, 3], 2, seed=0)
-    student = _stage1_folder(tmp_path / "s", tok, 2, [0, 1], 1, seed=1)
+    teacher = tiny.write_stage1_model(tmp_path / "t", tok, 4, [1, 3], 2, seed=0)
+    student = tiny.write_stage1_model(tmp_path / "s", tok, 2, [0, 1], 1, seed=1)
     common = FLAGS + ["--teacher_model_name_or_path", str(teacher), "--model_name_or_path", str(student),
                       "--train_file", str(train), "--validation_file", str(dev)]
 

@@ -18,6 +18,9 @@ from transformers import (
     default_data_collator,
 )
 
+from safetensors.torch import load_file as safetensors_load
+
+from ted import feature_cache
 from ted.cli import main
 from ted.feature_cache import first_token_features
 from ted.filters import new_filters
@@ -97,7 +100,7 @@ def test_learn_filters_default_is_cached_eval_mode(tmp_path, monkeypatch):
     scores = json.loads((out / "stage1_layer_scores.json").read_text())
     assert set(scores) == {"0", "1"} and all("accuracy" in v for v in scores.values())
     stage = json.loads((out / "ted_stage.json").read_text())
-    assert stage["args"]["stage1_backbone_mode"] == "eval"
+    assert stage["args"]["stage1_backbone_mode"] == "eval" and stage["stage1_feature_cache"] is True
     assert (out / "filters.safetensors").is_file() and (out / "stage1_heads.safetensors").is_file()
     logged = [e for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
     assert logged and "loss_filter_layer0" in logged[0]
@@ -105,3 +108,37 @@ def test_learn_filters_default_is_cached_eval_mode(tmp_path, monkeypatch):
     before = tiny.state_dict_of(model)
     after = tiny.state_dict_of(out)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cache_too_big_for_memory_falls_back_to_the_backbone(tmp_path, monkeypatch, caplog):
+    """A cache that would take over half of the available memory is not built; Stage I still runs (eval mode,
+    backbone on every batch) and gives the cached run's filters (same math)."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    tok = tiny.build_tokenizer()
+    model = tiny.write_model(tmp_path / "m", tok, layers=2, head_labels=["neg", "pos"])
+    train, dev = tiny.write_data(tmp_path / "data", n_train=32, n_dev=16)
+
+    def run(out):
+        assert main(["learn-filters", "--model_name_or_path", str(model), "--output_dir", str(out),
+                     "--disable_tqdm", "true", *tiny.train_flags(train, dev)]) == 0
+        return json.loads((out / "ted_stage.json").read_text())
+
+    assert run(tmp_path / "cached")["stage1_feature_cache"] is True
+    # 48 rows x 2 layers x hidden x 4 B is a few kB: pretend only 1 kB is available.
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 1024)
+    with caplog.at_level("WARNING"):
+        assert run(tmp_path / "uncached")["stage1_feature_cache"] is False
+    assert "Not caching Stage I features" in caplog.text
+    cached, uncached = tiny.state_dict_of(tmp_path / "cached"), tiny.state_dict_of(tmp_path / "uncached")
+    a = safetensors_load(tmp_path / "cached" / "filters.safetensors")
+    b = safetensors_load(tmp_path / "uncached" / "filters.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert all(torch.equal(cached[k], uncached[k]) for k in cached)  # the backbone is saved unchanged
+
+
+def test_cache_fits_counts_every_process_on_the_machine(monkeypatch):
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 100 * 1024 ** 3)
+    need = feature_cache.cache_bytes(392_702, 12, 768, None)  # MNLI, 12 layers of a base model, float32
+    assert round(need / 1e9, 1) == 14.5
+    assert feature_cache.cache_bytes(392_702, 12, 768, torch.bfloat16) * 2 == need
+    assert feature_cache.cache_fits(need, 1)[0] and not feature_cache.cache_fits(need, 8)[0]

@@ -120,3 +120,18 @@ def state_dict_of(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def write_stage1_model(folder: Path, tokenizer, layers: int, filter_layers: list[int], interval: int,
+                       seed: int, filter_dim: int = 16) -> Path:
+    """A fine-tuned-looking model without dropout, plus Stage I filters, as `ted learn-filters` would write."""
+    from transformers import AutoConfig
+
+    from ted.filters import new_filters
+
+    write_model(folder, tokenizer, layers=layers, seed=seed, head_labels=["neg", "pos"], hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    new_filters(AutoConfig.from_pretrained(folder), filter_layers, filter_dim, False, interval=interval).save(folder)
+    return folder
+

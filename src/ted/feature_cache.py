@@ -9,7 +9,9 @@ these [K, hidden] features for all epochs through the same `TedTrainer` (`object
 Batches for the single backbone pass are sorted by length (least padding). Under DDP every process
 computes a share of the batches and the shares are summed across processes, so the pass is split
 across devices instead of repeated. Memory: N examples x K layers x hidden x 4 bytes (2 with bf16),
-kept in host memory; e.g. RTE with a 12-layer base teacher: 2,490 x 12 x 768 x 4 B = 92 MB.
+kept in host memory by every process; e.g. RTE with a 12-layer base teacher: 2,490 x 12 x 768 x 4 B = 92 MB,
+MNLI: 14.5 GB (7.2 GB in bf16). When the caches of all processes on a machine would take more than half of
+its available memory, Stage I runs the eval-mode backbone on every batch instead (same results, slower).
 """
 
 from __future__ import annotations
@@ -52,6 +54,36 @@ def cache_autocast_dtype(device: torch.device, fp16: bool = False) -> Optional[t
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16 if fp16 else None
+
+
+def cache_bytes(rows: int, layers: int, hidden_size: int, dtype: Optional[torch.dtype]) -> int:
+    """Host memory of one process's cache (every process holds all rows: the sampler shuffles over all)."""
+    itemsize = 2 if dtype == torch.bfloat16 else 4
+    return rows * layers * hidden_size * itemsize
+
+
+def available_memory_bytes() -> Optional[int]:
+    """MemAvailable of this machine (Linux), else None (unknown: no guard)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cache_fits(needed_per_process: int, processes_on_node: int, fraction: float = 0.5) -> tuple[bool, str]:
+    """Whether the caches of all processes on this machine fit in `fraction` of its available memory, and why."""
+    total = needed_per_process * processes_on_node
+    available = available_memory_bytes()
+    gib = 1024 ** 3
+    why = (f"the Stage I feature cache needs {total / gib:.2f} GiB ({processes_on_node} process(es) x "
+           f"{needed_per_process / gib:.2f} GiB)")
+    if available is None:
+        return True, why + "; available memory unknown"
+    return total <= fraction * available, why + f" of {available / gib:.2f} GiB available"
 
 
 def _dist() -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 from transformers import default_data_collator, set_seed
 
@@ -11,7 +12,7 @@ from .. import artifacts
 from ..filters import new_filters, select_layers
 from ..heads import new_heads
 from ..models import has_trained_head, load_task_model, load_tokenizer, num_layers
-from ..feature_cache import cache_autocast_dtype, first_token_features
+from ..feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, first_token_features
 from ..objectives import CachedFilterLearner, FilterLearner, FilterObjective
 from ..tasks import load_task
 from ..tasks.base import TaskData
@@ -54,6 +55,17 @@ def cached_data(model, data: TaskData, layers: list[int], tokenizer, training_ar
     return cached
 
 
+def cache_affordable(model, data: TaskData, layers: list[int], training_args) -> bool:
+    rows = len(data.train) + sum(len(ds) for ds in data.eval_sets.values())
+    dtype = cache_autocast_dtype(training_args.device, training_args.fp16)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    fits, why = cache_fits(cache_bytes(rows, len(layers), model.config.hidden_size, dtype), local_processes)
+    if not fits:
+        logger.warning("Not caching Stage I features: %s (more than half). The eval-mode backbone runs on every "
+                       "batch instead: same results, slower.", why)
+    return fits
+
+
 def run_learn_filters(model_args, data_args, filter_args, training_args) -> StageResult:
     output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
                                             training_args.output_dir_given)
@@ -73,7 +85,10 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
     if training_args.ddp_find_unused_parameters is None:
         training_args = dataclasses.replace(training_args, ddp_find_unused_parameters=False)
     collator = None
-    if filter_args.stage1_backbone_mode == "eval" and task.head != "span":
+    use_cache = filter_args.stage1_backbone_mode == "eval" and task.head != "span"
+    if use_cache:
+        use_cache = cache_affordable(model, data, layers, training_args)
+    if use_cache:
         # Eval-mode backbone + heads reading token 0: compute token 0 of each selected layer once and train
         # the filters and heads on it (see ted.feature_cache); same logits as the uncached eval-mode learner.
         logger.info("Stage I with cached features: one backbone pass over %d train rows", len(data.train))
@@ -84,7 +99,7 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
             training_args = dataclasses.replace(training_args, train_sampling_strategy="random")
     else:
         # The paper: the frozen backbone runs on every batch (train mode: with dropout). Span heads read every
-        # token, so SQuAD always takes this path.
+        # token, so SQuAD always takes this path; so does an eval-mode run whose cache would not fit in memory.
         learner = FilterLearner(model, filters, heads, backbone_mode=filter_args.stage1_backbone_mode)
     # The paper keeps the last epoch (no selection); every epoch still scores each filter head on dev.
     trainer, train_metrics, eval_metrics = run_trainer(
@@ -105,6 +120,7 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
             description = artifacts.describe_stage(
                 "learn_filters", task, run_args, lineage={"model": model_args.model_name_or_path}
             )
+            description["stage1_feature_cache"] = use_cache  # eval-mode runs can fall back (memory)
             write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
                         eval_metrics=eval_metrics)
         finish(output_dir)
