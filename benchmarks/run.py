@@ -19,8 +19,11 @@ one process, measured side by side:
 * `dynamic_padding_speedup`: fine-tuning samples/s on SST-2 training data with dynamic padding and
   length-grouped batches (`train_sampling_strategy=group_by_length`) divided by samples/s with every batch
   padded to max_seq_length 128. `dynamic_padding_only_speedup` is the same without length grouping.
-* peak memory of every configuration: peak RSS of this process while it ran (Linux VmHWM, reset before each
-  configuration, so it includes the models already loaded) on CPU, `torch.cuda.max_memory_allocated` on GPU.
+* peak memory of every configuration: on GPU `torch.cuda.max_memory_allocated`, reset before each one. On CPU
+  (full run, or `--memory process`) the peak RSS of a fresh process that loads only what that configuration
+  needs and runs it briefly (Stage II: two steps; Stage I: one epoch; padding: two batches);
+  `--quick` (or `--memory inprocess`) reads this process's peak RSS instead, reset before each configuration
+  (Linux VmHWM), so it includes what earlier configurations left loaded.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ def test_ted_two_processes_match_one(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
+    assert out.count('"output_dir"') == 1, out[-4000:]  # one process prints the result
 
     for rank in (0, 1):
         seen = json.loads((report / f"rank{rank}.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -152,7 +153,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TedInputError as err:
         print(f"ted {command}: error: {err}", file=sys.stderr)
         return 2
-    if result is not None and getattr(result, "metrics", None) is not None:
+    # Under torchrun / accelerate launch every process returns the result; one of them prints it.
+    if result is not None and getattr(result, "metrics", None) is not None and os.environ.get("RANK", "0") == "0":
         shown = {k: v for k, v in result.metrics.items() if not k.endswith(("runtime", "per_second"))}
         print(json.dumps({"output_dir": result.output_dir, "metrics": shown}, indent=2, default=str))
     return 0
