@@ -6,12 +6,13 @@ Nothing here touches the network or the shared folder. Models are hidden 32, 2-4
 
 from __future__ import annotations
 
-import csv
 import random
 from pathlib import Path
 
 import pytest
 import torch
+
+from ted.demo_assets import write_train_dev_csv
 
 POSITIVE = ["good", "great", "fine"]
 NEGATIVE = ["bad", "awful", "poor"]
@@ -48,22 +49,14 @@ def write_data(folder: Path, n_train: int = 32, n_dev: int = 16, regression: boo
                seed: int = 0) -> tuple[Path, Path]:
     """train.csv / dev.csv with columns sentence,label: labels pos/neg, or float scores (STS-B-like)."""
     rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, n in (("train.csv", n_train), ("dev.csv", n_dev)):
-        path = folder / name
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["sentence", "label"])
-            for i in range(n):
-                text, score = _sentence(rng)
-                if regression:
-                    label = f"{score / 2 + 0.25 + 0.01 * (i % 7):.3f}"  # never all whole numbers
-                else:
-                    label = "pos" if score > 0 else "neg"
-                writer.writerow([text, label])
-        paths.append(path)
-    return paths[0], paths[1]
+
+    def row(i):
+        text, score = _sentence(rng)
+        if regression:
+            return text, f"{score / 2 + 0.25 + 0.01 * (i % 7):.3f}"  # never all whole numbers
+        return text, "pos" if score > 0 else "neg"
+
+    return write_train_dev_csv(folder, row, n_train, n_dev)
 
 
 def model_config(arch: str, vocab_size: int, layers: int, pad_token_id: int, **extra):

@@ -38,8 +38,8 @@ def _sentence(rng: random.Random) -> tuple[str, int]:
     return " ".join(words), int(score > 0)
 
 
-def write_synthetic_task(folder: Path, n_train: int = 2000, n_dev: int = 400, seed: int = 0) -> tuple[Path, Path]:
-    rng = random.Random(seed)
+def write_train_dev_csv(folder: Path, make_row, n_train: int, n_dev: int) -> tuple[Path, Path]:
+    """folder/train.csv and folder/dev.csv with columns sentence,label; `make_row(i)` gives (text, label)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, n in (("train.csv", n_train), ("dev.csv", n_dev)):
@@ -47,11 +47,19 @@ def write_synthetic_task(folder: Path, n_train: int = 2000, n_dev: int = 400, se
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["sentence", "label"])
-            for _ in range(n):
-                text, label = _sentence(rng)
-                writer.writerow([text, LABELS[label]])
+            writer.writerows(make_row(i) for i in range(n))
         paths.append(path)
     return paths[0], paths[1]
+
+
+def write_synthetic_task(folder: Path, n_train: int = 2000, n_dev: int = 400, seed: int = 0) -> tuple[Path, Path]:
+    rng = random.Random(seed)
+
+    def row(_):
+        text, label = _sentence(rng)
+        return text, LABELS[label]
+
+    return write_train_dev_csv(folder, row, n_train, n_dev)
 
 
 def build_tokenizer(words: list[str] | None = None, model_max_length: int = 64):

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorWithPadding, set_seed
 
 from .. import artifacts
 from ..artifacts import StageResult  # noqa: F401  (re-exported for the stages)
 from ..errors import TedInputError
+from ..models import load_task_model, load_tokenizer
 from ..squad.evaluator import SquadEvaluator
 from ..squad.postprocess import write_prediction_files
 from ..tasks.base import Task, TaskData
+from ..tasks import load_task
 from ..tasks.squad import version_2
 from ..training import TedTrainer
 
@@ -34,6 +36,26 @@ def model_columns(dataset):
         return dataset
     drop = [c for c in dataset.column_names if c not in MODEL_INPUTS]
     return dataset.remove_columns(drop) if drop else dataset
+
+
+def dropout_overrides(model_args) -> dict:
+    return {
+        "hidden_dropout_prob": model_args.hidden_dropout_prob,
+        "attention_probs_dropout_prob": model_args.attention_probs_dropout_prob,
+        "classifier_dropout": model_args.classifier_dropout,
+    }
+
+
+def start_model_stage(model_args, data_args, training_args):
+    """The start of a stage that trains one model (finetune, learn-filters): the checked output folder, the
+    tokenizer, the task and its data, and the model with the dropout overrides."""
+    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
+                                            training_args.output_dir_given)
+    set_seed(training_args.seed)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
+    task, data = load_task(data_args, tokenizer)
+    model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir, **dropout_overrides(model_args))
+    return output_dir, tokenizer, task, data, model
 
 
 def args_dict(*groups) -> dict[str, Any]:

@@ -20,8 +20,17 @@ from ..models import (
 )
 from ..objectives import DistillObjective, DistillStudent, DistillWeights, Teacher
 from ..tasks import load_task
-from .common import StageResult, args_dict, finish, run_trainer, sub_state, task_metrics, trained_state, write_stage
-from .finetune import dropout_overrides
+from .common import (
+    StageResult,
+    args_dict,
+    dropout_overrides,
+    finish,
+    run_trainer,
+    sub_state,
+    task_metrics,
+    trained_state,
+    write_stage,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -6,15 +6,14 @@ import dataclasses
 import logging
 import os
 
-from transformers import default_data_collator, set_seed
+from transformers import default_data_collator
 
 from .. import artifacts
 from ..filters import new_filters, select_layers
 from ..heads import new_heads
-from ..models import has_trained_head, load_task_model, load_tokenizer, num_layers
+from ..models import has_trained_head, num_layers
 from ..feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, first_token_features
 from ..objectives import CachedFilterLearner, FilterLearner, FilterObjective
-from ..tasks import load_task
 from ..tasks.base import TaskData
 from .common import (
     StageResult,
@@ -22,11 +21,11 @@ from .common import (
     finish,
     per_filter_metrics,
     run_trainer,
+    start_model_stage,
     sub_state,
     trained_state,
     write_stage,
 )
-from .finetune import dropout_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +66,7 @@ def cache_affordable(model, data: TaskData, layers: list[int], training_args) ->
 
 
 def run_learn_filters(model_args, data_args, filter_args, training_args) -> StageResult:
-    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
-                                            training_args.output_dir_given)
-    set_seed(training_args.seed)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
-    task, data = load_task(data_args, tokenizer)
-    model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir, **dropout_overrides(model_args))
+    output_dir, tokenizer, task, data, model = start_model_stage(model_args, data_args, training_args)
     if not has_trained_head(model.config, task):
         logger.warning("%s has no fine-tuned task head; Stage I expects a model fine-tuned on the task.",
                        model_args.model_name_or_path)
