@@ -46,20 +46,21 @@ def _finite_or_zero(value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
-def pearson(preds: np.ndarray, labels: np.ndarray) -> float:
+def _correlation(scipy_fn, preds: np.ndarray, labels: np.ndarray) -> float:
+    # Fewer than 2 points or a constant input has no correlation: 0, not NaN, so model selection still works.
     if len(preds) < 2:
         return 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        return _finite_or_zero(stats.pearsonr(preds, labels)[0])
+        return _finite_or_zero(scipy_fn(preds, labels)[0])
+
+
+def pearson(preds: np.ndarray, labels: np.ndarray) -> float:
+    return _correlation(stats.pearsonr, preds, labels)
 
 
 def spearmanr(preds: np.ndarray, labels: np.ndarray) -> float:
-    if len(preds) < 2:
-        return 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        return _finite_or_zero(stats.spearmanr(preds, labels)[0])
+    return _correlation(stats.spearmanr, preds, labels)
 
 
 def mse(preds: np.ndarray, labels: np.ndarray) -> float:
