@@ -154,3 +154,39 @@ def test_missing_files_and_bad_options(tmp_path):
         _load(ExplodingTokenizer(), _csv(tmp_path / "e.csv", ["sentence", "label"], [["a", 1], ["", 0]]), train)
     with pytest.raises(TedInputError, match="--data_dir holds GLUE TSV folders"):
         _load(ExplodingTokenizer(), train, train, data_dir=str(tmp_path))
+
+
+def test_dev_file_alone_needs_the_labels(tmp_path, tokenizer):
+    dev = _csv(tmp_path / "dev.csv", ["sentence", "label"], [["the movie was good", "pos"], ["a cat sat", "neg"]])
+    with pytest.raises(TedInputError, match="needs --train_file .* --label_list"):
+        _load(ExplodingTokenizer(), None, dev)
+    task, data = _load(tokenizer, None, dev, label_list=["neg", "pos"])
+    assert task.label_list == ["neg", "pos"] and len(data.train) == 0
+    assert data.eval_sets["validation"]["labels"] == [1, 0]
+    with pytest.raises(TedInputError, match=r"label 'pos' is not in the label list \['LABEL_0', 'LABEL_1'\]"):
+        _load(ExplodingTokenizer(), None, dev, label_list=["LABEL_0", "LABEL_1"])
+
+
+def test_evaluate_on_a_dev_file_alone_takes_labels_from_the_model(tmp_path, monkeypatch):
+    """`ted evaluate` scores a model on a custom dev file without its training file; training stages refuse."""
+    import tiny
+
+    from ted.cli import main
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    tok = tiny.build_tokenizer()
+    train, dev = tiny.write_data(tmp_path / "data", n_train=8, n_dev=16)
+    model = tiny.write_model(tmp_path / "m", tok, layers=2, head_labels=["neg", "pos"])
+    flags = ["--max_seq_length", str(tiny.MAX_LEN), "--disable_tqdm", "true", "--report_to", "none",
+             "--dataloader_pin_memory", "false"]
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    assert main(["evaluate", "--model_name_or_path", str(model), "--train_file", str(train),
+                 "--validation_file", str(dev), "--output_dir", str(both), *flags]) == 0
+    assert main(["evaluate", "--model_name_or_path", str(model), "--validation_file", str(dev),
+                 "--output_dir", str(alone), *flags]) == 0
+    a, b = (json.loads((f / "eval_results.json").read_text()) for f in (both, alone))
+    assert a["eval_accuracy"] == b["eval_accuracy"] and a["eval_loss"] == pytest.approx(b["eval_loss"], abs=1e-6)
+    # A training stage with the dev file alone stops before any training, with a way out.
+    assert main(["finetune", "--model_name_or_path", str(model), "--validation_file", str(dev), "--label_list",
+                 "neg", "pos", "--output_dir", str(tmp_path / "ft"), *flags]) == 2
+    assert not (tmp_path / "ft").exists()

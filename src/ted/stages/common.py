@@ -46,6 +46,15 @@ def dropout_overrides(model_args) -> dict:
     }
 
 
+def load_training_task(data_args, tokenizer):
+    """`load_task` for a stage that trains: it needs training rows (custom data without --train_file has none)."""
+    task, data = load_task(data_args, tokenizer)
+    if len(data.train) == 0:
+        raise TedInputError("No training examples: this stage trains, so pass --train_file (custom data) or a "
+                            "task whose training split is not empty.")
+    return task, data
+
+
 def start_model_stage(model_args, data_args, training_args):
     """The start of a stage that trains one model (finetune, learn-filters): the checked output folder, the
     tokenizer, the task and its data, and the model with the dropout overrides."""
@@ -53,7 +62,7 @@ def start_model_stage(model_args, data_args, training_args):
                                             training_args.output_dir_given)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
-    task, data = load_task(data_args, tokenizer)
+    task, data = load_training_task(data_args, tokenizer)
     model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir, **dropout_overrides(model_args))
     return output_dir, tokenizer, task, data, model
 

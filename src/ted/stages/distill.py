@@ -19,12 +19,12 @@ from ..models import (
     num_layers,
 )
 from ..objectives import DistillObjective, DistillStudent, DistillWeights, Teacher
-from ..tasks import load_task
 from .common import (
     StageResult,
     args_dict,
     dropout_overrides,
     finish,
+    load_training_task,
     run_trainer,
     sub_state,
     task_metrics,
@@ -90,7 +90,7 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or student_path, model_args.cache_dir)
     check_same_vocabulary(load_tokenizer(teacher_path, model_args.cache_dir), tokenizer, teacher_path, student_path)
-    task, data = load_task(data_args, tokenizer)
+    task, data = load_training_task(data_args, tokenizer)
     warn_no_ops(method, task.head, weights, training_args.per_device_train_batch_size)
     teacher_model = load_task_model(teacher_path, task, model_args.cache_dir)
     if not has_trained_head(teacher_model.config, task):

@@ -9,9 +9,9 @@ from pathlib import Path
 from transformers import set_seed
 
 from .. import artifacts
-from ..models import load_task_model, load_tokenizer
+from ..models import load_config, load_task_model, load_tokenizer
 from ..objectives import TaskObjective
-from ..tasks import load_task
+from ..tasks import is_custom, load_task, with_model_labels
 from ..training import TedTrainer
 from .common import StageResult, make_collator, model_columns, task_metrics, write_predictions
 
@@ -19,6 +19,8 @@ from .common import StageResult, make_collator, model_columns, task_metrics, wri
 def run_evaluate(model_args, data_args, training_args) -> StageResult:
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
+    if is_custom(data_args):  # a dev file alone is enough: the labels come from the model
+        data_args = with_model_labels(data_args, load_config(model_args.model_name_or_path, model_args.cache_dir))
     task, data = load_task(data_args, tokenizer)
     model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir)
     with tempfile.TemporaryDirectory() as scratch:

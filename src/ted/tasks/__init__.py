@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ..errors import TedInputError
 from .base import Task, TaskData
-from .custom import custom_task, load_custom
+from .custom import custom_task, load_custom, with_model_labels
 from .glue import GLUE_TASKS, canonical_glue_name, glue_task, load_glue
 from .squad import load_squad, squad_task
 
@@ -77,6 +77,11 @@ def _check_sources(key: str, data_args) -> None:
         )
 
 
+def is_custom(data_args) -> bool:
+    """Whether `data_args` name the user's own files (the custom task)."""
+    return _resolve(data_args.task_name, data_args) == "custom"
+
+
 def task_from_name(name: Optional[str], data_args=None) -> Task:
     """The static Task for a name (GLUE names need no data; custom reads its files)."""
     key = _resolve(name, data_args)
@@ -101,8 +106,10 @@ __all__ = [
     "TaskData",
     "TaskFamily",
     "glue_task",
+    "is_custom",
     "load_task",
     "register_task",
     "supported_tasks",
     "task_from_name",
+    "with_model_labels",
 ]

@@ -6,6 +6,8 @@ a wrong column name or an unseen dev label fails in seconds with a message that 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 from typing import Optional
@@ -17,6 +19,8 @@ from ..errors import TedInputError
 from ..metrics import classification_metric_fn, regression_metric_fn
 from .base import Task, TaskData
 from .text_classification import keep_first, tokenize_pairs
+
+logger = logging.getLogger(__name__)
 
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 # Auto-detected text columns, first match wins.
@@ -132,17 +136,34 @@ def _is_number(value) -> bool:
         return False
 
 
+def _labels_known(data_args) -> bool:
+    """Without a training file the label set must be given: --label_list, or --task_type regression."""
+    kind = (data_args.task_type or "").strip().lower()
+    return bool(data_args.label_list) or kind == "regression"
+
+
 def _prepare(data_args) -> tuple[Task, DatasetDict, list[str]]:
-    """Read and validate both files; return the Task, raw splits (text + `label`) and text columns."""
-    train = _read_file(data_args.train_file, "--train_file")
+    """Read and validate the files; return the Task, raw splits (text + `label`) and text columns.
+
+    The training file may be left out when the labels are known without it (`ted evaluate` takes them from
+    the model); the train split is then empty and the training stages refuse it.
+    """
+    if not data_args.train_file and data_args.validation_file and not _labels_known(data_args):
+        raise TedInputError(
+            "Custom data needs --train_file (its labels define the label list); without it pass --label_list "
+            "(classification) or --task_type regression."
+        )
     dev = _read_file(data_args.validation_file, "--validation_file")
-    text_columns = _text_columns(data_args.text_columns, train.column_names, data_args.train_file)
+    train = _read_file(data_args.train_file, "--train_file") if data_args.train_file else dev.select([])
+    first, first_path = (train, data_args.train_file) if data_args.train_file else (dev, data_args.validation_file)
+    text_columns = _text_columns(data_args.text_columns, first.column_names, first_path)
     label_column = data_args.label_column or "label"
-    _check_columns(train, data_args.train_file, text_columns, label_column)
+    if data_args.train_file:
+        _check_columns(train, data_args.train_file, text_columns, label_column)
     _check_columns(dev, data_args.validation_file, text_columns, label_column)
     train_labels, dev_labels = train[label_column], dev[label_column]
 
-    task_type = _infer_task_type(data_args.task_type, train_labels)
+    task_type = _infer_task_type(data_args.task_type, train_labels or dev_labels)
     if task_type == "regression":
         label_list = None
         train_ids = _to_scores(train_labels, data_args.train_file)
@@ -168,6 +189,18 @@ def _prepare(data_args) -> tuple[Task, DatasetDict, list[str]]:
         }
     )
     return task, raw, text_columns
+
+
+def with_model_labels(data_args, config):
+    """For scoring a model on a custom dev file alone: take the label set from the model's config unless the
+    flags give it (id2label names in id order; one output or problem_type "regression" means scores)."""
+    if data_args.train_file or _labels_known(data_args):
+        return data_args
+    if config.problem_type == "regression" or config.num_labels == 1:
+        return dataclasses.replace(data_args, task_type="regression")
+    names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    logger.info("Labels of the dev file read as the model's %s (id order); override with --label_list.", names)
+    return dataclasses.replace(data_args, label_list=names)
 
 
 def custom_task(data_args) -> Task:
