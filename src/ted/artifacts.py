@@ -113,6 +113,11 @@ def stage_extras(**extra: Any) -> Iterator[None]:
         _STAGE_EXTRAS.reset(token)
 
 
+def is_main_launch_process() -> bool:
+    """False in every process but the first under torchrun / accelerate launch (they set RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def describe_stage(stage: str, task, args: dict, lineage: dict, method: Optional[str] = None) -> dict:
     return {
         **_STAGE_EXTRAS.get(),

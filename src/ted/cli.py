@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
+from .artifacts import is_main_launch_process
 from .errors import TedInputError
 
 # The stage commands; their modules (and transformers) are imported only when one runs, so that
@@ -154,7 +154,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"ted {command}: error: {err}", file=sys.stderr)
         return 2
     # Under torchrun / accelerate launch every process returns the result; one of them prints it.
-    if result is not None and getattr(result, "metrics", None) is not None and os.environ.get("RANK", "0") == "0":
+    if result is not None and getattr(result, "metrics", None) is not None and is_main_launch_process():
         shown = {k: v for k, v in result.metrics.items() if not k.endswith(("runtime", "per_second"))}
         print(json.dumps({"output_dir": result.output_dir, "metrics": shown}, indent=2, default=str))
     return 0

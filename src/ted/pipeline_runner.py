@@ -356,7 +356,7 @@ def run_pipeline(config_files: list[str], overrides: Optional[dict] = None) -> l
     validate([spec for *_, spec, fp in jobs if not reusable(spec.folder, fp)])
     runs: list[StageRun] = []
     for task, seed, cfg, spec, fp in jobs:
-        if not any(r.task == task for r in runs):  # once per task, before its first stage
+        if not any(r.task == task for r in runs) and artifacts.is_main_launch_process():  # once per task
             seeds = sorted({s for t, s, *_ in jobs if t == task})
             specs = [j[3] for j in jobs if j[:2] == (task, seed)]
             write_pipeline_file(Path(cfg["output_dir"]) / task, task, cfg, specs, seeds)
@@ -370,7 +370,8 @@ def run_pipeline_cli(argv: list[str]) -> list[StageRun]:
         return []
     configs, overrides = parse_overrides(argv)
     runs = run_pipeline(configs, overrides)
-    print(summary(runs))
+    if artifacts.is_main_launch_process():  # under torchrun every process runs the pipeline; one reports
+        print(summary(runs))
     return runs
 
 
