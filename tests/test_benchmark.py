@@ -41,3 +41,18 @@ def test_quick_benchmark_prints_every_key(tmp_path, capsys, monkeypatch):
     # The tiny models take 64 positions: the padded configuration pads to --max_seq_length 32 here.
     assert printed["padding"]["finetune_pad_to_max"]["mean_padded_length"] == tiny.MAX_LEN
     assert printed["padding"]["finetune_dynamic_grouped"]["mean_padded_length"] < tiny.MAX_LEN
+
+
+def test_random_pair_has_the_papers_model_sizes():
+    """benchmarks/random_pair.py: DeBERTaV3-base / -xsmall shapes (184M / 71M parameters with embeddings)."""
+    import torch
+    from transformers import AutoModel
+
+    spec = importlib.util.spec_from_file_location("ted_random_pair", RUN.parent / "random_pair.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    configs = module.pair_configs("deberta-v3", pad_token_id=0)
+    with torch.device("meta"):  # shapes only: no memory, no time
+        sizes = {role: sum(p.numel() for p in AutoModel.from_config(c).parameters()) for role, c in configs.items()}
+    assert sizes == {"teacher": 183_831_552, "student": 70_682_112}
+    assert configs["teacher"].num_hidden_layers == configs["student"].num_hidden_layers == 12
