@@ -19,8 +19,8 @@ from ..errors import TedInputError
 from ..models import load_task_model, load_tokenizer
 from ..squad.evaluator import SquadEvaluator
 from ..squad.postprocess import write_prediction_files
-from ..tasks.base import Task, TaskData
 from ..tasks import load_task
+from ..tasks.base import Task, TaskData
 from ..tasks.squad import version_2
 from ..training import TedTrainer
 

@@ -79,9 +79,8 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
     if training_args.ddp_find_unused_parameters is None:
         training_args = dataclasses.replace(training_args, ddp_find_unused_parameters=False)
     collator = None
-    use_cache = filter_args.stage1_backbone_mode == "eval" and task.head != "span"
-    if use_cache:
-        use_cache = cache_affordable(model, data, layers, training_args)
+    use_cache = (filter_args.stage1_backbone_mode == "eval" and task.head != "span"
+                 and cache_affordable(model, data, layers, training_args))
     if use_cache:
         # Eval-mode backbone + heads reading token 0: compute token 0 of each selected layer once and train
         # the filters and heads on it (see ted.feature_cache); same logits as the uncached eval-mode learner.
