@@ -37,6 +37,7 @@ def test_quick_benchmark_prints_every_key(tmp_path, capsys, monkeypatch):
         assert key in printed, key
     assert set(CONFIGS) <= set(printed["samples_per_second"]) and set(CONFIGS) <= set(printed["peak_memory_mb"])
     assert all(v > 0 for v in printed["samples_per_second"].values())
+    assert printed["config"]["mode"] == "quick" and "full run" in printed["targets_note"]
     assert printed["layers"] == {"student": [0, 1], "teacher": [1, 3], "filter_output_dim": tiny.HIDDEN}
     # The tiny models take 64 positions: the padded configuration pads to --max_seq_length 32 here.
     assert printed["padding"]["finetune_pad_to_max"]["mean_padded_length"] == tiny.MAX_LEN
