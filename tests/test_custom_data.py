@@ -125,7 +125,7 @@ def test_missing_label_column(tmp_path):
 def test_unseen_validation_label(tmp_path):
     train = _csv(tmp_path / "train.csv", ["sentence", "label"], [["a", "pos"], ["b", "neg"]])
     dev = _csv(tmp_path / "dev.csv", ["sentence", "label"], [["c", "pos"], ["d", "neutral"]])
-    with pytest.raises(TedInputError, match=r"dev.csv, row 2 .*'neutral' is not in the label list \['neg', 'pos'\]"):
+    with pytest.raises(TedInputError, match=r"dev.csv, line 3: label 'neutral' is not in the label list \['neg', 'pos'\]"):
         _load(ExplodingTokenizer(), train, dev)
 
 
@@ -150,7 +150,7 @@ def test_missing_files_and_bad_options(tmp_path):
         _load(ExplodingTokenizer(), train, _csv(tmp_path / "dev.txt", ["sentence", "label"], [["a", 1]]))
     with pytest.raises(TedInputError, match="at least 2 distinct labels"):
         _load(ExplodingTokenizer(), _csv(tmp_path / "one.csv", ["sentence", "label"], [["a", 1]]), train)
-    with pytest.raises(TedInputError, match=r"row 2 .*column 'sentence' is empty"):
+    with pytest.raises(TedInputError, match=r"e.csv, line 3: column 'sentence' is empty"):
         _load(ExplodingTokenizer(), _csv(tmp_path / "e.csv", ["sentence", "label"], [["a", 1], ["", 0]]), train)
     with pytest.raises(TedInputError, match="--data_dir holds GLUE TSV folders"):
         _load(ExplodingTokenizer(), train, train, data_dir=str(tmp_path))
@@ -190,3 +190,36 @@ def test_evaluate_on_a_dev_file_alone_takes_labels_from_the_model(tmp_path, monk
     assert main(["finetune", "--model_name_or_path", str(model), "--validation_file", str(dev), "--label_list",
                  "neg", "pos", "--output_dir", str(tmp_path / "ft"), *flags]) == 2
     assert not (tmp_path / "ft").exists()
+
+
+def test_evaluate_remembers_the_stage_columns_and_task_type(tmp_path, monkeypatch, capsys):
+    """A regression stage trained on columns review/score is scored on a dev file without repeating them."""
+    import random
+
+    import tiny
+
+    from ted.cli import main
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    rng = random.Random(0)
+
+    def scores(path, n):
+        rows = [f"{' '.join(rng.choices(tiny.WORDS, k=5))},{rng.uniform(0, 5):.2f}" for _ in range(n)]
+        path.write_text("id,review,score\n" + "".join(f"{i},{row}\n" for i, row in enumerate(rows)))
+        return path
+
+    train, dev = scores(tmp_path / "train.csv", 16), scores(tmp_path / "dev.csv", 8)
+    model = tiny.write_model(tmp_path / "m", tiny.build_tokenizer(), layers=1)
+    stage, scored = tmp_path / "stage", tmp_path / "scored"
+    assert main(["finetune", "--model_name_or_path", str(model), "--output_dir", str(stage), "--save_strategy", "no",
+                 *tiny.train_flags(train, dev, text_columns="review", label_column="score")]) == 0
+    pinned = ["--dataloader_pin_memory", "false", "--disable_tqdm", "true"]
+    assert main(["evaluate", "--model_name_or_path", str(stage), "--validation_file", str(dev),
+                 "--output_dir", str(scored), *pinned]) == 0
+    a, b = (json.loads((f / "eval_results.json").read_text()) for f in (stage, scored))
+    assert b["eval_spearmanr"] == pytest.approx(a["eval_spearmanr"]) and b["eval_mse"] == pytest.approx(a["eval_mse"])
+    # An explicit flag beats what the stage remembers.
+    capsys.readouterr()
+    assert main(["evaluate", "--model_name_or_path", str(stage), "--validation_file", str(dev), "--label_column",
+                 "rating", "--output_dir", str(tmp_path / "x"), *pinned]) == 2
+    assert "['rating'] not found" in capsys.readouterr().err

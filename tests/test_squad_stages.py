@@ -129,7 +129,7 @@ def test_squad_v1_refuses_unanswerable_data(squad_chain, tmp_path):
 
     groups = parse_kwargs("finetune", dict(model_name_or_path=str(squad_chain["s0"]), task_name="squad",
                                            train_file=str(squad_chain["dev"]), validation_file=str(squad_chain["dev"]),
-                                           output_dir=str(tmp_path / "v1")))
+                                           max_seq_length=32, doc_stride=16, output_dir=str(tmp_path / "v1")))
     with pytest.raises(TedInputError, match="squad_v2"):
         run_finetune(*groups)
     assert not (tmp_path / "v1").exists()
@@ -154,3 +154,45 @@ def test_real_minilm_pair_on_shared_squad(tmp_path):
     assert stage["lineage"]["layer_pairs"] == [[0, 1], [1, 3], [2, 5]]
     metrics = results(tmp_path / "ted")
     assert metrics["eval_total"] == 8 and 0.0 <= metrics["eval_f1"] <= 100.0
+
+
+def test_evaluate_takes_task_and_windows_from_the_stage(squad_chain, tmp_path):
+    """No --task_name, no --train_file, no window flags: the stage's ted_stage.json supplies them."""
+    ted_cli("evaluate", "--model_name_or_path", squad_chain["ted"], "--validation_file", squad_chain["dev"],
+            "--per_device_eval_batch_size", 8, "--dataloader_pin_memory", "False", "--output_dir", tmp_path / "e")
+    alone, full = results(tmp_path / "e"), results(squad_chain["eval"])
+    assert alone["eval_total"] == 12
+    scores = [{k: v for k, v in r.items() if not k.endswith(("runtime", "per_second", "time"))} for r in (alone, full)]
+    assert scores[0] == pytest.approx(scores[1])
+    # Same windows (max_seq_length 32, doc_stride 16 from the stage, not 384 / 128): the same no-answer odds.
+    odds = [json.loads((folder / "null_odds.json").read_text()) for folder in (tmp_path / "e", squad_chain["eval"])]
+    assert odds[0] == pytest.approx(odds[1])
+    # An explicit flag beats the stage: a wider stride than the window is refused, naming the flag.
+    assert ted_main([str(a) for a in ("evaluate", "--model_name_or_path", squad_chain["ted"], "--validation_file",
+                                      squad_chain["dev"], "--doc_stride", 64, "--output_dir", tmp_path / "x")]) == 2
+
+
+def test_evaluate_streams_span_logits(squad_chain, tmp_path, monkeypatch):
+    """Like the stages, `ted evaluate` hands SQuAD logits to post-processing batch by batch."""
+    from ted.squad.evaluator import SquadEvaluator
+
+    calls = []
+    original = SquadEvaluator.__call__
+
+    def spy(self, prediction, compute_result=True):
+        calls.append((len(prediction.predictions), compute_result))
+        return original(self, prediction, compute_result)
+
+    monkeypatch.setattr(SquadEvaluator, "__call__", spy)
+    ted_cli("evaluate", "--model_name_or_path", squad_chain["ted"], "--validation_file", squad_chain["dev"],
+            "--per_device_eval_batch_size", 4, "--dataloader_pin_memory", "False", "--output_dir", tmp_path / "e")
+    assert len(calls) > 1 and all(n <= 4 for n, _ in calls), calls
+    assert [done for _, done in calls] == [False] * (len(calls) - 1) + [True]
+    assert results(tmp_path / "e")["eval_total"] == 12
+
+
+def test_training_still_needs_a_train_file(squad_chain, tmp_path):
+    assert ted_main([str(a) for a in ("finetune", "--model_name_or_path", squad_chain["s0"], "--task_name",
+                                      "squad_v2", "--validation_file", squad_chain["dev"], "--max_seq_length", 32,
+                                      "--doc_stride", 16, "--output_dir", tmp_path / "ft")]) == 2
+    assert not (tmp_path / "ft").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import string
 import sys
@@ -224,15 +225,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not isinstance(data, dict) or "data" not in data:
         raise TedInputError(f"{args.data_file} is not a SQuAD file: expected a JSON object with a 'data' list.")
     preds = _load_json(args.pred_file, "Prediction")
-    if not isinstance(preds, dict):
-        raise TedInputError(f"{args.pred_file} must hold a JSON object mapping question id to answer text.")
+    _check_values(preds, args.pred_file, lambda v: isinstance(v, str), "the answer text (a string; \"\" for no answer)")
     na_probs = _load_json(args.na_prob_file, "No-answer probability") if args.na_prob_file else None
+    if na_probs is not None:
+        _check_values(na_probs, args.na_prob_file, _is_probability, "a number (the no-answer probability)")
 
     result = evaluate_squad(data["data"], preds, na_probs, args.na_prob_thresh)
     if args.out_file:
         with open(args.out_file, "w", encoding="utf-8") as f:
             json.dump(result, f)
-    print(json.dumps(result, indent=2))
+    return _print(json.dumps(result, indent=2))
+
+
+def _is_probability(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_values(table, path: str, valid, expected: str) -> None:
+    """A prediction file maps question ids to values of one kind; name the first question that breaks it."""
+    if not isinstance(table, dict):
+        raise TedInputError(f"{path} must hold a JSON object mapping question id to {expected}.")
+    for qid, value in table.items():
+        if not valid(value):
+            raise TedInputError(
+                f"{path}: the value for question {qid!r} is {json.dumps(value)}; expected {expected}."
+            )
+
+
+def _print(text: str) -> int:
+    """Print the scores; a reader that stops early (`| head`) ends the command quietly, like any Unix tool."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not in the interpreter's exit flush
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the exit-time flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status of a tool killed by a closed pipe
     return 0
 
 

@@ -144,6 +144,24 @@ def squad_features():
     )
 
 
+def _check_answers(path: str, qid: str, context: str, texts: list[str], starts: list[int]) -> None:
+    """Each gold answer must sit in its context at answer_start: training labels are cut from that offset,
+    so a wrong one would teach the model a wrong span without any error. Checked in dev files too: the
+    metric reads only the texts, but a mismatch means the file is not what it claims to be (the official
+    SQuAD files have none)."""
+    for text, start in zip(texts, starts):
+        if start < 0 or start + len(text) > len(context):
+            problem = f"reaches past the end of its context ({len(context)} characters)"
+        elif context[start:start + len(text)] != text:
+            problem = f"does not match the context there, which reads {context[start:start + len(text)]!r}"
+        else:
+            continue
+        raise TedInputError(
+            f"{path}: question {qid!r}: answer {text!r} at answer_start {start} {problem}; answer_start must be "
+            f"the character offset of the answer text in its context."
+        )
+
+
 def squad_rows_from_json(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Flatten an official SQuAD 1.1/2.0 JSON file into HF squad rows (plain dicts)."""
     path = os.fspath(path)
@@ -179,6 +197,7 @@ def squad_rows_from_json(path: str | os.PathLike) -> list[dict[str, Any]]:
                     starts = [int(ans["answer_start"]) for ans in qa["answers"]]
                 except (KeyError, TypeError, ValueError):
                     raise TedInputError(f"{qwhere}: every answer needs 'text' and an integer 'answer_start'.") from None
+                _check_answers(path, str(qa["id"]), paragraph["context"], texts, starts)
                 # Like the hub loader, "answers" decides answerability (is_impossible questions have
                 # an empty list; their plausible_answers are not gold and are dropped).
                 rows.append(

@@ -3,29 +3,75 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 from pathlib import Path
 
 from transformers import set_seed
 
 from .. import artifacts
+from ..config import DataArguments
 from ..models import load_config, load_task_model, load_tokenizer
 from ..objectives import TaskObjective
-from ..tasks import is_custom, load_task, with_model_labels
+from ..tasks import GLUE_TASKS, is_custom, load_task, with_model_labels
 from ..training import TedTrainer
 from .common import StageResult, make_collator, model_columns, task_metrics, write_predictions
+
+logger = logging.getLogger(__name__)
+
+# Data settings a stage folder remembers (the "args" of its ted_stage.json). Scoring it reuses them, so the
+# columns, sequence length and SQuAD windows match training; the data files themselves are the user's choice.
+REMEMBERED_SETTINGS = ("text_columns", "label_column", "label_list", "task_type", "max_seq_length",
+                       "pad_to_max_length", "doc_stride", "n_best_size", "max_answer_length",
+                       "null_score_diff_threshold")
+
+
+def _stage_task_name(info: dict, data_args) -> str | None:
+    """The stage's task, when the user's data fits it (a GLUE stage scored on the user's files is custom data)."""
+    name = (info.get("task") or {}).get("name") or (info.get("args") or {}).get("task_name")
+    if not name or name == "custom":
+        return None
+    if name in GLUE_TASKS and (data_args.train_file or data_args.validation_file):
+        return None
+    return name
+
+
+def with_stage_settings(data_args, model_path: str | None):
+    """`data_args` completed from the stage folder at `model_path`: its task and data settings, wherever the
+    user left a setting at its default (an explicit flag that differs from the default always wins)."""
+    try:
+        info = artifacts.stage_info(model_path) if model_path else None
+    except (OSError, ValueError):
+        info = None  # not readable as a stage: scored like any model folder
+    if not info:
+        return data_args
+    saved = info.get("args") or {}
+    defaults = {f.name: f.default for f in dataclasses.fields(DataArguments)}
+    changes = {name: saved[name] for name in REMEMBERED_SETTINGS
+               if saved.get(name) is not None and getattr(data_args, name) == defaults[name]
+               and saved[name] != defaults[name]}
+    if not data_args.task_name and _stage_task_name(info, data_args):
+        changes["task_name"] = _stage_task_name(info, data_args)
+    if (info.get("task") or {}).get("head") == "regression" and not data_args.task_type:
+        changes["task_type"] = "regression"  # whole-number dev scores must not be read as classes
+    if changes:
+        logger.info("Settings taken from %s: %s (flags override them)", Path(model_path) / artifacts.STAGE_FILE,
+                    changes)
+    return dataclasses.replace(data_args, **changes)
 
 
 def run_evaluate(model_args, data_args, training_args) -> StageResult:
     set_seed(training_args.seed)
+    data_args = with_stage_settings(data_args, model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
     if is_custom(data_args):  # a dev file alone is enough: the labels come from the model
         data_args = with_model_labels(data_args, load_config(model_args.model_name_or_path, model_args.cache_dir))
     task, data = load_task(data_args, tokenizer)
     model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir)
     with tempfile.TemporaryDirectory() as scratch:
+        # SQuAD streams each batch's logits into post-processing (as the stages do) instead of gathering them all.
         args = dataclasses.replace(training_args, output_dir=scratch, remove_unused_columns=False, eval_strategy="no",
-                                   load_best_model_at_end=False, report_to=[])
+                                   load_best_model_at_end=False, report_to=[], batch_eval_metrics=task.head == "span")
         trainer = TedTrainer(model=model, args=args, objective=TaskObjective(task.head),
                              data_collator=make_collator(tokenizer, training_args), processing_class=tokenizer,
                              compute_metrics=task_metrics(task, data, data_args))

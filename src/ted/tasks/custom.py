@@ -10,7 +10,8 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Optional
+import re
+from typing import NamedTuple, Optional
 
 import datasets
 from datasets import Dataset, DatasetDict
@@ -18,6 +19,7 @@ from datasets import Dataset, DatasetDict
 from ..errors import TedInputError
 from ..metrics import classification_metric_fn, regression_metric_fn
 from .base import Task, TaskData
+from .files import RowLines, root_cause, scan_file
 from .text_classification import keep_first, tokenize_pairs
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,18 @@ _BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 _TEXT_CANDIDATES = (("sentence1", "sentence2"), ("sentence",), ("text",), ("text_a", "text_b"), ("text_a",))
 
 
-def _read_file(path: Optional[str], flag: str) -> Dataset:
+class _File(NamedTuple):
+    """A read custom file: its rows, its path and the line each row starts on."""
+
+    data: Dataset
+    path: str
+    rows: RowLines
+
+    def where(self, i: int) -> str:
+        return f"{self.path}, {self.rows.where(i)}"
+
+
+def _read_file(path: Optional[str], flag: str) -> _File:
     if not path:
         raise TedInputError(
             f"Custom data needs both --train_file and --validation_file; {flag} is missing."
@@ -39,6 +52,7 @@ def _read_file(path: Optional[str], flag: str) -> Dataset:
         raise TedInputError(
             f"{flag} {path}: unsupported extension {ext!r}; use one of {', '.join(_BUILDERS)}."
         )
+    rows = scan_file(path, f"{flag} {path}", ext)
     kwargs = {}
     if _BUILDERS[ext] == "csv":
         # Only empty cells are missing values: words like "NA", "null" or "None" stay text.
@@ -46,9 +60,14 @@ def _read_file(path: Optional[str], flag: str) -> Dataset:
         if ext == ".tsv":
             kwargs["delimiter"] = "\t"
     try:
-        return datasets.load_dataset(_BUILDERS[ext], data_files=path, split="train", **kwargs)
-    except Exception as err:  # parse errors from pandas / pyarrow: name the file
-        raise TedInputError(f"{flag} {path} could not be parsed as {ext[1:].upper()}: {err}") from err
+        data = datasets.load_dataset(_BUILDERS[ext], data_files=path, split="train", **kwargs)
+    except Exception as err:  # what the first pass missed (pandas / pyarrow): one line, the file named
+        raise TedInputError(
+            f"{flag} {path} could not be read as {ext[1:].upper()}: {root_cause(err)}"
+        ) from err
+    if len(data) == 0:
+        raise TedInputError(f"{flag} {path} holds no data rows.")
+    return _File(data, path, rows.matches(len(data)))
 
 
 def _text_columns(requested: Optional[list[str]], columns: list[str], path: str) -> list[str]:
@@ -68,17 +87,18 @@ def _text_columns(requested: Optional[list[str]], columns: list[str], path: str)
     )
 
 
-def _check_columns(ds: Dataset, path: str, text_columns: list[str], label_column: str) -> None:
+def _check_columns(file: _File, text_columns: list[str], label_column: str) -> None:
+    ds = file.data
     missing = [c for c in text_columns + [label_column] if c not in ds.column_names]
     if missing:
         hint = " Set --label_column." if label_column in missing else ""
         raise TedInputError(
-            f"{path}: column(s) {missing} not found; available columns: {ds.column_names}.{hint}"
+            f"{file.path}: column(s) {missing} not found; available columns: {ds.column_names}.{hint}"
         )
     for col in text_columns + [label_column]:
         for i, value in enumerate(ds[col]):
             if value is None or (isinstance(value, float) and math.isnan(value)):
-                raise TedInputError(f"{path}, row {i + 1} (header excluded): column {col!r} is empty.")
+                raise TedInputError(f"{file.where(i)}: column {col!r} is empty.")
 
 
 def _label_name(value) -> str:
@@ -86,6 +106,37 @@ def _label_name(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+# A label written as a number: 3, -0.5, 1e-3 (what pandas would have parsed, had the column not mixed text in).
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    return isinstance(value, str) and _NUMBER.fullmatch(value.strip()) is not None
+
+
+def _check_one_kind(file: _File, labels: list, label_column: str) -> None:
+    """Labels that mix numbers and text are a typo, not a task: `pos, neg, 1, 0.5` would become 4 classes, and
+    one "n/a" among scores would turn a regression file into hundreds of classes. Name the odd row out."""
+    numeric = [_is_number(v) for v in labels]
+    n_numbers = sum(numeric)
+    if n_numbers in (0, len(labels)):
+        return
+    # The rarer kind is the odd one out; on a tie, the kind the file does not start with.
+    odd = n_numbers < len(labels) - n_numbers or (2 * n_numbers == len(labels) and not numeric[0])
+    i = numeric.index(odd)
+    j = numeric.index(not odd)
+    kind, others = ("a number", "text") if odd else ("text", "numbers")
+    raise TedInputError(
+        f"{file.where(i)}: label {labels[i]!r} is {kind}, but other labels in column {label_column!r} are {others} "
+        f"(e.g. {labels[j]!r} on {file.rows.where(j)}). Fix the row, or pass --task_type classification if "
+        f"every value is a class name."
+    )
 
 
 def _infer_task_type(requested: Optional[str], labels: list) -> str:
@@ -107,33 +158,27 @@ def _sorted_label_names(labels: list) -> list[str]:
     return sorted(names, key=float) if numeric else sorted(names)
 
 
-def _map_labels(labels: list, label_ids: dict[str, int], path: str) -> list[int]:
+def _map_labels(labels: list, label_ids: dict[str, int], file: _File) -> list[int]:
     ids = []
     for i, value in enumerate(labels):
         name = _label_name(value)
         if name not in label_ids:
             raise TedInputError(
-                f"{path}, row {i + 1} (header excluded): label {value!r} is not in the label list "
+                f"{file.where(i)}: label {value!r} is not in the label list "
                 f"{list(label_ids)}. Add it to --label_list (or to the training file)."
             )
         ids.append(label_ids[name])
     return ids
 
 
-def _to_scores(labels: list, path: str) -> list[float]:
-    try:
-        return [float(v) for v in labels]
-    except (TypeError, ValueError):
-        bad = next(v for v in labels if not _is_number(v))
-        raise TedInputError(f"{path}: regression label {bad!r} is not a number.") from None
-
-
-def _is_number(value) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False
+def _to_scores(labels: list, file: _File) -> list[float]:
+    for i, value in enumerate(labels):
+        if not _is_number(value):
+            raise TedInputError(
+                f"{file.where(i)}: regression label {value!r} is not a number. Fix the row, or drop "
+                f"--task_type regression if the labels are classes."
+            )
+    return [float(v) for v in labels]
 
 
 def _labels_known(data_args) -> bool:
@@ -154,20 +199,24 @@ def _prepare(data_args) -> tuple[Task, DatasetDict, list[str]]:
             "(classification) or --task_type regression."
         )
     dev = _read_file(data_args.validation_file, "--validation_file")
-    train = _read_file(data_args.train_file, "--train_file") if data_args.train_file else dev.select([])
-    first, first_path = (train, data_args.train_file) if data_args.train_file else (dev, data_args.validation_file)
-    text_columns = _text_columns(data_args.text_columns, first.column_names, first_path)
+    train = _read_file(data_args.train_file, "--train_file") if data_args.train_file else None
+    first = train or dev
+    text_columns = _text_columns(data_args.text_columns, first.data.column_names, first.path)
     label_column = data_args.label_column or "label"
-    if data_args.train_file:
-        _check_columns(train, data_args.train_file, text_columns, label_column)
-    _check_columns(dev, data_args.validation_file, text_columns, label_column)
-    train_labels, dev_labels = train[label_column], dev[label_column]
+    for file in (train, dev):
+        if file is not None:
+            _check_columns(file, text_columns, label_column)
+    train_labels = train.data[label_column] if train else []
+    dev_labels = dev.data[label_column]
 
+    # Classes named by the user (--task_type classification, --label_list) may look like anything.
+    if not data_args.task_type and not data_args.label_list:
+        _check_one_kind(first, first.data[label_column], label_column)
     task_type = _infer_task_type(data_args.task_type, train_labels or dev_labels)
     if task_type == "regression":
         label_list = None
-        train_ids = _to_scores(train_labels, data_args.train_file)
-        dev_ids = _to_scores(dev_labels, data_args.validation_file)
+        train_ids = _to_scores(train_labels, train)
+        dev_ids = _to_scores(dev_labels, dev)
         task = Task("custom", "regression", None, "spearmanr", regression_metric_fn())
     else:
         label_list = list(data_args.label_list) if data_args.label_list else _sorted_label_names(train_labels)
@@ -177,15 +226,16 @@ def _prepare(data_args) -> tuple[Task, DatasetDict, list[str]]:
                 f"For scores use --task_type regression."
             )
         label_ids = {name: i for i, name in enumerate(label_list)}
-        train_ids = _map_labels(train_labels, label_ids, data_args.train_file)
-        dev_ids = _map_labels(dev_labels, label_ids, data_args.validation_file)
+        train_ids = _map_labels(train_labels, label_ids, train)
+        dev_ids = _map_labels(dev_labels, label_ids, dev)
         metric_fn = classification_metric_fn(len(label_list))
         task = Task("custom", "classification", label_list, "accuracy", metric_fn)
 
+    train_data = train.data if train else dev.data.select([])
     raw = DatasetDict(
         {
-            "train": train.select_columns(text_columns).add_column("label", train_ids),
-            "validation": dev.select_columns(text_columns).add_column("label", dev_ids),
+            "train": train_data.select_columns(text_columns).add_column("label", train_ids),
+            "validation": dev.data.select_columns(text_columns).add_column("label", dev_ids),
         }
     )
     return task, raw, text_columns

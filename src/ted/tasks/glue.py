@@ -18,6 +18,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from ..errors import TedInputError
 from ..metrics import glue_metric_fn
 from .base import Task, TaskData
+from .files import check_utf8
 from .text_classification import keep_first, tokenize_pairs
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def read_glue_tsv(task: str, split_file: str) -> dict[str, list]:
             f"GLUE {key} file not found: expected {split_file}. --data_dir must hold the GLUE task "
             f"folders as written by the GLUE download script (e.g. RTE/train.tsv, {spec.folder}/train.tsv)."
         )
+    check_utf8(split_file, split_file)
     label_ids = None if spec.label_list is None else _label_ids(spec)
     columns: dict[str, list] = {col: [] for col in spec.text_columns + ("label",)}
     skipped: list[int] = []

@@ -30,9 +30,13 @@ def _raw_splits(name: str, data_args):
         raise TedInputError("--data_dir holds GLUE TSV folders; give SQuAD JSON files with "
                             "--train_file/--validation_file, or nothing to use the hub.")
     if data_args.train_file or data_args.validation_file:
-        if not (data_args.train_file and data_args.validation_file):
-            raise TedInputError("Give both --train_file and --validation_file (SQuAD JSON schema).")
-        return squad_examples_from_json(data_args.train_file), squad_examples_from_json(data_args.validation_file)
+        if not data_args.validation_file:
+            raise TedInputError("--train_file needs a --validation_file too (SQuAD JSON schema): the dev set "
+                                "scores every epoch.")
+        dev = squad_examples_from_json(data_args.validation_file)
+        # Scoring needs the dev file alone; the training stages refuse the empty train split.
+        train = squad_examples_from_json(data_args.train_file) if data_args.train_file else dev.select([])
+        return train, dev
     import datasets
 
     raw = datasets.load_dataset(data_args.dataset_name or HUB_IDS[name])
