@@ -334,7 +334,7 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data, select=None):
 
         # Ours: one inference-mode pass builds the token-0 cache; filters + heads train on it.
         filters, heads = fresh()
-        dtype = cache_autocast_dtype(device, fp16=False)
+        dtype = cache_autocast_dtype(device, bf16=opts.bf16)
 
         def cached_run():
             start = time.perf_counter()

@@ -2,8 +2,8 @@
 
 With the frozen backbone in eval mode (`--stage1_backbone_mode eval`), a Stage I head only reads one
 position (token 0, `heads.POOLED_POSITION`) of its filter's output, and a filter is position-wise. So the
-backbone is run once over the data, under `torch.inference_mode()` (bf16 autocast on CUDA devices that
-support it), keeping token 0 of each selected layer's hidden state; the filters and heads then train on
+backbone is run once over the data, under `torch.inference_mode()` in the run's own precision (bf16
+autocast only under --bf16, fp16 only under --fp16 on CUDA, else float32), keeping token 0 of each selected layer's hidden state; the filters and heads then train on
 these [K, hidden] features for all epochs through the same `TedTrainer` (`objectives.CachedFilterLearner`).
 
 Batches for the single backbone pass are sorted by length (least padding). Under DDP every process
@@ -46,14 +46,15 @@ class CachedFeatures(Dataset):
         return {"features": self.features[index], "labels": self.labels[index]}
 
 
-def cache_autocast_dtype(device: torch.device, fp16: bool = False) -> Optional[torch.dtype]:
-    """Reduced precision for the one backbone pass where the device supports it: bf16 on CUDA when available,
-    fp16 on CUDA only when the run asks for --fp16, full precision elsewhere (CPU bf16 is slow on most CPUs)."""
-    if device.type != "cuda":
-        return None
-    if torch.cuda.is_bf16_supported():
+def cache_autocast_dtype(device: torch.device, bf16: bool = False, fp16: bool = False) -> Optional[torch.dtype]:
+    """The precision of the one backbone pass: the run's own. A float32 run caches float32 features, so the
+    cached Stage I equals the uncached eval-mode one; --bf16 autocasts (and stores) in bf16, --fp16 autocasts
+    in fp16 on CUDA (fp16 autocast is CUDA-only) and stores float32."""
+    if bf16:
         return torch.bfloat16
-    return torch.float16 if fp16 else None
+    if fp16 and device.type == "cuda":
+        return torch.float16
+    return None
 
 
 def cache_bytes(rows: int, layers: int, hidden_size: int, dtype: Optional[torch.dtype]) -> int:

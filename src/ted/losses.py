@@ -8,15 +8,18 @@ import torch
 import torch.nn.functional as F
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over examples with a label >= 0 (negative labels are dropped, as DeBERTa does)."""
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy over examples with a label >= 0 (negative labels are dropped, as DeBERTa does).
+
+    `label_smoothing` (--label_smoothing_factor) mixes the one-hot target with the uniform distribution,
+    as the Trainer's own label smoother does."""
     labels = labels.view(-1).long()
     keep = labels >= 0
     # Sum over kept rows / their count, with no boolean indexing and no branch on a tensor value: no host-device
     # synchronisation per step. An all-ignored batch gives 0, still connected to the graph, so backward works
     # (a crash in the paper's code).
     total = F.cross_entropy(logits.view(labels.shape[0], -1).float(), labels.masked_fill(~keep, -100),
-                            ignore_index=-100, reduction="sum")
+                            ignore_index=-100, reduction="sum", label_smoothing=label_smoothing)
     return total / keep.sum().clamp_min(1)
 
 
@@ -25,22 +28,24 @@ def regression_loss(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def span_loss(start_logits: torch.Tensor, end_logits: torch.Tensor,
-              start_positions: torch.Tensor, end_positions: torch.Tensor) -> torch.Tensor:
+              start_positions: torch.Tensor, end_positions: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """(CE(start) + CE(end)) / 2; positions beyond the sequence are clamped to its length and ignored."""
     length = start_logits.size(1)
     start = start_positions.view(-1).clamp(0, length)
     end = end_positions.view(-1).clamp(0, length)
-    return (F.cross_entropy(start_logits.float(), start, ignore_index=length)
-            + F.cross_entropy(end_logits.float(), end, ignore_index=length)) / 2
+    return (F.cross_entropy(start_logits.float(), start, ignore_index=length, label_smoothing=label_smoothing)
+            + F.cross_entropy(end_logits.float(), end, ignore_index=length, label_smoothing=label_smoothing)) / 2
 
 
-def task_loss(head: str, outputs, labels) -> torch.Tensor:
-    """Loss of one head's outputs: logits for classification/regression, (start, end) for spans."""
+def task_loss(head: str, outputs, labels, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Loss of one head's outputs: logits for classification/regression, (start, end) for spans.
+
+    Label smoothing has no meaning for a regression target; `check_label_smoothing` refuses it up front."""
     if head == "classification":
-        return classification_loss(outputs, labels)
+        return classification_loss(outputs, labels, label_smoothing)
     if head == "regression":
         return regression_loss(outputs, labels)
-    return span_loss(outputs[0], outputs[1], labels[0], labels[1])
+    return span_loss(outputs[0], outputs[1], labels[0], labels[1], label_smoothing)
 
 
 def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,

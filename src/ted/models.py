@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Optional
 
 from transformers import (
@@ -14,7 +16,8 @@ from transformers import (
 )
 
 from .errors import TedInputError
-from .tasks.base import Task
+from .tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
+from .tasks.squad import DEFAULT_MAX_SEQ_LENGTH as SQUAD_MAX_SEQ_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +30,42 @@ _HEAD_SUFFIX = {"classification": "ForSequenceClassification", "regression": "Fo
                 "span": "ForQuestionAnswering"}
 
 
-def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
-    if not name_or_path:  # else AutoTokenizer asks the hub for a repo called "None" (retries, then a vague error)
+def looks_like_local_path(name: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else (./x, /x, ~/x, a/b/c, a Windows path) is a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def check_model_source(name_or_path: Optional[str]) -> None:
+    """A missing local folder, a folder without a model or a damaged weights file, said plainly before
+    transformers turns it into "Repo id must be in the form ..." or a raw SafetensorError."""
+    if not name_or_path:  # else transformers asks the hub for a repo called "None" (retries, then a vague error)
         raise TedInputError("No model given: pass --model_name_or_path (a hub id or a local folder).")
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if looks_like_local_path(name_or_path):
+            raise TedInputError(f"Model folder {name_or_path} does not exist. Check the path (or pass a hub id).")
+        return  # a hub id: transformers resolves it (or says why it cannot)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise TedInputError(f"{name_or_path} is not a model folder: it has no config.json. Pass the folder a "
+                            "stage or `save_pretrained` wrote.")
+    check_weight_files(path)
+
+
+def check_weight_files(folder: Path) -> None:
+    """Every safetensors file of a folder has a complete header and covers its data (a truncated copy does not)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise TedInputError(f"Weights file {file} is damaged ({file.stat().st_size:,} bytes: {err}). Re-run the "
+                                "stage that wrote it, or copy the file again.") from None
+
+
+def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
+    check_model_source(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
@@ -37,8 +73,7 @@ def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
 
 
 def load_config(name_or_path: str, cache_dir: Optional[str] = None):
-    if not name_or_path:
-        raise TedInputError("No model given: pass --model_name_or_path (a hub id or a local folder).")
+    check_model_source(name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
@@ -81,12 +116,48 @@ def config_for_task(name_or_path: str, task: Task, cache_dir: Optional[str] = No
         config.label2id = {name: i for i, name in enumerate(labels)}
         config.problem_type = "regression" if task.is_regression else "single_label_classification"
     for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "classifier_dropout" and hasattr(config, "cls_dropout"):
-            config.cls_dropout = value  # DeBERTa's name for the head dropout
-        setattr(config, key, value)
+        if value is not None:
+            setattr(config, dropout_key(config, key, name_or_path), value)
     return config
+
+
+def dropout_key(config, option: str, name: str) -> str:
+    """The config key a dropout option sets. An option the model has no key for would be a silent no-op
+    (DistilBERT calls them `dropout` / `attention_dropout`): refuse it."""
+    if option == "classifier_dropout" and config.model_type in ("deberta", "deberta-v2"):
+        return "cls_dropout"  # DeBERTa's name for the head dropout (absent from its config until set)
+    if option in config.to_dict():
+        return option
+    known = sorted(k for k in config.to_dict() if "dropout" in k)
+    raise TedInputError(f"--{option} does not apply to {name} ({config.model_type}): its config has no {option!r}. "
+                        f"Its dropout settings are {known or 'none'}; remove --{option}.")
+
+
+# Models whose position ids start after the padding index (RoBERTa family): fewer usable positions.
+_POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "data2vec-text", "roberta-prelayernorm", "xmod")
+
+
+def position_limit(config) -> Optional[int]:
+    """The longest input a model's absolute position embeddings cover; None for relative positions."""
+    limit = getattr(config, "max_position_embeddings", None)
+    relative = (getattr(config, "position_biased_input", True) is False  # DeBERTa-v3
+                or getattr(config, "position_embedding_type", "absolute") not in ("absolute", None))
+    if not limit or relative:
+        return None
+    if config.model_type in _POSITION_OFFSET_MODELS:
+        limit -= (config.pad_token_id or 0) + 1
+    return int(limit)
+
+
+def check_sequence_length(name_or_path: str, data_args, cache_dir: Optional[str] = None) -> None:
+    """Refuse a --max_seq_length beyond the model's positions: long inputs would crash in the first step and
+    short ones pass silently, so the same run would fail or not depending on the data."""
+    squad = (data_args.task_name or "").lower().startswith("squad")
+    max_seq_length = data_args.max_seq_length or (SQUAD_MAX_SEQ_LENGTH if squad else DEFAULT_MAX_SEQ_LENGTH)
+    limit = position_limit(load_config(name_or_path, cache_dir))
+    if limit is not None and max_seq_length > limit:
+        raise TedInputError(f"--max_seq_length {max_seq_length} is longer than {name_or_path} can read (its position "
+                            f"embeddings cover {limit} tokens). Pass --max_seq_length {limit} or less.")
 
 
 def load_task_model(name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides) -> PreTrainedModel:

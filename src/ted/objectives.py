@@ -63,13 +63,16 @@ def stack_predictions(head: str, outputs) -> torch.Tensor:
 class TaskObjective:
     """Stage 0 (fine-tuning) and evaluation: the model's own head against the gold labels."""
 
+    # --label_smoothing_factor, set by TedTrainer (the Trainer's own label smoother never sees our loss).
+    label_smoothing: float = 0.0
+
     def __init__(self, head: str):
         self.head = head
 
     def __call__(self, model, inputs):
         model_inputs, labels = split_labels(self.head, inputs)
         preds = head_outputs(self.head, model(**model_inputs))
-        loss = losses.task_loss(self.head, preds, labels) if labels is not None else None
+        loss = losses.task_loss(self.head, preds, labels, self.label_smoothing) if labels is not None else None
         return loss, {}, stack_predictions(self.head, preds)
 
 
@@ -123,6 +126,8 @@ class CachedFilterLearner(nn.Module):
 class FilterObjective:
     """Stage I loss: the mean over filters of each head's task loss."""
 
+    label_smoothing: float = 0.0
+
     def __init__(self, head: str):
         self.head = head
 
@@ -133,7 +138,7 @@ class FilterObjective:
             per_head = [(logits[..., 0], logits[..., 1]) for logits in per_head]
         terms, loss = {}, None
         if labels is not None:
-            head_losses = [losses.task_loss(self.head, out, labels) for out in per_head]
+            head_losses = [losses.task_loss(self.head, out, labels, self.label_smoothing) for out in per_head]
             loss = torch.stack(head_losses).mean()
             layers = unwrap(model).filters.layers
             terms = {f"filter_layer{layer}": value for layer, value in zip(layers, head_losses)}
@@ -148,6 +153,14 @@ class DistillStudent(nn.Module):
         super().__init__()
         self.model = model
         self.filters = filters
+
+    # --gradient_checkpointing: the Trainer asks the trained module; the student's layers are what is
+    # recomputed (the filters are tiny). Newer transformers call it activation checkpointing.
+    def activation_checkpointing_enable(self, **kwargs):
+        self.model.activation_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.model.gradient_checkpointing_enable(**kwargs)
 
     def forward(self, with_states: bool = False, token_index: Optional[torch.Tensor] = None, **inputs):
         """`token_index` (flat indices of the real tokens): filter only those, see `DistillObjective`."""
@@ -215,6 +228,8 @@ class DistillWeights:
 class DistillObjective:
     """Stage II loss: task + kl_alpha * T^2 KL + mse_alpha * mean over matched layers of the MSE."""
 
+    label_smoothing: float = 0.0
+
     def __init__(self, head: str, teacher: Teacher, weights: DistillWeights):
         self.head = head
         self.teacher = teacher
@@ -236,7 +251,7 @@ class DistillObjective:
         model_inputs, labels = split_labels(self.head, inputs)
         if not model.training:  # evaluation scores the student's own head only
             s_preds = head_outputs(self.head, model(**model_inputs)[0])
-            loss = losses.task_loss(self.head, s_preds, labels) if labels is not None else None
+            loss = losses.task_loss(self.head, s_preds, labels, self.label_smoothing) if labels is not None else None
             return loss, {}, stack_predictions(self.head, s_preds)
         need_states = self.w.mse_alpha > 0
         mask = None if self.w.paper_compat else model_inputs.get("attention_mask")
@@ -252,7 +267,7 @@ class DistillObjective:
         t_preds, t_states = self.teacher(model_inputs, with_states=need_states, token_index=token_index)
         s_out, s_states = model(with_states=need_states, token_index=token_index, **model_inputs)
         s_preds = head_outputs(self.head, s_out)
-        terms = {"pred": losses.task_loss(self.head, s_preds, labels)}
+        terms = {"pred": losses.task_loss(self.head, s_preds, labels, self.label_smoothing)}
         total = terms["pred"]
         if self.w.kl_alpha:
             terms["kl"] = self.kd_term(s_preds, t_preds, model_inputs.get("attention_mask"))

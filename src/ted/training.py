@@ -23,8 +23,14 @@ class TedTrainer(Trainer):
     """
 
     def __init__(self, *args, objective, teacher=None, **kwargs):
+        train_args = kwargs.get("args")
+        if train_args is not None and train_args.dataloader_pin_memory and train_args.device.type == "cpu":
+            # Pinned memory only helps copies to an accelerator; on CPU torch warns at every DataLoader.
+            train_args.dataloader_pin_memory = False
         super().__init__(*args, **kwargs)
         self.objective = objective
+        # The Trainer's label smoother only wraps its own loss; our objectives apply the factor themselves.
+        objective.label_smoothing = self.args.label_smoothing_factor
         # Our objectives return batch means and never read `num_items_in_batch`; the wrapper modules' forward
         # takes **kwargs, which would make the Trainer skip dividing the loss by gradient_accumulation_steps.
         self.model_accepts_loss_kwargs = False

@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+DEFAULT_MAX_SEQ_LENGTH = 128  # sentence(-pair) tasks; SQuAD has its own (tasks/squad.py)
+
 
 @dataclass
 class TaskData:
