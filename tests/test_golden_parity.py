@@ -433,3 +433,88 @@ def test_stage2_parity(name):
             check("stage2 adamw", f"{key}.loss_after_3_steps", entries[3]["total_loss"],
                   expected["loss_after_3_steps"])
     check.finish()
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage II through the Trainer with --paper_compat (issue 13). The cases above drive the optimizer by hand;
+# here the same 3-step linear-schedule trajectory runs through TedTrainer with the TrainingArguments that
+# `ted distill --paper_compat` resolves to. Every Stage II case's gradient norm is far above 1 (131 for
+# s2_cls_ted_nopad, 4766 for s2_qa_ted_nopad), so the Trainer's default clipping at 1.0 would rescale
+# every update: the second test shows that it breaks parity, i.e. that these cases can catch it.
+
+TRAINER_CASES = ["s2_cls_ted_nopad", "s2_qa_ted_nopad"]
+
+
+class _Recording:
+    """The objective, recording the loss terms of every training forward pass."""
+
+    def __init__(self, objective):
+        self.objective, self.head, self.entries = objective, objective.head, []
+
+    def __call__(self, model, inputs):
+        total, terms, preds = self.objective(model, inputs)
+        if model.training:
+            self.entries.append({"total_loss": total.item(), "pred_loss": terms["pred"].item(),
+                                 "kl_loss": terms["kl"].item(), "mse_loss": terms["mse"].item()})
+        return total, terms, preds
+
+
+def trainer_trajectory(case: dict, batch: dict, output_dir, **flags):
+    """(entries, learning rates, logged gradient norms, the resolved TrainingArguments) of 3 Trainer steps
+    on the case's batch (one epoch = the 4 rows in order), as `ted distill --paper_compat` would run them."""
+    from transformers import default_data_collator
+
+    from ted import api
+    from ted.training import TedTrainer
+
+    options = dict(model_name_or_path="unused", teacher_model_name_or_path="unused", paper_compat=True,
+                   kl_alpha=case["kl_alpha"], mse_alpha=case["mse_alpha"], output_dir=str(output_dir),
+                   learning_rate=1e-3, num_train_epochs=3, per_device_train_batch_size=4, logging_steps=1,
+                   eval_strategy="no", save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+                   dataloader_pin_memory=False, train_sampling_strategy="sequential")
+    args = api.parse_kwargs("distill", {**options, **flags})[-1]
+    args = copy.copy(args)
+    args.remove_unused_columns = False  # as stages.common.training_arguments
+    student, objective = stage2_setup(case)
+    recording = _Recording(objective)
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
+    trainer = TedTrainer(model=student, args=args, objective=recording, teacher=objective.teacher,
+                         data_collator=default_data_collator, train_dataset=rows)
+    trainer.train()
+    student.train()
+    recording(student, batch)  # the loss after the third update
+    logs = [e for e in trainer.state.log_history if "learning_rate" in e]
+    return recording.entries, [e["learning_rate"] for e in logs], [e["grad_norm"] for e in logs], args
+
+
+@pytest.mark.parametrize("name", TRAINER_CASES)
+def test_stage2_trainer_trajectory_with_paper_compat(name, tmp_path):
+    case = STAGE2[name]
+    entries, rates, norms, args = trainer_trajectory(case, make_batch(case["task"], "nopad"), tmp_path)
+    expected = case["adamw3_linear_lr"]
+    check = Checker(f"{name} (Trainer)")
+    check("stage2 trainer", "grad_norm_student_all_params", norms[0], case["grad_norm_student_all_params"])
+    check("stage2 trainer", "adamw3_linear_lr.lr_per_step", rates, expected["lr_per_step"])
+    assert len(entries) == 4
+    for j, (got_entry, exp_entry) in enumerate(zip(entries, expected["trajectory"], strict=True)):
+        for term, value in exp_entry.items():
+            check("stage2 trainer", f"adamw3_linear_lr.trajectory[{j}].{term}", got_entry[term], value)
+    check.finish()
+    assert norms[0] > 1.0 and args.max_grad_norm == 0.0  # --paper_compat turned the Trainer's clipping off
+
+
+@pytest.mark.parametrize("name", TRAINER_CASES)
+def test_stage2_trainer_clipping_would_break_parity(name, tmp_path):
+    """The explicit flag wins over --paper_compat; with the Trainer's default clipping the trajectory leaves
+    the original's by more than the tolerance, so the test above would catch clipping. (AdamW is nearly
+    invariant to one uniform rescaling of the gradient; clipping rescales each step by a different 1/norm,
+    which shifts the moment estimates: about 1e-4 scaled after 3 steps here, ~10x the tolerance, and it
+    compounds over a real run.)"""
+    case = STAGE2[name]
+    entries, _, _, args = trainer_trajectory(case, make_batch(case["task"], "nopad"), tmp_path, max_grad_norm=1.0)
+    assert args.max_grad_norm == 1.0
+    expected = case["adamw3_linear_lr"]["trajectory"]
+    worst = max(abs(got[term] - value) / max(1.0, abs(value))
+                for got, exp in zip(entries, expected, strict=True) for term, value in exp.items())
+    print(f"{name}: with max_grad_norm 1.0 the worst scaled difference is {worst:.3e} (tolerance {TOL:g})")
+    assert worst > 5 * TOL

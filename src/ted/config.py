@@ -175,3 +175,64 @@ def _launched_on_cpu_only() -> bool:
     if accelerator is not None:
         return not accelerator.is_available()
     return not torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------ --paper_compat
+# The original code's optimisation settings that hold for every run (ted-reference.md section 4.1; the
+# per-task ones, batch size, learning rate, epochs, warm-up, live in configs/paper/). ted's defaults differ
+# in two of them (max_grad_norm: the Trainer clips at 1.0, the original never clips; optim: the Trainer
+# picks the fused AdamW kernel, the original calls torch.optim.AdamW); the others are pinned so that a
+# change of Trainer default cannot silently alter the recipe. See docs/paper-settings.md.
+PAPER_TRAINING = {
+    "max_grad_norm": 0.0,  # 0 is how the Trainer spells "no clipping"
+    "optim": "adamw_torch",
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_epsilon": 1e-8,
+    "weight_decay": 0.0,
+    "lr_scheduler_type": "linear",
+    "per_device_eval_batch_size": 8,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+}
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """Option names present on a command line (`--max_grad_norm 0`, `--max-grad-norm=0`, `--no_fp16`)."""
+    names = set()
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            names.add(name)
+            if name.startswith("no_"):  # HfArgumentParser's negation of a bool that defaults to True
+                names.add(name[3:])
+    return names
+
+
+def _plain(value):
+    return getattr(value, "value", value)  # enums (optim, schedulers, strategies) compare as their strings
+
+
+def with_paper_defaults(groups: tuple, explicit: set[str]) -> tuple:
+    """With `--paper_compat`, PAPER_TRAINING fills every TrainingArguments field the user did not give.
+
+    `explicit` holds the option names the user gave (command line, --config file, keyword arguments): an
+    explicit value wins, and the disagreement is kept on the DistillArguments as `paper_compat_overrides`
+    ({name: {"paper": ..., "used": ...}}) for the stage's ted_stage.json.
+    """
+    distill = next((g for g in groups if isinstance(g, DistillArguments)), None)
+    training = groups[-1]
+    if distill is None or not distill.paper_compat or not isinstance(training, TrainingArguments):
+        return groups
+    import dataclasses
+
+    missing = {k: v for k, v in PAPER_TRAINING.items() if k not in explicit and _plain(getattr(training, k)) != v}
+    distill.paper_compat_overrides = {
+        k: {"paper": v, "used": _plain(getattr(training, k))}
+        for k, v in PAPER_TRAINING.items() if k in explicit and _plain(getattr(training, k)) != v
+    }
+    if not missing:
+        return groups
+    updated = dataclasses.replace(training, **missing)
+    updated.output_dir_given = getattr(training, "output_dir_given", updated.output_dir_given)
+    return (*groups[:-1], updated)

@@ -177,11 +177,50 @@ def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, tra
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
     train_metrics = dict(train_output.metrics)
+    return trainer, train_metrics, score_kept_model(trainer, eval_sets)
+
+
+def score_kept_model(trainer: TedTrainer, eval_sets: dict) -> dict[str, float]:
+    """Every eval set's metrics for the model the stage keeps. The first set was scored during training:
+    when the kept weights are exactly the ones such an evaluation saw, its logged score is reused instead of
+    a second pass over the data (the others, e.g. MNLI mismatched, are only scored here)."""
     metrics: dict[str, float] = {}
     for i, (name, dataset) in enumerate(eval_sets.items()):
-        prefix = "eval" if i == 0 else f"eval_{name}"
-        metrics.update(trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix))
-    return trainer, train_metrics, metrics
+        logged = logged_score_of_kept_model(trainer) if i == 0 else None
+        if logged is not None:
+            metrics.update(logged)
+        else:
+            prefix = "eval" if i == 0 else f"eval_{name}"
+            metrics.update(trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix))
+    return metrics
+
+
+def logged_score_of_kept_model(trainer: TedTrainer) -> Optional[dict[str, float]]:
+    """The in-training evaluation of the kept weights, as `trainer.evaluate` would return it, or None.
+
+    Kept: the best checkpoint (reloaded from the files written right after its evaluation) or, without
+    selection, the last step's weights. SQuAD writes its prediction files from the latest evaluation of
+    this process, so there the kept checkpoint must also be the latest evaluation.
+    """
+    state = trainer.state
+    if trainer.args.load_best_model_at_end:
+        best = state.best_model_checkpoint
+        if not best or not Path(best).is_dir():  # nothing was reloaded: the weights are the last step's
+            return None
+        step = getattr(state, "best_global_step", None) or int(Path(best).name.rsplit("-", 1)[-1])
+    else:
+        step = state.global_step
+    evaluations = [entry for entry in state.log_history if "eval_runtime" in entry]
+    kept = [entry for entry in evaluations if entry.get("step") == step]
+    if not kept:
+        return None
+    if hasattr(trainer.compute_metrics, "last_predictions") and (
+            trainer.compute_metrics.last_predictions is None or evaluations[-1] is not kept[-1]):
+        return None
+    scores = {k: v for k, v in kept[-1].items() if k != "step"}
+    scores["epoch"] = state.epoch  # what a final evaluate() reports: the epochs trained
+    return scores
+
 
 
 def trained_state(trainer: TedTrainer) -> dict:

@@ -137,6 +137,8 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
             lineage = {"student": student_path, "teacher": teacher_path,
                        "layer_pairs": [list(p) for p in pairs]}
             description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
+            if distill_args.paper_compat:  # explicit flags that won over the paper's settings (config.py)
+                description["paper_compat_overrides"] = getattr(distill_args, "paper_compat_overrides", {})
             write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
                         eval_metrics=eval_metrics)
         finish(output_dir)
