@@ -266,7 +266,7 @@ def test_presets_resolve(monkeypatch, tmp_path):
     assert rte["teacher"]["hidden_dropout_prob"] == rte["ted"]["attention_probs_dropout_prob"] == 0.0
     assert (plans["mnli"]["ted"]["mse_alpha"], plans["mnli"]["teacher"]["warmup_steps"]) == (7500, 1500)
     assert plans["cola"]["ted"]["kl_alpha"] == 0 and plans["cola"]["student"]["classifier_dropout"] == 0.0
-    assert "classifier_dropout" not in plans["cola"]["teacher"]
+    assert plans["cola"]["teacher"]["classifier_dropout"] == 0.1  # the scripts' default; only the student's is 0
     assert plans["stsb"]["ted"]["max_seq_length"] == 128 and plans["stsb"]["ted"]["paper_compat"]
     squad = plans["squad_v2"]
     assert squad["teacher"]["gradient_accumulation_steps"] == 2 and squad["ted"]["mse_alpha"] == 5000

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .errors import TedInputError
 
@@ -132,17 +132,41 @@ def describe_stage(stage: str, task, args: dict, lineage: dict, method: Optional
     }
 
 
-def export_student(stage_dir: str | Path, output_dir: str | Path, overwrite: bool = False,
-                   model_card: Optional[str] = None) -> Path:
-    """Copy the stock Hugging Face model and tokenizer of a stage folder, without filters or heads."""
-    src = Path(stage_dir)
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write a file complete or not at all: a temporary sibling `.NAME.*.tmp`, then one rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; the file should look like any other the user writes
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def export_student(stage_dir: str | Path, output_dir: str | Path, model_card: Optional[str] = None,
+                   verify: Optional[Callable[[Path], None]] = None) -> Path:
+    """Copy the stock Hugging Face model and tokenizer of a stage folder, without filters or heads.
+
+    The caller checks `output_dir` first (`ted.stages.export.run_export`). The copy is built in a temporary
+    sibling folder and renamed into place only after `verify(folder)` passes: a complete export or nothing."""
+    src, dst = Path(stage_dir), Path(output_dir)
     if not (src / "config.json").is_file():
         raise TedInputError(f"{src} is not a model folder (no config.json). Pass a ted stage folder.")
-    dst = check_output_dir(str(output_dir), overwrite)
     with atomic_folder(dst) as tmp:
         for item in sorted(src.iterdir()):
             if item.is_file() and any(fnmatch.fnmatch(item.name, p) for p in _EXPORT_PATTERNS):
-                shutil.copy2(item, tmp / item.name)
+                shutil.copyfile(item, tmp / item.name)  # a new file takes the umask (copy2 would keep a 0600 mode)
         if model_card:
             (tmp / "README.md").write_text(model_card)
+        if verify is not None:
+            verify(tmp)
     return dst

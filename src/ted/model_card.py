@@ -21,6 +21,8 @@ HYPERPARAMETERS = ("method", "kl_alpha", "mse_alpha", "temperature", "paper_comp
                    "weight_decay", "max_seq_length", "max_train_samples", "fp16", "bf16", "seed")
 DATASETS = {"squad_v2": "rajpurkar/squad_v2", "squad": "rajpurkar/squad"}
 HIDDEN_METRICS = ("runtime", "per_second", "_loss", "preparation_time", "_total")
+# Every card says this: `ted export --overwrite_output_dir` replaces only a folder whose card has it.
+SIGNATURE = "Made with [`ted`]("
 CITATION = """@inproceedings{liang2023less,
   title={Less is More: Task-aware Layer-wise Distillation for Language Model Compression},
   author={Liang, Chen and Zuo, Simiao and Zhang, Qingru and He, Pengcheng and Chen, Weizhu and Zhao, Tuo},
@@ -67,7 +69,8 @@ def seed_folders(stage_dir: Path, stage: dict) -> list[Path]:
 
 def _header(stage: dict, bases: list[str], metrics: dict) -> list[str]:
     task, method = stage.get("task", {}), stage.get("method") or stage.get("stage", "model")
-    tags = list(dict.fromkeys(["ted", "distillation", "knowledge-distillation", method, task.get("name", "task")]))
+    kind = ["fine-tuned"] if stage.get("stage") == "finetune" else ["distillation", "knowledge-distillation", method]
+    tags = list(dict.fromkeys(["ted", *kind, task.get("name", "task")]))
     lines = ["---", "library_name: transformers"]
     if bases:
         lines += ["base_model:", *[f"- {json.dumps(b)}" for b in bases]]
@@ -121,6 +124,14 @@ def _speed(stage_dir: Path, teacher: Optional[str], speed_rows: Optional[list[di
     return lines
 
 
+def _made(stage: dict) -> str:
+    """What the model is: a fine-tuned model, or a student and its distillation method (if recorded)."""
+    if stage.get("stage") == "finetune":
+        return "model fine-tuned with ted"
+    method = stage.get("method")
+    return f"student distilled with {method.upper()}" if method else "student distilled (method not recorded)"
+
+
 def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Optional[list[dict]] = None) -> str:
     stage = stage or {}
     lineage, args = stage.get("lineage", {}), stage.get("args", {})
@@ -129,8 +140,8 @@ def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Opt
     start = lineage.get("student") or lineage.get("model") or lineage.get("imported_from")
     bases = [b for b in dict.fromkeys([root_model(start), root_model(teacher)]) if b]
     lines = _header(stage, bases, metrics)
-    lines += [f"# {task.get('name', 'task')} student distilled with {method.upper()}", "",
-              "Made with [`ted`](https://arxiv.org/abs/2210.01351) (task-aware layer-wise distillation, TED, "
+    lines += [f"# {task.get('name', 'task')} {_made(stage)}", "",
+              SIGNATURE + "https://arxiv.org/abs/2210.01351) (task-aware layer-wise distillation, TED, "
               "ICML 2023). Filters and Stage I heads were stripped: this is a stock Hugging Face model.", "",
               "## Models", "", "| role | model |", "|---|---|",
               f"| student initialised from | `{start}` (base: `{root_model(start)}`) |"]

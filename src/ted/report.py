@@ -66,13 +66,10 @@ def draw_loss_terms(axes, series: list[tuple[str, Optional[str], Path]]) -> None
 
 def plot_loss_terms(runs: dict[str, str | Path], path: str | Path) -> Path:
     """The loss terms of a few stage folders, one colour per run (used by `ted demo`)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(4 * len(LOSS_TERMS), 3.2))
+    fig, axes = _figure(figsize=(4 * len(LOSS_TERMS), 3.2), ncols=len(LOSS_TERMS))
     draw_loss_terms(axes, [(f"C{i}", name, Path(folder)) for i, (name, folder) in enumerate(runs.items())])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, Path(path), dpi=110)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,13 +201,21 @@ def task_results_table(runs: TaskRuns) -> tuple[list[str], list[list[str]]]:
 # ---------------------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
+def _figure(figsize: tuple[float, float], ncols: int = 1):
+    """A figure and its axes without pyplot: the caller's matplotlib backend (a notebook's) stays as it is."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols)
 
-    return plt
+
+def save_png(fig, path: Path, dpi: int = 100) -> Path:
+    """Render to memory (Agg), then write the file whole: a kill never leaves a 0-byte or cut PNG."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return artifacts.atomic_write(path, buffer.getvalue())
 
 
 def _save(fig, path: Path) -> Path:
@@ -219,9 +224,7 @@ def _save(fig, path: Path) -> Path:
     for ax in fig.axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_task_losses(runs: TaskRuns, path: Path) -> Optional[Path]:
@@ -229,8 +232,7 @@ def plot_task_losses(runs: TaskRuns, path: Path) -> Optional[Path]:
     methods = [m for m in ("ted", "kd", "lwd") if runs.folders(m)]
     if not methods:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(4 * len(LOSS_TERMS), 3.2))
+    fig, axes = _figure(figsize=(4 * len(LOSS_TERMS), 3.2), ncols=len(LOSS_TERMS))
     draw_loss_terms(axes, [(METHOD_COLORS[m], m.upper() if i == 0 else None, folder)
                            for m in methods for i, folder in enumerate(runs.folders(m))])
     fig.suptitle(f"{runs.task}: Stage II loss terms (one line per seed)")
@@ -244,8 +246,7 @@ def plot_stage1_layers(runs: TaskRuns, metric: str, path: Path, scale: float) ->
     roles = [r for r in ("teacher_stage1", "student_stage1") if runs.folders(r)]
     if not roles:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _figure(figsize=(6, 3.5))
     for role in roles:
         per_layer: dict[int, list[float]] = {}
         for folder in runs.folders(role):
@@ -282,8 +283,7 @@ def eval_curve(history: list[dict], key: str) -> list[tuple[float, float]]:
 
 def plot_dev_curves(runs: TaskRuns, metric: str, path: Path, scale: float) -> Optional[Path]:
     """The dev metric after every epoch, per model (one line per seed)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _figure(figsize=(6, 3.5))
     drawn = False
     for role, name in RESULT_ROWS:
         for i, folder in enumerate(runs.folders(role)):
@@ -294,7 +294,6 @@ def plot_dev_curves(runs: TaskRuns, metric: str, path: Path, scale: float) -> Op
                         label=name if i == 0 else None)
                 drawn = True
     if not drawn:
-        plt.close(fig)
         return None
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"dev {METRIC_NAMES.get(metric, metric)}")
@@ -367,9 +366,9 @@ def render(blocks: list[tuple], out: Path) -> tuple[Path, Path]:
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "td:first-child,th:first-child{text-align:left}img{max-width:100%}figcaption{color:#555}")
-    (out / "report.md").write_text("\n\n".join(md) + "\n")
-    (out / "report.html").write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ted report</title>"
-                                     f"<style>{style}</style></head><body>{''.join(page)}</body></html>\n")
+    artifacts.atomic_write(out / "report.md", "\n\n".join(md) + "\n")
+    artifacts.atomic_write(out / "report.html", f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ted "
+                           f"report</title><style>{style}</style></head><body>{''.join(page)}</body></html>\n")
     return out / "report.md", out / "report.html"
 
 
@@ -403,6 +402,14 @@ def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict]) -> list[tupl
     return blocks
 
 
+def drop_stale_temp(out: Path, files: Path) -> None:
+    """Temporary files a killed `ted report` left (`artifacts.atomic_write` names them `.NAME.*.tmp`)."""
+    stale = [*out.glob(".report.md.*.tmp"), *out.glob(".report.html.*.tmp"), *files.glob(".*.png.*.tmp")]
+    for path in stale:
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+
+
 def write_report(run_dirs: list[str | Path], output: Optional[str | Path] = None,
                  speed: Optional[dict] = None) -> tuple[Path, Path]:
     """report.md and report.html (plots embedded) for pipeline runs; `speed=None` skips timing."""
@@ -412,6 +419,7 @@ def write_report(run_dirs: list[str | Path], output: Optional[str | Path] = None
     out = Path(output or run_dirs[0])
     files = out / "report_files"
     files.mkdir(parents=True, exist_ok=True)
+    drop_stale_temp(out, files)
     blocks: list[tuple] = [("h1", "ted report: TED vs KD vs LWD"),
                            ("p", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs) + ". Written "
                                  + time.strftime("%Y-%m-%d %H:%M") + " by `ted report`.")]
@@ -423,7 +431,8 @@ def write_report(run_dirs: list[str | Path], output: Optional[str | Path] = None
 def run_report_cli(argv: list[str]) -> tuple[Path, Path]:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="ted report", description="Results table, plots and speed of pipeline runs.")
+    parser = argparse.ArgumentParser(prog="ted report", allow_abbrev=False,
+                                     description="Results table, plots and speed of pipeline runs.")
     parser.add_argument("run_dirs", nargs="+", help="output folders of `ted pipeline`")
     parser.add_argument("--output", help="where report.md / report.html go (default: the first RUN_DIR)")
     parser.add_argument("--no_speed", action="store_true", help="skip the latency / throughput measurement")
