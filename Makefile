@@ -5,15 +5,19 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# The oldest transformers that pyproject.toml accepts: `make test-min` runs a smoke subset against it.
+MIN_TRANSFORMERS ?= transformers==5.6.0
+MIN_VENV ?= .venv-min
+SMOKE_TESTS ?= tests/test_cli_stages.py tests/test_training_math.py tests/test_stage1_cache.py tests/test_golden_parity.py
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast test-min lint format clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
 demo: install
@@ -22,5 +26,26 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The quick loop while developing: no slow test, nothing that needs ../shared.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not shared"
+
+$(MIN_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(MIN_VENV)/bin/python -m pip install --quiet -e ".[test]" "$(MIN_TRANSFORMERS)"
+	touch $@
+
+test-min: $(MIN_VENV)/.installed
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider $(SMOKE_TESTS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
 clean:
-	rm -rf $(VENV) ted-demo
+	rm -rf $(VENV) $(MIN_VENV) ted-demo

@@ -30,6 +30,7 @@ FLAGS = ["distill", "--teacher_filter_interval", "2", "--filter_output_dim", "16
          "--dataloader_pin_memory", "false", "--report_to", "none"]
 
 
+@pytest.mark.slow
 def test_ted_two_processes_match_one(tmp_path, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     tok = tiny.build_tokenizer()

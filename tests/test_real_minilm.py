@@ -19,6 +19,7 @@ TEACHER = SHARED / "models" / "all-MiniLM-L6-v2"
 STUDENT = SHARED / "models" / "paraphrase-MiniLM-L3-v2"
 
 pytestmark = [
+    pytest.mark.slow,
     requires_shared,
     pytest.mark.skipif(not (TEACHER / "config.json").is_file() or not (STUDENT / "config.json").is_file(),
                        reason=f"MiniLM checkpoints not found under {SHARED / 'models'}"),

@@ -135,6 +135,7 @@ def test_squad_v1_refuses_unanswerable_data(squad_chain, tmp_path):
     assert not (tmp_path / "v1").exists()
 
 
+@pytest.mark.slow
 @requires_shared
 def test_real_minilm_pair_on_shared_squad(tmp_path):
     """all-MiniLM-L6-v2 teacher -> paraphrase-MiniLM-L3-v2 student on the shared SQuAD 2.0 files."""

@@ -18,6 +18,7 @@ from tiny import one_thread  # noqa: F401  (module fixture)
 from ted.cli import main
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++") or shutil.which("gcc")),
                        reason="torch.compile on CPU needs a C++ compiler (none found on PATH)"),

@@ -110,9 +110,14 @@ def train_flags(train: Path, dev: Path, **overrides) -> list[str]:
 
 
 def state_dict_of(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights file of a model folder, keyed by parameter name. some transformers 5.x releases write LayerNorm
+    parameters under their legacy names (gamma/beta) when given a state dict; both names load the same."""
     from safetensors.torch import load_file
 
-    return load_file(str(Path(folder) / "model.safetensors"))
+    legacy = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+    state = load_file(str(Path(folder) / "model.safetensors"))
+    return {next((key.replace(old, new) for old, new in legacy.items() if key.endswith(old)), key): value
+            for key, value in state.items()}
 
 
 def write_stage1_model(folder: Path, tokenizer, layers: int, filter_layers: list[int], interval: int,
