@@ -269,6 +269,7 @@ def test_failed_write_keeps_previous_output(assets, tmp_path, monkeypatch):
     out = tmp_path / "runs" / "ft"
     out.mkdir(parents=True)
     (out / "old.txt").write_text("previous run")
+    (out / "ted_stage.json").write_text("{}")  # a folder ted wrote: the only kind --overwrite_output_dir replaces
 
     def broken_write(*args, **kwargs):
         raise OSError("disk full")
@@ -277,5 +278,5 @@ def test_failed_write_keeps_previous_output(assets, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         ted.finetune(**_data(assets, model_name_or_path=str(assets["student"]), output_dir=str(out),
                              overwrite_output_dir=True))
-    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]  # the old folder is untouched
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt", "ted_stage.json"]  # the old folder is untouched
     assert not any(name.endswith(".tmp") or ".old-" in name for name in _siblings(out))

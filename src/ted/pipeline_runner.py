@@ -5,9 +5,9 @@ with TED and the KD and LWD baselines, each through the stage functions of `ted.
 engine). Layout: `OUTPUT/<task>/seed<k>/{teacher,student,teacher_stage1,student_stage1,ted,kd,lwd}`
 plus `OUTPUT/<task>/pipeline.json` (the resolved settings and the paper's numbers, for reports).
 
-Reuse: each stage gets a fingerprint of its resolved arguments, the identity of its data files
-(path, size, mtime) and the fingerprints of the stages it reads (or the identity of an outside
-model folder). It is stored in the stage's `ted_stage.json`; a folder whose fingerprint matches is
+Reuse: each stage gets a fingerprint of its resolved arguments, the content of its data files
+and the fingerprints of the stages it reads (or the content of an outside model folder), so a
+run folder that is moved or copied is still reused. It is stored in the stage's `ted_stage.json`; a folder whose fingerprint matches is
 reused without loading anything. A stage that was cut off resumes from the last checkpoint in
 `<stage>.incomplete/` (see `stages.common.prepare_work_dir`); finished stages are never redone.
 """
@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,69 +198,29 @@ def plan_seed(task: str, cfg: dict, seed: int, seed_dir: Path) -> list[StageSpec
 # --------------------------------------------------------------------------------------- fingerprints
 
 
-def _file_identity(path: Path) -> list:
-    try:
-        st = path.stat()
-        return [str(path.resolve()), st.st_size, st.st_mtime_ns]
-    except OSError:
-        return [str(path), "missing"]
-
-
-def model_identity(path: str) -> dict:
-    folder = Path(path)
-    if not folder.is_dir():
-        return {"hub": path}
-    return {"folder": str(folder.resolve()),
-            "files": [_file_identity(p)[1:] + [p.name] for p in sorted(folder.iterdir()) if p.is_file()]}
-
-
-def data_identity(kwargs: dict) -> list:
-    files = [Path(kwargs[k]) for k in ("train_file", "validation_file") if kwargs.get(k)]
-    if kwargs.get("data_dir"):
-        from .tasks.glue import GLUE_TASKS, canonical_glue_name
-
-        root = Path(kwargs["data_dir"])
-        glue = canonical_glue_name(kwargs.get("task_name"))
-        folder = root / GLUE_TASKS[glue].folder if glue and (root / GLUE_TASKS[glue].folder).is_dir() else root
-        files += sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else [folder]
-    return [_file_identity(p) for p in files]
-
-
 def stage_fingerprint(spec: StageSpec, parents: dict[str, str]) -> str:
-    inputs = {key: {"stage": parents[src.role]} if src.role else model_identity(src.path)
+    """Settings, data (by content) and inputs: another stage of this seed by its fingerprint, an outside model
+    folder by its content (artifacts.path_identity), so a moved or copied run folder is still reused."""
+    inputs = {key: {"stage": parents[src.role]} if src.role else artifacts.path_identity(src.path)
               for key, src in spec.inputs.items()}
     args = {k: v for k, v in sorted(spec.kwargs.items()) if k not in UNFINGERPRINTED}
-    payload = {"command": spec.command, "args": args, "inputs": inputs, "data": data_identity(spec.kwargs)}
+    payload = {"command": spec.command, "args": args, "inputs": inputs, "data": artifacts.data_identity(spec.kwargs)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _run_fingerprint(command: str, kwargs: dict) -> str:
-    """The fingerprint the stage itself writes into `<output>.incomplete/` (see prepare_work_dir)."""
-    from .stages.common import args_dict, fingerprint
-    from .stages.distill import resolve_method
+def on_main_process_then_wait(fn, *args) -> None:
+    """Under torchrun every process runs the pipeline: one changes shared folders, the others wait for it."""
+    if artifacts.is_main_launch_process():
+        fn(*args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
 
-    groups = api.parse_kwargs(command, kwargs)
-    run_args = args_dict(*groups)
-    if command == "distill":
-        filter_args, distill_args = groups[2], groups[3]
-        run_args["method"] = resolve_method(distill_args.method, filter_args.filter_disabled, distill_args.mse_alpha)
-    return fingerprint(run_args)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        else:
+            from accelerate import PartialState
 
-
-def _drop_leftovers(folder: Path) -> None:
-    """Half-written copies of a stage folder that a killed run left under atomic_folder's temporary names."""
-    for path in folder.parent.glob(f".{folder.name}.*"):
-        if path.is_dir() and (path.name.endswith(".tmp") or ".old-" in path.name):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _drop_stale_checkpoints(spec: StageSpec, kwargs: dict) -> None:
-    """Checkpoints of a cut-off run with other settings cannot be resumed: start that stage over."""
-    marker = artifacts.work_dir(spec.folder) / "ted_fingerprint.txt"
-    if marker.is_file() and marker.read_text().strip() != _run_fingerprint(spec.command, kwargs):
-        logger.warning("%s holds checkpoints of a run with other settings; starting that stage over.",
-                       marker.parent)
-        shutil.rmtree(marker.parent)
+            PartialState().wait_for_everyone()
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -278,17 +237,16 @@ def _stage_call_kwargs(spec: StageSpec, seed_dir: Path) -> dict:
 def run_stage(spec: StageSpec, fp: str, task: str, seed: int) -> StageRun:
     start = time.time()
     label = f"[{task} seed {seed}] {spec.role}"
+    on_main_process_then_wait(artifacts.drop_leftovers, spec.folder)  # of a killed run; finished ones too
     if reusable(spec.folder, fp):
         logger.info("%s: reused %s (fingerprint %s)", label, spec.folder, fp)
         return StageRun(task, seed, spec.role, str(spec.folder), "reused", fp, time.time() - start, _metrics(spec))
     kwargs = _stage_call_kwargs(spec, spec.folder.parent)
-    _drop_leftovers(spec.folder)
-    stale = spec.folder.exists()
-    if stale:
+    if spec.folder.exists():
         logger.warning("%s: %s was made with other settings or inputs; training it again.", label, spec.folder)
-    else:
-        _drop_stale_checkpoints(spec, kwargs)
-    kwargs["overwrite_output_dir"] = stale
+    # Replace an outdated stage folder, and start over when its checkpoints are of other settings (the stage
+    # resumes those of the same settings, and refuses to replace a folder ted did not write).
+    kwargs["overwrite_output_dir"] = True
     logger.info("%s: ted %s -> %s", label, spec.command, spec.folder)
     with artifacts.stage_extras(fingerprint=fp, pipeline={"task": task, "seed": seed, "role": spec.role}):
         RUNNERS[spec.command](**kwargs)
@@ -338,6 +296,14 @@ def reusable(folder: Path, fp: str) -> bool:
     return info is not None and info.get("fingerprint") == fp
 
 
+def check_run_folder(task_dir: Path) -> None:
+    """Before any stage trains: the run folder can be created and written (stages check their own folders)."""
+    for folder in (task_dir.parent, task_dir):
+        if folder.exists() and not folder.is_dir():
+            raise TedInputError(f"--output_dir: {folder} is a file, not a folder. Pass a folder path.")
+    artifacts.check_writable(task_dir)
+
+
 def run_pipeline(config_files: list[str], overrides: Optional[dict] = None) -> list[StageRun]:
     """Every stage for every task and seed; returns what was trained and what was reused."""
     overrides = overrides or {}
@@ -347,6 +313,7 @@ def run_pipeline(config_files: list[str], overrides: Optional[dict] = None) -> l
         _check_common_keys(cfg)
         if not cfg.get("output_dir"):
             raise TedInputError("Give the run folder with --output_dir DIR (or `output_dir:` in the config).")
+        check_run_folder(Path(cfg["output_dir"]) / task)
         for seed in [int(s) for s in (cfg.get("seeds") or [42])]:
             fingerprints: dict[str, str] = {}
             for spec in plan_seed(task, cfg, seed, Path(cfg["output_dir"]) / task / f"seed{seed}"):

@@ -6,12 +6,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from transformers import DataCollatorWithPadding, set_seed
+from transformers import DataCollatorWithPadding, TrainerCallback, set_seed
 
 from .. import artifacts
 from ..artifacts import StageResult  # noqa: F401  (re-exported for the stages)
@@ -55,16 +56,24 @@ def load_training_task(data_args, tokenizer):
     return task, data
 
 
-def start_model_stage(model_args, data_args, training_args):
+def start_model_stage(model_args, data_args, training_args, run_args: dict[str, Any]):
     """The start of a stage that trains one model (finetune, learn-filters): the checked output folder, the
     tokenizer, the task and its data, and the model with the dropout overrides."""
-    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
-                                            training_args.output_dir_given)
+    output_dir = open_output(training_args, run_args)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
     task, data = load_training_task(data_args, tokenizer)
     model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir, **dropout_overrides(model_args))
     return output_dir, tokenizer, task, data, model
+
+
+def open_output(training_args, run_args: dict[str, Any]) -> Path:
+    """Every check of the output folder and of a cut-off run's checkpoints, before any model loads."""
+    inputs = tuple(run_args.get(k) for k in (*MODEL_PATH_ARGS, *DATA_PATH_ARGS))
+    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
+                                            training_args.output_dir_given, inputs=inputs)
+    check_resumable(output_dir, fingerprint(run_args), training_args.overwrite_output_dir)
+    return output_dir
 
 
 def args_dict(*groups) -> dict[str, Any]:
@@ -77,27 +86,57 @@ def args_dict(*groups) -> dict[str, Any]:
     return out
 
 
+# Arguments that name inputs: a fingerprint holds what they contain, not where they are, so a run folder that
+# is moved or copied (with its inputs) still resumes. Data files are identified together (artifacts.data_identity).
+MODEL_PATH_ARGS = ("model_name_or_path", "teacher_model_name_or_path", "tokenizer_name")
+DATA_PATH_ARGS = ("train_file", "validation_file", "data_dir")
+UNFINGERPRINTED = {"output_dir", "logging_dir", "overwrite_output_dir", "report_to", "disable_tqdm", "run_name",
+                   "cache_dir"}
+
+
 def fingerprint(args: dict[str, Any]) -> str:
-    ignore = {"output_dir", "logging_dir", "overwrite_output_dir", "report_to", "disable_tqdm", "run_name"}
-    stable = {k: v for k, v in sorted(args.items()) if k not in ignore}
+    """Identity of a run: its settings, its input models and its data, by content (see artifacts.path_identity)."""
+    stable = {k: v for k, v in sorted(args.items()) if k not in UNFINGERPRINTED and k not in DATA_PATH_ARGS}
+    for key in MODEL_PATH_ARGS:
+        if key in stable:
+            stable[key] = artifacts.path_identity(stable[key])
+    stable["data"] = artifacts.data_identity(args)
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def last_complete_checkpoint(work: Path, remove_partial: bool = True) -> Optional[str]:
-    """The newest checkpoint the Trainer finished writing (it writes trainer_state.json last). One cut off
-    mid-write by a kill is removed, so a resume never loads half a checkpoint."""
+    """The newest checkpoint marked complete (CheckpointGuard marks it after the Trainer wrote every file).
+    One cut off mid-write by a kill has no mark and is removed, so a resume never loads half a checkpoint."""
     complete = []
     for path in work.glob("checkpoint-*"):
         if not (path.is_dir() and path.name[len("checkpoint-"):].isdigit()):
             continue
-        try:
-            json.loads((path / "trainer_state.json").read_text())
+        if artifacts.checkpoint_is_complete(path):
             complete.append(path)
-        except (OSError, ValueError):
-            if remove_partial:
-                logger.warning("Removing %s: it was cut off while being written.", path)
-                shutil.rmtree(path, ignore_errors=True)
+        elif remove_partial:
+            logger.warning("Removing %s: it was cut off while being written.", path)
+            shutil.rmtree(path, ignore_errors=True)
     return str(max(complete, key=lambda p: int(p.name[len("checkpoint-"):]))) if complete else None
+
+
+def _other_run(output_dir: Path, run_fingerprint: str) -> Optional[Path]:
+    """The work folder when it holds complete checkpoints of a run with other settings that did not finish."""
+    work = artifacts.work_dir(output_dir)
+    theirs = artifacts.run_fingerprint_of(work)
+    if theirs is None or theirs == run_fingerprint or artifacts.finished_leftover(output_dir):
+        return None
+    return work if last_complete_checkpoint(work, remove_partial=False) else None
+
+
+def check_resumable(output_dir: Path, run_fingerprint: str, overwrite: bool) -> None:
+    """Refuse (before any model loads) to throw away the checkpoints of another run unless told to.
+    A work folder without a complete checkpoint holds nothing worth keeping: the run takes it over."""
+    work = _other_run(output_dir, run_fingerprint)
+    if work is not None and not overwrite:
+        raise TedInputError(
+            f"{work} holds checkpoints of an interrupted run with different settings. Re-run that command to "
+            "finish it, or pass --overwrite_output_dir to start over with these settings."
+        )
 
 
 def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool,
@@ -110,20 +149,72 @@ def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool,
     work = artifacts.work_dir(output_dir)
     if not main_process:
         return work, last_complete_checkpoint(work, remove_partial=False) if work.is_dir() else None
-    marker = work / "ted_fingerprint.txt"
-    if work.exists() and (overwrite or not marker.is_file()):
-        shutil.rmtree(work)
-    if work.exists() and marker.read_text().strip() != run_fingerprint:
-        raise TedInputError(
-            f"{work} holds checkpoints of an interrupted run with different settings. Delete it, or pass "
-            "--overwrite_output_dir to start over."
-        )
+    artifacts.drop_leftovers(output_dir)
+    artifacts.check_work_dir_owned(work)
+    check_resumable(output_dir, run_fingerprint, overwrite)
+    if artifacts.run_fingerprint_of(work) not in (None, run_fingerprint):
+        if _other_run(output_dir, run_fingerprint):
+            logger.warning("Starting over: %s held checkpoints of a run with other settings.", work)
+        shutil.rmtree(work)  # ted's (it has the marker), and nothing in it is resumable by this run
     work.mkdir(parents=True, exist_ok=True)
-    marker.write_text(run_fingerprint + "\n")
+    marker = work / artifacts.WORK_MARKER
+    tmp = work / f".{artifacts.WORK_MARKER}.tmp"
+    tmp.write_text(run_fingerprint + "\n")
+    os.replace(tmp, marker)
     last = last_complete_checkpoint(work)
     if last:
         logger.warning("Resuming the interrupted run from %s", last)
     return work, last
+
+
+class CheckpointGuard(TrainerCallback):
+    """Marks each checkpoint complete after the Trainer has written all of it, and logs the loss at every
+    checkpoint and at the last step, so the log history covers every step a resumed run skipped."""
+
+    def _log_with_save(self, args, state, control):
+        if args.logging_strategy != "no" and (control.should_save or state.global_step >= state.max_steps):
+            control.should_log = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._log_with_save(args, state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._log_with_save(args, state, control)
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:  # DeepSpeed / FSDP: every process writes its shard before the checkpoint is marked
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            artifacts.crash_point("checkpoint_unmarked")
+            artifacts.mark_checkpoint_complete(folder)
+
+
+def whole_run_loss(log_history: list[dict], global_step: int) -> Optional[float]:
+    """Mean training loss over every step from the logged interval means, or None when the log has gaps."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and entry.get("step", 0) > last:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return total / last if last == global_step and last > 0 else None
+
+
+def resumed_train_metrics(trainer, metrics: dict, resumed_at: int) -> dict:
+    """After a resume the Trainer's train_loss covers only the steps after it: report the whole run's."""
+    whole = whole_run_loss(trainer.state.log_history, trainer.state.global_step)
+    if whole is None:  # logging off or gaps: say what the number covers instead
+        metrics["train_loss_from_step"] = resumed_at + 1
+        return metrics
+    metrics["train_loss"] = whole
+    for entry in reversed(trainer.state.log_history):  # the Trainer's final log entry carries it too
+        if "train_loss" in entry:
+            entry["train_loss"] = whole
+            break
+    return metrics
 
 
 def training_arguments(training_args, work: Path, selection_metric: Optional[str], head: str):
@@ -134,9 +225,15 @@ def training_arguments(training_args, work: Path, selection_metric: Optional[str
     keep_best = selection_metric is not None and evaluating and saving
     if selection_metric is not None and evaluating and not saving:
         logger.warning("--save_strategy no: the last epoch is kept, not the best one on dev.")
+    # save_total_limit 1 with best-model selection deletes the last checkpoint when training ends, before the
+    # stage folder is written: a kill then would redo the tail of training. 2 keeps best + last until `finish`.
+    limit = training_args.save_total_limit
+    if keep_best and limit == 1:
+        limit = 2
     return dataclasses.replace(
         training_args,
         output_dir=str(work),
+        save_total_limit=limit,
         remove_unused_columns=False,
         load_best_model_at_end=keep_best,
         metric_for_best_model=f"eval_{selection_metric}" if keep_best else None,
@@ -159,7 +256,8 @@ def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, tra
     `data_collator` defaults to dynamic padding of tokenized rows (cached Stage I passes its own).
     """
     with training_args.main_process_first(local=False, desc="preparing the checkpoint folder"):
-        work, resume = prepare_work_dir(output_dir, fingerprint(run_args), training_args.overwrite_output_dir,
+        run_fingerprint = fingerprint(run_args)
+        work, resume = prepare_work_dir(output_dir, run_fingerprint, training_args.overwrite_output_dir,
                                         main_process=training_args.process_index == 0)
     args = training_arguments(training_args, work, selection_metric, task.head)
     eval_sets = {name: model_columns(ds) for name, ds in data.eval_sets.items()}
@@ -174,9 +272,13 @@ def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, tra
         eval_dataset=first_eval,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
+        callbacks=[CheckpointGuard()],
     )
+    trainer.ted_run_fingerprint = run_fingerprint  # recorded in ted_stage.json (a finished run's leftovers)
     train_output = trainer.train(resume_from_checkpoint=resume)
     train_metrics = dict(train_output.metrics)
+    if resume:
+        train_metrics = resumed_train_metrics(trainer, train_metrics, int(Path(resume).name.split("-")[-1]))
     return trainer, train_metrics, score_kept_model(trainer, eval_sets)
 
 
@@ -245,6 +347,7 @@ def sub_state(state: dict, prefix: str) -> Optional[dict]:
 def write_stage(tmp: Path, *, stage_description: dict, trainer: TedTrainer, train_metrics: dict,
                 eval_metrics: dict) -> None:
     write_predictions(tmp, trainer.compute_metrics)
+    stage_description = {**stage_description, "run_fingerprint": getattr(trainer, "ted_run_fingerprint", None)}
     artifacts.write_json(tmp / artifacts.STAGE_FILE, stage_description)
     artifacts.write_json(tmp / artifacts.EVAL_RESULTS, eval_metrics)
     artifacts.write_json(tmp / artifacts.TRAIN_RESULTS, train_metrics)
@@ -253,7 +356,7 @@ def write_stage(tmp: Path, *, stage_description: dict, trainer: TedTrainer, trai
 
 def finish(output_dir: Path) -> None:
     """The run is complete and its folder in place: its checkpoints are no longer needed."""
-    shutil.rmtree(artifacts.work_dir(output_dir), ignore_errors=True)
+    artifacts.remove_marked_tree(artifacts.work_dir(output_dir), artifacts.WORK_MARKER)
 
 
 def write_predictions(folder: Path, compute_metrics) -> None:

@@ -25,6 +25,7 @@ from .common import (
     dropout_overrides,
     finish,
     load_training_task,
+    open_output,
     run_trainer,
     sub_state,
     task_metrics,
@@ -79,9 +80,10 @@ def load_filters(path: str, layers: list[int], output_dim: Optional[int], nonlin
 
 
 def run_distill(model_args, data_args, filter_args, distill_args, training_args) -> StageResult:
-    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
-                                            training_args.output_dir_given)
     method = resolve_method(distill_args.method, filter_args.filter_disabled, distill_args.mse_alpha)
+    run_args = args_dict(model_args, data_args, filter_args, distill_args, training_args)
+    run_args["method"] = method
+    output_dir = open_output(training_args, run_args)
     student_path, teacher_path = model_args.model_name_or_path, distill_args.teacher_model_name_or_path
     if not teacher_path:
         raise TedInputError("Stage II needs --teacher_model_name_or_path.")
@@ -120,8 +122,6 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
                                       interval=filter_args.filter_interval, role="projector")
     teacher = Teacher(teacher_model, teacher_filters, t_layers, task.head)
     module = DistillStudent(student, student_filters)
-    run_args = args_dict(model_args, data_args, filter_args, distill_args, training_args)
-    run_args["method"] = method
     trainer, train_metrics, eval_metrics = run_trainer(
         module=module, objective=DistillObjective(task.head, teacher, weights), tokenizer=tokenizer, task=task,
         data=data, training_args=training_args, output_dir=output_dir, run_args=run_args,

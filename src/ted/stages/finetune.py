@@ -17,8 +17,8 @@ from .common import (
 
 
 def run_finetune(model_args, data_args, training_args) -> StageResult:
-    output_dir, tokenizer, task, data, model = start_model_stage(model_args, data_args, training_args)
     run_args = args_dict(model_args, data_args, training_args)
+    output_dir, tokenizer, task, data, model = start_model_stage(model_args, data_args, training_args, run_args)
     trainer, train_metrics, eval_metrics = run_trainer(
         module=model, objective=TaskObjective(task.head), tokenizer=tokenizer, task=task, data=data,
         training_args=training_args, output_dir=output_dir, run_args=run_args,

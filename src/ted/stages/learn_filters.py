@@ -66,7 +66,8 @@ def cache_affordable(model, data: TaskData, layers: list[int], training_args) ->
 
 
 def run_learn_filters(model_args, data_args, filter_args, training_args) -> StageResult:
-    output_dir, tokenizer, task, data, model = start_model_stage(model_args, data_args, training_args)
+    run_args = args_dict(model_args, data_args, filter_args, training_args)
+    output_dir, tokenizer, task, data, model = start_model_stage(model_args, data_args, training_args, run_args)
     if not has_trained_head(model.config, task):
         logger.warning("%s has no fine-tuned task head; Stage I expects a model fine-tuned on the task.",
                        model_args.model_name_or_path)
@@ -74,7 +75,6 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
     filters = new_filters(model.config, layers, filter_args.filter_output_dim, filter_args.filter_nonlinear,
                           interval=filter_args.filter_interval)
     heads = new_heads(task.head, len(layers), filters.config.output_dim, task.num_labels, model.config)
-    run_args = args_dict(model_args, data_args, filter_args, training_args)
     # Every trainable parameter (filters, heads) feeds the loss: DDP need not search for unused ones.
     if training_args.ddp_find_unused_parameters is None:
         training_args = dataclasses.replace(training_args, ddp_find_unused_parameters=False)
