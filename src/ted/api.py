@@ -9,26 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import HfArgumentParser
-
-from .config import DataArguments, DistillArguments, FilterArguments, ModelArguments, TedTrainingArguments
-from .errors import TedInputError
-
-# Which argument groups each command takes, in the order its runner expects them.
-COMMAND_ARGS = {
-    "finetune": (ModelArguments, DataArguments, TedTrainingArguments),
-    "learn-filters": (ModelArguments, DataArguments, FilterArguments, TedTrainingArguments),
-    "distill": (ModelArguments, DataArguments, FilterArguments, DistillArguments, TedTrainingArguments),
-    "evaluate": (ModelArguments, DataArguments, TedTrainingArguments),
-}
+from . import arguments
+from .config import COMMAND_ARGS  # noqa: F401  (the stage commands' argument groups, used by the pipeline)
 
 
 def parse_kwargs(command: str, kwargs: dict[str, Any]):
-    parser = HfArgumentParser(COMMAND_ARGS[command])
-    try:
-        return parser.parse_dict(kwargs, allow_extra_keys=False)
-    except ValueError as err:
-        raise TedInputError(f"ted.{command.replace('-', '_')}(): {err}") from err
+    """Keyword arguments -> the stage's argument groups, parsed and checked exactly like the command line."""
+    return arguments.parse_mapping(command, kwargs)
 
 
 def runner(command: str):
@@ -45,6 +32,7 @@ def runner(command: str):
 
 
 def run_command(command: str, groups):
+    arguments.validate(command, groups)  # groups built by hand did not come through parse_kwargs
     return runner(command)(*groups)
 
 

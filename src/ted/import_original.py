@@ -202,7 +202,7 @@ def import_original(path: str, output_dir: str, task_name: Optional[str] = None,
 def run_import_original_cli(argv: list[str]) -> Path:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="ted import-original",
+    parser = argparse.ArgumentParser(prog="ted import-original", allow_abbrev=False,
                                      description="Convert a checkpoint of the paper's original code to a ted stage.")
     parser.add_argument("path", help="folder with config.json (model_type ted-deberta-v2) and the weights")
     parser.add_argument("--output_dir", required=True, help="the stage folder to write")

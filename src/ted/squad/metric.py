@@ -209,7 +209,8 @@ def _load_json(path: str, what: str):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="score-squad", description="Official-style SQuAD 2.0 scoring (scores in percent)."
+        prog="score-squad", allow_abbrev=False,
+        description="Official-style SQuAD 2.0 scoring (scores in percent).",
     )
     parser.add_argument("data_file", help="SQuAD JSON file (official schema).")
     parser.add_argument("pred_file", help="JSON file mapping question id to predicted answer text.")

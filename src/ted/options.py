@@ -1,0 +1,172 @@
+"""The options ted defines itself, as plain dataclasses that import neither torch nor transformers, so that
+`ted.arguments` can check their values before the seconds-long import of `transformers.TrainingArguments`.
+
+`config.py` adds the Trainer's options (`TedTrainingArguments`) and re-exports these classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ModelArguments:
+    _argument_group_name = "model options"  # a help section (HfArgumentParser)
+
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Model to train or score: a hub id, a Hugging Face folder or a ted stage folder."},
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer to use (default: the one saved with --model_name_or_path)."}
+    )
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where hub downloads are cached."})
+    hidden_dropout_prob: Optional[float] = field(
+        default=None, metadata={"help": "Override the model's hidden dropout (the paper sets 0 for RTE)."}
+    )
+    attention_probs_dropout_prob: Optional[float] = field(
+        default=None, metadata={"help": "Override the model's attention dropout."}
+    )
+    classifier_dropout: Optional[float] = field(
+        default=None, metadata={"help": "Override the dropout before the task head (DeBERTa: cls_dropout)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    _argument_group_name = "data options"
+
+    task_name: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or 'custom' for "
+            "--train_file/--validation_file data. Default: custom when files are given."
+        },
+    )
+    data_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder of GLUE task folders in the original TSV format (DIR/RTE/train.tsv, ...)."},
+    )
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset id for GLUE tasks (default: nyu-mll/glue)."}
+    )
+    train_file: Optional[str] = field(default=None, metadata={"help": "CSV/TSV/JSON/JSONL training file."})
+    validation_file: Optional[str] = field(default=None, metadata={"help": "CSV/TSV/JSON/JSONL dev file."})
+    text_columns: Optional[list[str]] = field(
+        default=None, metadata={"help": "One or two text columns of a custom file (default: auto-detected)."}
+    )
+    label_column: str = field(default="label", metadata={"help": "Label column of a custom file."})
+    label_list: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Label names in id order for custom data (default: sorted labels of the train file)."},
+    )
+    task_type: Optional[str] = field(
+        default=None,
+        metadata={"help": "classification or regression for custom data (default: inferred from the labels)."},
+    )
+    max_seq_length: Optional[int] = field(
+        default=None, metadata={"help": "Truncate inputs to this many tokens (default: 128; SQuAD 384 as in the paper)."}
+    )
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every batch to max_seq_length (default: dynamic padding)."}
+    )
+    doc_stride: int = field(default=128, metadata={"help": "SQuAD: overlap between windows of a long context."})
+    n_best_size: int = field(default=20, metadata={"help": "SQuAD: start/end candidates kept per window."})
+    max_answer_length: int = field(default=30, metadata={"help": "SQuAD: longest answer span, in tokens."})
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata={"help": "SQuAD 2.0: predict no answer when null score - best span score > this."}
+    )
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N train examples."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N dev examples."})
+
+
+@dataclass
+class FilterArguments:
+    _argument_group_name = "filter options (Stage I and II)"
+
+    filter_interval: int = field(
+        default=1, metadata={"help": "Filter on layer i (0-based) when i+1 is a multiple of filter_interval (student)."}
+    )
+    teacher_filter_interval: int = field(
+        default=1, metadata={"help": "The same rule for the teacher in Stage II."}
+    )
+    filter_output_dim: Optional[int] = field(
+        default=None, metadata={"help": "Output width of every filter (default: the model's hidden size)."}
+    )
+    filter_nonlinear: bool = field(
+        default=False, metadata={"help": "Filters are Linear -> activation -> Linear instead of one Linear."}
+    )
+    filter_disabled: bool = field(
+        default=False, metadata={"help": "Stage II without filters: KD (mse_alpha 0) or LWD (mse_alpha > 0)."}
+    )
+    stage1_backbone_mode: str = field(
+        default="eval",
+        metadata={"help": "Stage I frozen backbone in 'eval' mode (default: dropout off; for classification and "
+                          "regression token 0 of each selected layer is computed once and cached) or 'train' mode "
+                          "(the paper: dropout on, backbone run on every batch). See README 'Speed and scale'."},
+    )
+
+
+@dataclass
+class DistillArguments:
+    _argument_group_name = "distillation options (Stage II)"
+
+    teacher_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Teacher: a Stage I folder for TED, a fine-tuned model for KD/LWD."}
+    )
+    method: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "ted | kd | lwd. Shortcut for the paper's flags; when omitted the method follows from "
+            "them: mse_alpha 0 -> kd, --filter_disabled -> lwd, else ted."
+        },
+    )
+    kl_alpha: float = field(default=0.0, metadata={"help": "Weight of the T^2-scaled KL term."})
+    mse_alpha: float = field(default=0.0, metadata={"help": "Weight of the layer-averaged MSE term."})
+    temperature: float = field(default=2.0, metadata={"help": "KD temperature T (the paper uses 2)."})
+    paper_compat: bool = field(
+        default=False,
+        metadata={
+            "help": "Reproduce the original code exactly: MSE (and QA KL) over padding positions too, "
+            "regression KL as a softmax across the batch."
+        },
+    )
+
+
+@dataclass
+class TedTrainingOptions:
+    """The Trainer options whose defaults ted sets (the paper's: per-epoch eval, keep best, AdamW without
+    decay), mixed into `config.TedTrainingArguments` ahead of `TrainingArguments`. A stage's help shows
+    them before the Trainer's own options (arguments.stage_parser)."""
+
+    output_dir: Optional[str] = field(default=None, metadata={"help": "Stage folder to write."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch, steps or no."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint (follows eval)."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Train batch size per device."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Eval batch size per device."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every N steps."})
+    save_total_limit: Optional[int] = field(default=1, metadata={"help": "Checkpoints kept during training."})
+    report_to: Optional[list[str]] = field(
+        default_factory=lambda: ["none"], metadata={"help": "tensorboard, wandb, mlflow or none."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace an existing stage folder at --output_dir."}
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Replace nan/inf step losses in the logged loss (the Trainer's default). Off here: the "
+                          "check reads the loss on the host every step (a device sync), and a nan should be seen."},
+    )
+
+
+# Which option groups each stage command takes, in the order its runner expects them (config.COMMAND_ARGS
+# is this with the Trainer's options added).
+COMMAND_OPTIONS = {
+    "finetune": (ModelArguments, DataArguments, TedTrainingOptions),
+    "learn-filters": (ModelArguments, DataArguments, FilterArguments, TedTrainingOptions),
+    "distill": (ModelArguments, DataArguments, FilterArguments, DistillArguments, TedTrainingOptions),
+    "evaluate": (ModelArguments, DataArguments, TedTrainingOptions),
+}
