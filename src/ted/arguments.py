@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Optional
 
 from .errors import TedInputError
 

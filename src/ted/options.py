@@ -66,7 +66,8 @@ class DataArguments:
         metadata={"help": "classification or regression for custom data (default: inferred from the labels)."},
     )
     max_seq_length: Optional[int] = field(
-        default=None, metadata={"help": "Truncate inputs to this many tokens (default: 128; SQuAD 384 as in the paper)."}
+        default=None,
+        metadata={"help": "Truncate inputs to this many tokens (default: 128; SQuAD 384 as in the paper)."},
     )
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every batch to max_seq_length (default: dynamic padding)."}
