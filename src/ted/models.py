@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from .errors import TedInputError
+from .tasks import resolve_task_name
 from .tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
 from .tasks.squad import DEFAULT_MAX_SEQ_LENGTH as SQUAD_MAX_SEQ_LENGTH
 
@@ -152,7 +153,8 @@ def position_limit(config) -> Optional[int]:
 def check_sequence_length(name_or_path: str, data_args, cache_dir: Optional[str] = None) -> None:
     """Refuse a --max_seq_length beyond the model's positions: long inputs would crash in the first step and
     short ones pass silently, so the same run would fail or not depending on the data."""
-    squad = (data_args.task_name or "").lower().startswith("squad")
+    # Resolving the task first says an unknown task name before anything about the model.
+    squad = resolve_task_name(data_args.task_name, data_args).startswith("squad")
     max_seq_length = data_args.max_seq_length or (SQUAD_MAX_SEQ_LENGTH if squad else DEFAULT_MAX_SEQ_LENGTH)
     limit = position_limit(load_config(name_or_path, cache_dir))
     if limit is not None and max_seq_length > limit:

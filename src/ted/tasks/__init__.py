@@ -46,7 +46,7 @@ def supported_tasks() -> list[str]:
     return list(GLUE_TASKS) + list(TASK_FAMILIES)
 
 
-def _resolve(name: Optional[str], data_args) -> str:
+def resolve_task_name(name: Optional[str], data_args) -> str:
     """Canonical task name ("rte", "custom", ...) or TedInputError."""
     if not name:
         if data_args is not None and (data_args.train_file or data_args.validation_file):
@@ -79,12 +79,12 @@ def _check_sources(key: str, data_args) -> None:
 
 def is_custom(data_args) -> bool:
     """Whether `data_args` name the user's own files (the custom task)."""
-    return _resolve(data_args.task_name, data_args) == "custom"
+    return resolve_task_name(data_args.task_name, data_args) == "custom"
 
 
 def task_from_name(name: Optional[str], data_args=None) -> Task:
     """The static Task for a name (GLUE names need no data; custom reads its files)."""
-    key = _resolve(name, data_args)
+    key = resolve_task_name(name, data_args)
     if key in GLUE_TASKS:
         return glue_task(key)
     return TASK_FAMILIES[key].describe(key, data_args)
@@ -92,7 +92,7 @@ def task_from_name(name: Optional[str], data_args=None) -> Task:
 
 def load_task(data_args, tokenizer) -> tuple[Task, TaskData]:
     """Load, validate and tokenize the task named by `data_args`."""
-    key = _resolve(data_args.task_name, data_args)
+    key = resolve_task_name(data_args.task_name, data_args)
     _check_sources(key, data_args)
     if key in GLUE_TASKS:
         return load_glue(data_args, tokenizer)
@@ -109,6 +109,7 @@ __all__ = [
     "is_custom",
     "load_task",
     "register_task",
+    "resolve_task_name",
     "supported_tasks",
     "task_from_name",
     "with_model_labels",
