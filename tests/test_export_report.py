@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import tiny
-from ted import artifacts, model_card, report
+from ted import artifacts, model_card, reporting
 from ted.cli import main
 from ted.errors import TedInputError
 from ted.stages.export import run_export
@@ -258,7 +258,7 @@ def fake_run(root: Path) -> Path:
 
 
 def write(run: Path, out: Path):
-    return report.write_report([run], out, speed=None)
+    return reporting.write_report([run], out, speed=None)
 
 
 def test_report_files_are_complete_and_a_failed_write_keeps_the_previous_ones(tmp_path, monkeypatch):
@@ -301,9 +301,9 @@ def test_report_never_changes_the_matplotlib_backend(tmp_path):
     script = textwrap.dedent(f"""
         import sys, matplotlib
         matplotlib.use("pdf")  # stands for the notebook's own backend
-        from ted import report
-        report.write_report([{str(run)!r}], {str(tmp_path / "out")!r}, speed=None)
-        report.plot_loss_terms({{"ted": {str(run / "custom" / "seed1" / "ted")!r}}}, {str(tmp_path / "l.png")!r})
+        from ted import reporting
+        reporting.write_report([{str(run)!r}], {str(tmp_path / "out")!r}, speed=None)
+        reporting.plot_loss_terms({{"ted": {str(run / "custom" / "seed1" / "ted")!r}}}, {str(tmp_path / "l.png")!r})
         assert matplotlib.get_backend() == "pdf", matplotlib.get_backend()
         assert "matplotlib.pyplot" not in sys.modules
     """)

@@ -22,7 +22,7 @@ from ted.cli import main
 from ted.errors import TedInputError
 from ted.filters import TaskAwareFilters, select_layers
 from ted.heads import StageOneHeads
-from ted.import_original import import_original
+from ted.original_checkpoint import import_original
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GOLDEN = SHARED / "golden" / "ted-original"

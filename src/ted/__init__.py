@@ -2,7 +2,9 @@
 
 __version__ = "0.1.0"
 
-_API = ("finetune", "learn_filters", "distill", "evaluate", "export", "demo", "pipeline")
+# The public functions of `ted.api`. No submodule of ted carries one of these names: importing a submodule
+# binds it on the package, which would shadow the function (`ted.demo` was once the module ted/demo.py).
+_API = ("finetune", "learn_filters", "distill", "evaluate", "export", "demo", "pipeline", "report", "import_original")
 
 
 def __getattr__(name):
@@ -14,4 +16,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'ted' has no attribute {name!r}")
 
 
-__all__ = ["finetune", "learn_filters", "distill", "evaluate", "export", "demo", "pipeline", "__version__"]
+__all__ = [*_API, "__version__"]

@@ -81,7 +81,7 @@ def pipeline(config, output_dir: str | None = None, **overrides):
 
 def report(run_dirs, output: str | None = None, speed: bool = True):
     """`ted report`: report.md and report.html for pipeline run folder(s)."""
-    from .report import write_report
+    from .reporting import write_report
 
     dirs = [run_dirs] if isinstance(run_dirs, str) or hasattr(run_dirs, "__fspath__") else list(run_dirs)
     return write_report(dirs, output, {"batch_size": 8, "seq_len": 128, "iterations": 10} if speed else None)
@@ -89,13 +89,13 @@ def report(run_dirs, output: str | None = None, speed: bool = True):
 
 def import_original(path: str, output_dir: str, **kwargs):
     """`ted import-original`: a checkpoint of the paper's original code as a ted stage folder."""
-    from .import_original import import_original as run
+    from .original_checkpoint import import_original as run
 
     return run(path, output_dir, **kwargs)
 
 
 def demo(output_dir: str = "ted-demo", **kwargs):
     """The whole method end to end on a built-in synthetic task with tiny models, offline."""
-    from .demo import run_demo
+    from .demo_runner import run_demo
 
     return run_demo(output_dir, **kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -58,9 +59,12 @@ def run_demo_cli(argv: list[str]):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--overwrite_output_dir", action="store_true")
     args = parser.parse_args(argv)
-    from .demo import run_demo
+    from .demo_runner import run_demo
 
-    return run_demo(args.output_dir, seed=args.seed, overwrite=args.overwrite_output_dir)
+    out = run_demo(args.output_dir, seed=args.seed, overwrite=args.overwrite_output_dir)
+    print(f"ted demo: done. Results: {out / 'report.md'} (loss terms: {out / 'loss_terms.png'}; stage folders: "
+          f"{out / 'runs'})")
+    return None
 
 
 def run_score_squad(argv: list[str]):
@@ -76,13 +80,13 @@ def run_pipeline_cli(argv: list[str]):
 
 
 def run_report_cli(argv: list[str]):
-    from .report import run_report_cli as run
+    from .reporting import run_report_cli as run
 
     return run(argv)
 
 
 def run_import_original_cli(argv: list[str]):
-    from .import_original import run_import_original_cli as run
+    from .original_checkpoint import run_import_original_cli as run
 
     return run(argv)
 
@@ -98,6 +102,15 @@ def version() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        return run_main(argv)
+    except BrokenPipeError:
+        # The reader of our output went away (`ted ... | head`): stop quietly with the status Unix tools use.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def run_main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(USAGE, file=sys.stderr)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import artifacts
-from .report import count_parameters, mean_std
+from .reporting import count_parameters, mean_std
 
 HYPERPARAMETERS = ("method", "kl_alpha", "mse_alpha", "temperature", "paper_compat", "filter_interval",
                    "teacher_filter_interval", "filter_output_dim", "filter_nonlinear", "learning_rate",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import api, artifacts, report
+from . import api, artifacts, reporting
 from .demo_assets import build_tokenizer, write_synthetic_task, write_tiny_model
 from .errors import TedInputError
 
@@ -74,7 +74,7 @@ def run_chain(out: Path, seed: int) -> None:
 def write_report(out: Path, runs: Path, elapsed: float, seed: int) -> Path:
     rows = [("teacher (fine-tuned, 4 layers)", runs / "teacher"), ("student (fine-tuned, 2 layers)", runs / "student"),
             ("student + KD", runs / "kd"), ("student + LWD", runs / "lwd"), ("student + TED", runs / "ted")]
-    plot = report.plot_loss_terms({m: runs / m for m in ("ted", "kd", "lwd")}, out / "loss_terms.png")
+    plot = reporting.plot_loss_terms({m: runs / m for m in ("ted", "kd", "lwd")}, out / "loss_terms.png")
     stage1 = {who: artifacts.read_json(runs / f"{who}_stage1" / artifacts.STAGE1_SCORES)
               for who in ("teacher", "student")}
     stage1_lines = [f"- {who} filter heads, dev accuracy per layer: "
@@ -88,7 +88,7 @@ def write_report(out: Path, runs: Path, elapsed: float, seed: int) -> Path:
         "initial weights. The numbers show that every stage runs end to end; they say nothing about TED on real "
         "language tasks.",
         "",
-        report.results_table(rows),
+        reporting.results_table(rows),
         "",
         "Stage I diagnostics (the paper never measures these):",
         *stage1_lines,
@@ -99,5 +99,5 @@ def write_report(out: Path, runs: Path, elapsed: float, seed: int) -> Path:
         "",
     ])
     path = out / "report.md"
-    path.write_text(text)
+    artifacts.atomic_write(path, text)
     return path
