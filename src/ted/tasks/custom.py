@@ -18,7 +18,7 @@ from datasets import Dataset, DatasetDict
 
 from ..errors import TedInputError
 from ..metrics import classification_metric_fn, regression_metric_fn
-from .base import Task, TaskData
+from .base import DEFAULT_MAX_SEQ_LENGTH, Task, TaskData
 from .files import RowLines, root_cause, scan_file
 from .text_classification import keep_first, tokenize_pairs
 
@@ -265,7 +265,7 @@ def load_custom(data_args, tokenizer) -> tuple[Task, TaskData]:
         raw,
         tokenizer,
         text_columns,
-        data_args.max_seq_length or 128,
+        data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
         data_args.pad_to_max_length,
         is_regression=task.is_regression,
     )

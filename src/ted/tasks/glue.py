@@ -17,7 +17,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from ..errors import TedInputError
 from ..metrics import glue_metric_fn
-from .base import Task, TaskData
+from .base import DEFAULT_MAX_SEQ_LENGTH, Task, TaskData
 from .files import check_utf8
 from .text_classification import keep_first, tokenize_pairs
 
@@ -269,7 +269,7 @@ def load_glue(data_args, tokenizer) -> tuple[Task, TaskData]:
         raw,
         tokenizer,
         spec.text_columns,
-        data_args.max_seq_length or 128,
+        data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
         data_args.pad_to_max_length,
         is_regression=task.is_regression,
     )
