@@ -17,7 +17,7 @@ from transformers import DataCollatorWithPadding, TrainerCallback, set_seed
 from .. import artifacts
 from ..artifacts import StageResult  # noqa: F401  (re-exported for the stages)
 from ..errors import TedInputError
-from ..models import load_task_model, load_tokenizer
+from ..models import check_sequence_length, load_task_model, load_tokenizer
 from ..squad.evaluator import SquadEvaluator
 from ..squad.postprocess import write_prediction_files
 from ..tasks import load_task
@@ -47,22 +47,26 @@ def dropout_overrides(model_args) -> dict:
     }
 
 
-def load_training_task(data_args, tokenizer):
+def load_training_task(data_args, tokenizer, training_args):
     """`load_task` for a stage that trains: it needs training rows (custom data without --train_file has none)."""
     task, data = load_task(data_args, tokenizer)
     if len(data.train) == 0:
         raise TedInputError("No training examples: this stage trains, so pass --train_file (custom data) or a "
                             "task whose training split is not empty.")
+    if training_args.label_smoothing_factor and task.is_regression:
+        raise TedInputError(f"--label_smoothing_factor {training_args.label_smoothing_factor} has no meaning for "
+                            f"the regression task {task.name!r} (there are no classes to smooth over); remove it.")
     return task, data
 
 
 def start_model_stage(model_args, data_args, training_args, run_args: dict[str, Any]):
     """The start of a stage that trains one model (finetune, learn-filters): the checked output folder, the
     tokenizer, the task and its data, and the model with the dropout overrides."""
+    check_sequence_length(model_args.model_name_or_path, data_args, model_args.cache_dir)
     output_dir = open_output(training_args, run_args)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
-    task, data = load_training_task(data_args, tokenizer)
+    task, data = load_training_task(data_args, tokenizer, training_args)
     model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir, **dropout_overrides(model_args))
     return output_dir, tokenizer, task, data, model
 
@@ -322,7 +326,6 @@ def logged_score_of_kept_model(trainer: TedTrainer) -> Optional[dict[str, float]
     scores = {k: v for k, v in kept[-1].items() if k != "step"}
     scores["epoch"] = state.epoch  # what a final evaluate() reports: the epochs trained
     return scores
-
 
 
 def trained_state(trainer: TedTrainer) -> dict:

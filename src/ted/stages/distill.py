@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
+from pathlib import Path
 from typing import Optional
 
 from transformers import set_seed
@@ -13,6 +15,8 @@ from ..errors import TedInputError
 from ..filters import TaskAwareFilters, check_filters_match, has_filters, match_layers, new_filters, select_layers
 from ..models import (
     check_same_vocabulary,
+    check_sequence_length,
+    load_config,
     has_trained_head,
     load_task_model,
     load_tokenizer,
@@ -64,8 +68,33 @@ def warn_no_ops(method: str, head: str, weights: DistillWeights, batch_size: int
                       "code's behaviour): it depends on batch composition.", stacklevel=2)
         if batch_size < 2:
             warnings.warn("With batch size 1 the paper-compatible regression KL is identically 0.", stacklevel=2)
-    if weights.temperature <= 0:
-        raise TedInputError(f"--temperature must be positive, got {weights.temperature}.")
+
+
+def check_deepspeed_stage(deepspeed) -> None:
+    """DeepSpeed ZeRO-3 partitions every model loaded while it is active, the teacher included, and the teacher
+    runs outside DeepSpeed's engine, so its weights would never be gathered: refuse it up front."""
+    if not deepspeed:
+        return
+    config = deepspeed
+    if not isinstance(config, dict):
+        try:  # a path, or the config itself as JSON (a dict in a YAML config arrives that way)
+            text = deepspeed if deepspeed.lstrip().startswith("{") else Path(deepspeed).read_text()
+            config = json.loads(text)
+        except (OSError, ValueError) as err:
+            raise TedInputError(f"Cannot read the DeepSpeed config {deepspeed}: {err}") from None
+    if int((config.get("zero_optimization") or {}).get("stage", 0) or 0) == 3:
+        raise TedInputError("Stage II does not support DeepSpeed ZeRO-3: the teacher would be partitioned and never "
+                            "gathered. Use ZeRO-2 (configs/deepspeed/zero2.json) or FSDP "
+                            "(configs/accelerate/fsdp.yaml) for Stage II.")
+
+
+def check_projector_width(filter_output_dim: Optional[int], teacher_path: str, cache_dir: Optional[str]) -> None:
+    """LWD projects the student's layers onto the teacher's raw hidden states, so the projector's width is the
+    teacher's hidden size (the original code forces it); a different --filter_output_dim cannot apply."""
+    hidden = load_config(teacher_path, cache_dir).hidden_size
+    if filter_output_dim is not None and filter_output_dim != hidden:
+        raise TedInputError(f"LWD matches the teacher's raw hidden states ({hidden} wide), so --filter_output_dim "
+                            f"{filter_output_dim} cannot apply. Drop --filter_output_dim (or pass {hidden}).")
 
 
 def load_filters(path: str, layers: list[int], output_dim: Optional[int], nonlinear: bool, who: str):
@@ -83,16 +112,21 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     method = resolve_method(distill_args.method, filter_args.filter_disabled, distill_args.mse_alpha)
     run_args = args_dict(model_args, data_args, filter_args, distill_args, training_args)
     run_args["method"] = method
-    output_dir = open_output(training_args, run_args)
     student_path, teacher_path = model_args.model_name_or_path, distill_args.teacher_model_name_or_path
     if not teacher_path:
         raise TedInputError("Stage II needs --teacher_model_name_or_path.")
+    check_deepspeed_stage(training_args.deepspeed)
+    for path in (student_path, teacher_path):
+        check_sequence_length(path, data_args, model_args.cache_dir)
+    if method == "lwd":
+        check_projector_width(filter_args.filter_output_dim, teacher_path, model_args.cache_dir)
+    output_dir = open_output(training_args, run_args)
     weights = DistillWeights(distill_args.kl_alpha, distill_args.mse_alpha, distill_args.temperature,
                              distill_args.paper_compat)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or student_path, model_args.cache_dir)
     check_same_vocabulary(load_tokenizer(teacher_path, model_args.cache_dir), tokenizer, teacher_path, student_path)
-    task, data = load_training_task(data_args, tokenizer)
+    task, data = load_training_task(data_args, tokenizer, training_args)
     warn_no_ops(method, task.head, weights, training_args.per_device_train_batch_size)
     teacher_model = load_task_model(teacher_path, task, model_args.cache_dir)
     if not has_trained_head(teacher_model.config, task):

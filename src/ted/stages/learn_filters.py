@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 
+import torch
 from transformers import default_data_collator
 
 from .. import artifacts
@@ -39,10 +40,26 @@ def layer_scores(eval_metrics: dict, layers: list[int]) -> dict[str, dict[str, f
     return scores
 
 
+def without_checkpointing(training_args):
+    """Stage I ignores --gradient_checkpointing: the frozen backbone runs without gradients, so it keeps no
+    activations to recompute (and the Stage I module has no layers of its own to checkpoint)."""
+    # transformers >= 5.10 names it activation_checkpointing (gradient_checkpointing is its alias).
+    names = [n for n in ("activation_checkpointing", "gradient_checkpointing") if getattr(training_args, n, None)]
+    if not names:
+        return training_args
+    logger.warning("--gradient_checkpointing has no effect on Stage I (the backbone runs without gradients); "
+                   "ignoring it.")
+    return dataclasses.replace(training_args, **{n: False for n in names})
+
+
+def cache_dtype(training_args):
+    return cache_autocast_dtype(training_args.device, training_args.bf16, training_args.fp16)
+
+
 def cached_data(model, data: TaskData, layers: list[int], tokenizer, training_args) -> TaskData:
     """Token 0 of every selected layer for the train and dev rows, from one pass of the frozen backbone."""
     device = training_args.device
-    dtype = cache_autocast_dtype(device, training_args.fp16)
+    dtype = cache_dtype(training_args)
     batch_size = max(training_args.per_device_eval_batch_size, 1)
     model.to(device)
 
@@ -56,7 +73,7 @@ def cached_data(model, data: TaskData, layers: list[int], tokenizer, training_ar
 
 def cache_affordable(model, data: TaskData, layers: list[int], training_args) -> bool:
     rows = len(data.train) + sum(len(ds) for ds in data.eval_sets.values())
-    dtype = cache_autocast_dtype(training_args.device, training_args.fp16)
+    dtype = cache_dtype(training_args)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     fits, why = cache_fits(cache_bytes(rows, len(layers), model.config.hidden_size, dtype), local_processes)
     if not fits:
@@ -68,6 +85,7 @@ def cache_affordable(model, data: TaskData, layers: list[int], training_args) ->
 def run_learn_filters(model_args, data_args, filter_args, training_args) -> StageResult:
     run_args = args_dict(model_args, data_args, filter_args, training_args)
     output_dir, tokenizer, task, data, model = start_model_stage(model_args, data_args, training_args, run_args)
+    training_args = without_checkpointing(training_args)
     if not has_trained_head(model.config, task):
         logger.warning("%s has no fine-tuned task head; Stage I expects a model fine-tuned on the task.",
                        model_args.model_name_or_path)
@@ -114,6 +132,8 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
                 "learn_filters", task, run_args, lineage={"model": model_args.model_name_or_path}
             )
             description["stage1_feature_cache"] = use_cache  # eval-mode runs can fall back (memory)
+            if use_cache:
+                description["stage1_feature_cache_dtype"] = str(cache_dtype(training_args) or torch.float32)[6:]
             write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
                         eval_metrics=eval_metrics)
         finish(output_dir)
