@@ -80,7 +80,9 @@ def run(cfg: Path, out: Path, **extra) -> subprocess.CompletedProcess:
 
 def kill_at_random(cfg: Path, out: Path, seconds: float, sig: int) -> tuple[int, bool]:
     """Exit code, and whether the signal was sent (False: the run had finished first)."""
-    proc = subprocess.Popen(command(cfg, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A background shell starts jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt: restore it.
+    proc = subprocess.Popen(command(cfg, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.wait(timeout=seconds)
         return proc.returncode, False
@@ -158,8 +160,8 @@ def main() -> int:
         kinds.setdefault(kind, [0, 0])
         kinds[kind][0] += 1
         kinds[kind][1] += held
-        print(f"trial {trial:2d} {label:28s} first exit {first:4d}  {'held' if held else 'FAILED: ' + '; '.join(problems)}",
-              flush=True)
+        verdict = "held" if held else "FAILED: " + "; ".join(problems)
+        print(f"trial {trial:2d} {label:28s} first exit {first:4d}  {verdict}", flush=True)
         if held:
             shutil.rmtree(out, ignore_errors=True)
     print(f"{counts['held']} of {counts['trials']} trials held; by kind: "

@@ -8,15 +8,15 @@ import stat
 import tempfile
 
 import pytest
-import tiny
-from tiny import one_thread  # noqa: F401  (module fixture)
 
 import ted
 import ted.pipeline_runner as pipeline_module
 import ted.stages.common as stage_common
+import tiny
 from ted import artifacts
 from ted.cli import main
 from ted.errors import TedInputError
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

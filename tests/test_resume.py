@@ -14,17 +14,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import tiny
 import torch
-from tiny import one_thread  # noqa: F401  (module fixture)
 from transformers import TrainerCallback
 
 import ted
 import ted.stages.common as stage_common
 import ted.stages.finetune as finetune_stage
+import tiny
 from ted import artifacts
 from ted.errors import TedInputError
 from ted.training import TedTrainer
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LABELS = ["neg", "pos"]

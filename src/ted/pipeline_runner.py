@@ -7,9 +7,10 @@ plus `OUTPUT/<task>/pipeline.json` (the resolved settings and the paper's number
 
 Reuse: each stage gets a fingerprint of its resolved arguments, the content of its data files
 and the fingerprints of the stages it reads (or the content of an outside model folder), so a
-run folder that is moved or copied is still reused. It is stored in the stage's `ted_stage.json`; a folder whose fingerprint matches is
-reused without loading anything. A stage that was cut off resumes from the last checkpoint in
-`<stage>.incomplete/` (see `stages.common.prepare_work_dir`); finished stages are never redone.
+run folder that is moved or copied is still reused. It is stored in the stage's `ted_stage.json`;
+a folder whose fingerprint matches is reused without loading anything. A stage that was cut off
+resumes from the last checkpoint in `<stage>.incomplete/` (see `stages.common.prepare_work_dir`);
+finished stages are never redone.
 """
 
 from __future__ import annotations
