@@ -81,8 +81,13 @@ def run(cfg: Path, out: Path, **extra) -> subprocess.CompletedProcess:
 def kill_at_random(cfg: Path, out: Path, seconds: float, sig: int) -> tuple[int, bool]:
     """Exit code, and whether the signal was sent (False: the run had finished first)."""
     # A background shell starts jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt: restore it.
-    proc = subprocess.Popen(command(cfg, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        command(cfg, out),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         proc.wait(timeout=seconds)
         return proc.returncode, False
@@ -92,8 +97,11 @@ def kill_at_random(cfg: Path, out: Path, seconds: float, sig: int) -> tuple[int,
 
 
 def leftovers(out: Path) -> list[str]:
-    return [str(p.relative_to(out)) for p in out.rglob("*")
-            if p.name.endswith(".incomplete") or (p.name.startswith(".") and (".tmp" in p.name or ".old-" in p.name))]
+    return [
+        str(p.relative_to(out))
+        for p in out.rglob("*")
+        if p.name.endswith(".incomplete") or (p.name.startswith(".") and (".tmp" in p.name or ".old-" in p.name))
+    ]
 
 
 def outcome(out: Path) -> dict:
@@ -164,8 +172,10 @@ def main() -> int:
         print(f"trial {trial:2d} {label:28s} first exit {first:4d}  {verdict}", flush=True)
         if held:
             shutil.rmtree(out, ignore_errors=True)
-    print(f"{counts['held']} of {counts['trials']} trials held; by kind: "
-          + ", ".join(f"{k} {v[1]}/{v[0]}" for k, v in kinds.items()))
+    print(
+        f"{counts['held']} of {counts['trials']} trials held; by kind: "
+        + ", ".join(f"{k} {v[1]}/{v[0]}" for k, v in kinds.items())
+    )
     return 0 if counts["held"] == counts["trials"] else 1
 
 

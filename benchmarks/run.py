@@ -47,41 +47,82 @@ DEFAULT_PAIR = (str(SHARED / "models" / "all-MiniLM-L6-v2"), str(SHARED / "model
 
 # Full run: a few minutes on 2 CPU cores. Quick: under a minute.
 SETTINGS = {
-    "full": dict(stage2_batch=16, stage2_warmup=2, stage2_reps=9, stage1_examples=512, padding_examples=1024,
-                 padding_batch=32, padded_steps=5),
-    "quick": dict(stage2_batch=8, stage2_warmup=1, stage2_reps=3, stage1_examples=32, padding_examples=96,
-                  padding_batch=16, padded_steps=2),
+    "full": dict(
+        stage2_batch=16,
+        stage2_warmup=2,
+        stage2_reps=9,
+        stage1_examples=512,
+        padding_examples=1024,
+        padding_batch=32,
+        padded_steps=5,
+    ),
+    "quick": dict(
+        stage2_batch=8,
+        stage2_warmup=1,
+        stage2_reps=3,
+        stage1_examples=32,
+        padding_examples=96,
+        padding_batch=16,
+        padded_steps=2,
+    ),
 }
 STAGE1_EPOCHS, STAGE1_BATCH = 3, 32
 PARTS = ("stage2", "stage1", "padding")
 STAGE2_CONFIGS = ("finetune", "ted", "kd", "lwd", "teacher_forward")
-CONFIG_PART = {**{name: "stage2" for name in STAGE2_CONFIGS},
-               "stage1_train_backbone": "stage1", "stage1_eval_cache": "stage1",
-               "finetune_pad_to_max": "padding", "finetune_dynamic": "padding", "finetune_dynamic_grouped": "padding"}
+CONFIG_PART = {
+    **{name: "stage2" for name in STAGE2_CONFIGS},
+    "stage1_train_backbone": "stage1",
+    "stage1_eval_cache": "stage1",
+    "finetune_pad_to_max": "padding",
+    "finetune_dynamic": "padding",
+    "finetune_dynamic_grouped": "padding",
+}
 MAX_SEQ_LENGTH = 128
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_pair", nargs=2, metavar=("TEACHER", "STUDENT"), default=DEFAULT_PAIR,
-                        help="teacher and student (hub ids or folders; same vocabulary)")
+    parser.add_argument(
+        "--model_pair",
+        nargs=2,
+        metavar=("TEACHER", "STUDENT"),
+        default=DEFAULT_PAIR,
+        help="teacher and student (hub ids or folders; same vocabulary)",
+    )
     parser.add_argument("--task", default="rte", help="GLUE task of the Stage I / II measurements (default rte)")
     parser.add_argument("--data_dir", default=str(SHARED / "data" / "glue"), help="GLUE TSV folders")
     parser.add_argument("--json", dest="json_out", help="also write the JSON object to this file")
     parser.add_argument("--quick", action="store_true", help="small sizes: finishes in under a minute")
-    parser.add_argument("--teacher_filter_interval", type=int, default=None,
-                        help="default: teacher layers / student layers, so every student layer is matched")
-    parser.add_argument("--max_seq_length", type=int, default=MAX_SEQ_LENGTH,
-                        help="truncation length, and the fixed length of the padded configuration (default 128)")
+    parser.add_argument(
+        "--teacher_filter_interval",
+        type=int,
+        default=None,
+        help="default: teacher layers / student layers, so every student layer is matched",
+    )
+    parser.add_argument(
+        "--max_seq_length",
+        type=int,
+        default=MAX_SEQ_LENGTH,
+        help="truncation length, and the fixed length of the padded configuration (default 128)",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA) for every measured step")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS),
-                        help="measure only these parts (default: all; the headline ratios need all three)")
-    parser.add_argument("--memory", choices=("auto", "process", "inprocess"), default="auto",
-                        help="CPU peak memory per configuration: 'process' runs each configuration again in a fresh "
-                             "process and reads its peak RSS; 'inprocess' resets this process's peak before each "
-                             "configuration (memory kept from earlier ones counts). auto: process for the full run "
-                             "on CPU, inprocess otherwise (CUDA: max_memory_allocated, always per configuration)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="measure only these parts (default: all; the headline ratios need all three)",
+    )
+    parser.add_argument(
+        "--memory",
+        choices=("auto", "process", "inprocess"),
+        default="auto",
+        help="CPU peak memory per configuration: 'process' runs each configuration again in a fresh "
+        "process and reads its peak RSS; 'inprocess' resets this process's peak before each "
+        "configuration (memory kept from earlier ones counts). auto: process for the full run "
+        "on CPU, inprocess otherwise (CUDA: max_memory_allocated, always per configuration)",
+    )
     parser.add_argument("--memory_of", choices=sorted(CONFIG_PART), help=argparse.SUPPRESS)  # internal
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -166,10 +207,21 @@ def load_average() -> list[float]:
 def training_args(output_dir: str, device, bf16: bool, **overrides):
     from ted.config import TedTrainingArguments
 
-    values = dict(output_dir=output_dir, report_to=["none"], eval_strategy="no", save_strategy="no",
-                  logging_steps=10**6, disable_tqdm=True, dataloader_pin_memory=device.type == "cuda",
-                  use_cpu=device.type == "cpu", bf16=bf16, seed=0, remove_unused_columns=False,
-                  learning_rate=5e-5, max_steps=10**6)
+    values = dict(
+        output_dir=output_dir,
+        report_to=["none"],
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        dataloader_pin_memory=device.type == "cuda",
+        use_cpu=device.type == "cpu",
+        bf16=bf16,
+        seed=0,
+        remove_unused_columns=False,
+        learning_rate=5e-5,
+        max_steps=10**6,
+    )
     values.update(overrides)
     return TedTrainingArguments(**values)
 
@@ -197,8 +249,14 @@ def load_data(task_name, data_dir, tokenizer, n_train, max_seq_length, pad_to_ma
     from ted.config import DataArguments
     from ted.tasks import load_task
 
-    data_args = DataArguments(task_name=task_name, data_dir=data_dir, max_seq_length=max_seq_length,
-                              max_train_samples=n_train, max_eval_samples=8, pad_to_max_length=pad_to_max_length)
+    data_args = DataArguments(
+        task_name=task_name,
+        data_dir=data_dir,
+        max_seq_length=max_seq_length,
+        max_train_samples=n_train,
+        max_eval_samples=8,
+        pad_to_max_length=pad_to_max_length,
+    )
     return load_task(data_args, tokenizer)
 
 
@@ -256,6 +314,7 @@ def bench_stage2(opts, size, device, meter, tokenizer, task, data, select=None):
             "lwd": lambda: distill(projector, None, DistillWeights(kl_alpha=20, mse_alpha=20)),
         }
         trainers = {name: build() for name, build in builders.items() if select is None or name in select}
+
         def teacher_forward():  # the irreducible teacher cost: one forward, inference mode, the run's autocast
             autocast = torch.autocast(device.type, dtype=torch.bfloat16) if opts.bf16 else contextlib.nullcontext()
             with torch.inference_mode(), autocast:
@@ -267,7 +326,7 @@ def bench_stage2(opts, size, device, meter, tokenizer, task, data, select=None):
         names = list(steps)
         times: dict[str, list[float]] = {name: [] for name in names}
         for round_ in range(size["stage2_warmup"] + size["stage2_reps"]):
-            order = names[round_ % len(names):] + names[:round_ % len(names)]  # rotate who goes first
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]  # rotate who goes first
             for name in order:
                 with meter.track(name):
                     elapsed = timed(steps[name], device)
@@ -285,8 +344,11 @@ def bench_stage2(opts, size, device, meter, tokenizer, task, data, select=None):
         "step_ms_median": {k: round(v * 1000, 1) for k, v in med.items()},
         "step_ms_all": {k: [round(x * 1000, 1) for x in v] for k, v in times.items()},
         "samples_per_second": {k: round(n / v, 2) for k, v in med.items()},
-        "batch": {"size": n, "seq_len": int(batch["input_ids"].shape[1]),
-                  "real_tokens": int(batch["attention_mask"].sum())},
+        "batch": {
+            "size": n,
+            "seq_len": int(batch["input_ids"].shape[1]),
+            "real_tokens": int(batch["attention_mask"].sum()),
+        },
         "layers": {"student": s_layers, "teacher": t_layers, "filter_output_dim": dim},
         "alphas": {"ted": [20, 50], "kd": [20, 0], "lwd": [20, 20]},
     }
@@ -319,16 +381,28 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data, select=None):
     epochs = STAGE1_EPOCHS if select is None else 1  # memory runs: one epoch reaches the same peak
     out = {"examples": n, "epochs": epochs, "batch_size": STAGE1_BATCH, "filters": len(layers)}
     with tempfile.TemporaryDirectory() as tmp:
-        args = training_args(tmp, device, opts.bf16, max_steps=-1, num_train_epochs=epochs,
-                             per_device_train_batch_size=STAGE1_BATCH, per_device_eval_batch_size=STAGE1_BATCH)
+        args = training_args(
+            tmp,
+            device,
+            opts.bf16,
+            max_steps=-1,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=STAGE1_BATCH,
+            per_device_eval_batch_size=STAGE1_BATCH,
+        )
         from ted.training import TedTrainer
 
         # The paper's way: the frozen backbone (dropout on) runs on every batch of every epoch.
         if select is None or "stage1_train_backbone" in select:
             filters, heads = fresh()
             learner = FilterLearner(backbone, filters, heads, backbone_mode="train")
-            trainer = TedTrainer(model=learner, args=args, objective=FilterObjective(task.head), train_dataset=train,
-                                 data_collator=DataCollatorWithPadding(tokenizer))
+            trainer = TedTrainer(
+                model=learner,
+                args=args,
+                objective=FilterObjective(task.head),
+                train_dataset=train,
+                data_collator=DataCollatorWithPadding(tokenizer),
+            )
             with meter.track("stage1_train_backbone"):
                 paper = timed(trainer.train, device)
 
@@ -338,25 +412,42 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data, select=None):
 
         def cached_run():
             start = time.perf_counter()
-            cache = first_token_features(backbone.to(device), train, layers, tokenizer, device,
-                                         batch_size=args.per_device_eval_batch_size, autocast_dtype=dtype)
+            cache = first_token_features(
+                backbone.to(device),
+                train,
+                layers,
+                tokenizer,
+                device,
+                batch_size=args.per_device_eval_batch_size,
+                autocast_dtype=dtype,
+            )
             sync(device)
             out["cache_build_seconds"] = round(time.perf_counter() - start, 3)
-            TedTrainer(model=CachedFilterLearner(filters, heads), args=args, objective=FilterObjective(task.head),
-                       train_dataset=cache, data_collator=default_data_collator).train()
+            TedTrainer(
+                model=CachedFilterLearner(filters, heads),
+                args=args,
+                objective=FilterObjective(task.head),
+                train_dataset=cache,
+                data_collator=default_data_collator,
+            ).train()
 
         if select is None or "stage1_eval_cache" in select:
             with meter.track("stage1_eval_cache"):
                 cached = timed(cached_run, device)
     if select is not None:
         return {}
-    out.update(paper_seconds=round(paper, 3), cached_seconds=round(cached, 3),
-               cache_train_seconds=round(cached - out["cache_build_seconds"], 3))
+    out.update(
+        paper_seconds=round(paper, 3),
+        cached_seconds=round(cached, 3),
+        cache_train_seconds=round(cached - out["cache_build_seconds"], 3),
+    )
     return {
         "stage1_cache_speedup": round(paper / cached, 3),
         "stage1": out,
-        "samples_per_second": {"stage1_train_backbone": round(n * STAGE1_EPOCHS / paper, 2),
-                               "stage1_eval_cache": round(n * STAGE1_EPOCHS / cached, 2)},
+        "samples_per_second": {
+            "stage1_train_backbone": round(n * STAGE1_EPOCHS / paper, 2),
+            "stage1_eval_cache": round(n * STAGE1_EPOCHS / cached, 2),
+        },
     }
 
 
@@ -371,31 +462,45 @@ def bench_padding(opts, size, device, meter, tokenizer, select=None):
 
     results, info = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, pad, strategy in (("finetune_pad_to_max", True, "random"), ("finetune_dynamic", False, "random"),
-                                    ("finetune_dynamic_grouped", False, "group_by_length")):
+        for name, pad, strategy in (
+            ("finetune_pad_to_max", True, "random"),
+            ("finetune_dynamic", False, "random"),
+            ("finetune_dynamic_grouped", False, "group_by_length"),
+        ):
             if select is not None and name not in select:
                 continue
-            task, data = load_data("sst2", opts.data_dir, tokenizer, size["padding_examples"], opts.max_seq_length,
-                                   pad_to_max_length=pad)
+            task, data = load_data(
+                "sst2", opts.data_dir, tokenizer, size["padding_examples"], opts.max_seq_length, pad_to_max_length=pad
+            )
             torch.manual_seed(opts.seed)
             model = load_task_model(opts.model_pair[1], task)
-            args = training_args(tmp, device, opts.bf16, per_device_train_batch_size=size["padding_batch"],
-                                 train_sampling_strategy=strategy)
+            args = training_args(
+                tmp,
+                device,
+                opts.bf16,
+                per_device_train_batch_size=size["padding_batch"],
+                train_sampling_strategy=strategy,
+            )
             from ted.stages.common import make_collator
 
-            trainer = make_trainer(model, TaskObjective(task.head), args, train_dataset=columns(data.train),
-                                   data_collator=make_collator(tokenizer, args))
+            trainer = make_trainer(
+                model,
+                TaskObjective(task.head),
+                args,
+                train_dataset=columns(data.train),
+                data_collator=make_collator(tokenizer, args),
+            )
             batches = [trainer._prepare_inputs(b) for b in trainer.get_train_dataloader()]
             train_step(trainer, batches[0])  # warm-up
             if pad:  # every batch has the same shape: the median of a few steps is exact enough
                 with meter.track(name):
-                    timed_batches = batches[1:1 + size["padded_steps"]]
-                    times = [timed(lambda b=b: train_step(trainer, b), device) for b in timed_batches]
+                    timed_batches = batches[1 : 1 + size["padded_steps"]]
+                    times = [timed(lambda b=b, t=trainer: train_step(t, b), device) for b in timed_batches]
                 seconds_per_sample = statistics.median(times) / size["padding_batch"]
                 measured = len(times)
             else:  # batch shapes vary: one full pass over the examples
                 with meter.track(name):
-                    total = sum(timed(lambda b=b: train_step(trainer, b), device) for b in batches)
+                    total = sum(timed(lambda b=b, t=trainer: train_step(t, b), device) for b in batches)
                 seconds_per_sample = total / sum(len(b["input_ids"]) for b in batches)
                 measured = len(batches)
             results[name] = round(1 / seconds_per_sample, 2)
@@ -448,8 +553,10 @@ def main(argv=None) -> dict:
     opts = parse_args(argv)
     missing = [p for p in (*opts.model_pair, opts.data_dir) if p.startswith(str(SHARED)) and not Path(p).exists()]
     if missing:
-        sys.exit(f"benchmarks/run.py: {', '.join(missing)} not found. The defaults use the shared assets in "
-                 f"{SHARED} (set TED_SHARED_DIR), or pass --model_pair TEACHER STUDENT and --data_dir GLUE_DIR.")
+        sys.exit(
+            f"benchmarks/run.py: {', '.join(missing)} not found. The defaults use the shared assets in "
+            f"{SHARED} (set TED_SHARED_DIR), or pass --model_pair TEACHER STUDENT and --data_dir GLUE_DIR."
+        )
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
@@ -469,13 +576,16 @@ def main(argv=None) -> dict:
     meter = Meter(device)
     tokenizer = load_tokenizer(opts.model_pair[1])
     check_same_vocabulary(load_tokenizer(opts.model_pair[0]), tokenizer, *opts.model_pair)
-    task, data = load_data(opts.task, opts.data_dir, tokenizer, max(size["stage1_examples"], size["stage2_batch"]),
-                           opts.max_seq_length)
+    task, data = load_data(
+        opts.task, opts.data_dir, tokenizer, max(size["stage1_examples"], size["stage2_batch"]), opts.max_seq_length
+    )
 
     select = None if opts.memory_of is None else {opts.memory_of}
-    benches = {"stage2": lambda: bench_stage2(opts, size, device, meter, tokenizer, task, data, select),
-               "stage1": lambda: bench_stage1(opts, size, device, meter, tokenizer, task, data, select),
-               "padding": lambda: bench_padding(opts, size, device, meter, tokenizer, select)}
+    benches = {
+        "stage2": lambda: bench_stage2(opts, size, device, meter, tokenizer, task, data, select),
+        "stage1": lambda: bench_stage1(opts, size, device, meter, tokenizer, task, data, select),
+        "padding": lambda: bench_padding(opts, size, device, meter, tokenizer, select),
+    }
     if opts.memory_of:  # internal: run one configuration briefly, report this fresh process's peak RSS
         with contextlib.redirect_stdout(sys.stderr):
             benches[CONFIG_PART[opts.memory_of]]()
@@ -493,23 +603,40 @@ def main(argv=None) -> dict:
     result["peak_memory_mb"] = dict(meter.peaks)
     result["memory_kind"] = meter.kind if meter.cuda else f"{meter.kind}_in_process"
     if not meter.cuda and (opts.memory == "process" or (opts.memory == "auto" and not opts.quick)):
-        result["peak_memory_mb"] = memory_in_fresh_processes(argv, [c for c, part in CONFIG_PART.items()
-                                                                    if part in opts.only])
+        result["peak_memory_mb"] = memory_in_fresh_processes(
+            argv, [c for c, part in CONFIG_PART.items() if part in opts.only]
+        )
         result["memory_kind"] = "rss_peak_fresh_process"
-    checks = (("stage2_overhead_ratio", "<=", 1.10), ("stage1_cache_speedup", ">=", 5),
-              ("dynamic_padding_speedup", ">", 2))
-    result["targets"] = {f"{key}{op}{bound}": (result[key] <= bound if op == "<=" else
-                                               result[key] >= bound if op == ">=" else result[key] > bound)
-                         for key, op, bound in checks if key in result}
+    checks = (
+        ("stage2_overhead_ratio", "<=", 1.10),
+        ("stage1_cache_speedup", ">=", 5),
+        ("dynamic_padding_speedup", ">", 2),
+    )
+    result["targets"] = {
+        f"{key}{op}{bound}": (
+            result[key] <= bound if op == "<=" else result[key] >= bound if op == ">=" else result[key] > bound
+        )
+        for key, op, bound in checks
+        if key in result
+    }
     if opts.quick:  # 32 Stage I examples: building the cache dominates, so the speed-up reads low
         result["targets_note"] = "quick mode checks that every measurement runs; the targets apply to the full run"
-    result["config"] = {"mode": "quick" if opts.quick else "full", "task": opts.task, "model_pair": opts.model_pair,
-                        "max_seq_length": opts.max_seq_length, "bf16": opts.bf16, **size}
+    result["config"] = {
+        "mode": "quick" if opts.quick else "full",
+        "task": opts.task,
+        "model_pair": opts.model_pair,
+        "max_seq_length": opts.max_seq_length,
+        "bf16": opts.bf16,
+        **size,
+    }
     result["environment"] = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "load_average_before": load_before, "load_average_after": load_average(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     text = json.dumps(result, indent=2)

@@ -32,8 +32,12 @@ def main(argv=None):
     parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--train_samples", type=int, default=1000, help="fine-tuning examples (the first N)")
-    parser.add_argument("--stage_samples", type=int, default=600,
-                        help="Stage I and Stage II examples (the first N of the fine-tuning ones)")
+    parser.add_argument(
+        "--stage_samples",
+        type=int,
+        default=600,
+        help="Stage I and Stage II examples (the first N of the fine-tuning ones)",
+    )
     parser.add_argument("--reuse", action="store_true", help="keep fine-tuned models already in --out")
     parser.add_argument("--data_dir", default=str(SHARED / "data" / "glue"))
     parser.add_argument("--out", default="runs/stage1_mode")
@@ -43,15 +47,35 @@ def main(argv=None):
     import ted
 
     out = Path(opts.out)
-    common = dict(data_dir=opts.data_dir, max_seq_length=128, disable_tqdm=True, logging_steps=50,
-                  overwrite_output_dir=True, save_total_limit=1)
-    results: dict = {"config": {"train_samples": opts.train_samples, "stage_samples": opts.stage_samples,
-                                "seeds": opts.seeds, "teacher": TEACHER, "student": STUDENT}, "tasks": {}}
+    common = dict(
+        data_dir=opts.data_dir,
+        max_seq_length=128,
+        disable_tqdm=True,
+        logging_steps=50,
+        overwrite_output_dir=True,
+        save_total_limit=1,
+    )
+    results: dict = {
+        "config": {
+            "train_samples": opts.train_samples,
+            "stage_samples": opts.stage_samples,
+            "seeds": opts.seeds,
+            "teacher": TEACHER,
+            "student": STUDENT,
+        },
+        "tasks": {},
+    }
     for task in opts.tasks:
         root = out / task
         x = dict(common, task_name=task, max_train_samples=opts.stage_samples)
-        ft = dict(common, task_name=task, max_train_samples=opts.train_samples, num_train_epochs=4,
-                  per_device_train_batch_size=16, seed=42)
+        ft = dict(
+            common,
+            task_name=task,
+            max_train_samples=opts.train_samples,
+            num_train_epochs=4,
+            per_device_train_batch_size=16,
+            seed=42,
+        )
         t0 = time.time()
         task_result = {"runs": []}
         for who, path, lr in (("teacher", TEACHER, 5e-5), ("student", STUDENT, 1e-4)):
@@ -64,15 +88,31 @@ def main(argv=None):
             for mode in ("train", "eval"):
                 run = {"seed": seed, "mode": mode}
                 # Stage I keeps its last epoch (the paper); one dev evaluation at the end scores every filter head.
-                s1 = dict(x, seed=seed, stage1_backbone_mode=mode, learning_rate=3e-4, num_train_epochs=3,
-                          per_device_train_batch_size=32, eval_strategy="no", save_strategy="no")
+                s1 = dict(
+                    x,
+                    seed=seed,
+                    stage1_backbone_mode=mode,
+                    learning_rate=3e-4,
+                    num_train_epochs=3,
+                    per_device_train_batch_size=32,
+                    eval_strategy="no",
+                    save_strategy="no",
+                )
                 start = time.time()
-                t1 = ted.learn_filters(model_name_or_path=str(root / "teacher"), filter_interval=2,
-                                       output_dir=str(root / f"teacher_s1_{mode}_{seed}"), **s1)
+                t1 = ted.learn_filters(
+                    model_name_or_path=str(root / "teacher"),
+                    filter_interval=2,
+                    output_dir=str(root / f"teacher_s1_{mode}_{seed}"),
+                    **s1,
+                )
                 run["stage1_teacher_seconds"] = round(time.time() - start, 1)
                 start = time.time()
-                s1_student = ted.learn_filters(model_name_or_path=str(root / "student"), filter_interval=1,
-                                               output_dir=str(root / f"student_s1_{mode}_{seed}"), **s1)
+                s1_student = ted.learn_filters(
+                    model_name_or_path=str(root / "student"),
+                    filter_interval=1,
+                    output_dir=str(root / f"student_s1_{mode}_{seed}"),
+                    **s1,
+                )
                 run["stage1_student_seconds"] = round(time.time() - start, 1)
                 run["stage1_teacher_scores"] = t1.extra["layer_scores"]
                 run["stage1_student_scores"] = s1_student.extra["layer_scores"]
@@ -80,12 +120,22 @@ def main(argv=None):
                 distilled = ted.distill(
                     model_name_or_path=str(root / f"student_s1_{mode}_{seed}"),
                     teacher_model_name_or_path=str(root / f"teacher_s1_{mode}_{seed}"),
-                    teacher_filter_interval=2, filter_interval=1, kl_alpha=20, mse_alpha=MSE_ALPHA.get(task, 50),
-                    output_dir=str(root / f"ted_{mode}_{seed}"), learning_rate=1e-4, num_train_epochs=3,
-                    per_device_train_batch_size=16, **dict(x, seed=seed))
+                    teacher_filter_interval=2,
+                    filter_interval=1,
+                    kl_alpha=20,
+                    mse_alpha=MSE_ALPHA.get(task, 50),
+                    output_dir=str(root / f"ted_{mode}_{seed}"),
+                    learning_rate=1e-4,
+                    num_train_epochs=3,
+                    per_device_train_batch_size=16,
+                    **dict(x, seed=seed),
+                )
                 run["ted_seconds"] = round(time.time() - start, 1)
-                run["ted_dev"] = {k: v for k, v in distilled.metrics.items() if k.startswith("eval_")
-                                  and not k.endswith(("runtime", "per_second"))}
+                run["ted_dev"] = {
+                    k: v
+                    for k, v in distilled.metrics.items()
+                    if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
+                }
                 task_result["runs"].append(run)
                 print(json.dumps({task: run}), file=sys.stderr, flush=True)
         task_result["summary"] = summarize(task_result["runs"], METRIC.get(task, "accuracy"))
@@ -105,8 +155,9 @@ def summarize(runs: list[dict], metric: str) -> dict:
         entry = {}
         for who in ("teacher", "student"):
             layers = mine[0][f"stage1_{who}_scores"]
-            per_layer = {layer: statistics.mean(r[f"stage1_{who}_scores"][layer][metric] for r in mine)
-                         for layer in layers}
+            per_layer = {
+                layer: statistics.mean(r[f"stage1_{who}_scores"][layer][metric] for r in mine) for layer in layers
+            }
             entry[f"stage1_{who}_{metric}_per_layer"] = {k: round(v, 4) for k, v in per_layer.items()}
             entry[f"stage1_{who}_{metric}_mean"] = round(statistics.mean(per_layer.values()), 4)
             entry[f"stage1_{who}_seconds"] = round(statistics.mean(r[f"stage1_{who}_seconds"] for r in mine), 1)

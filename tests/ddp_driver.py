@@ -25,13 +25,17 @@ def _spy(self, model, inputs, *args, **kwargs):
         teacher_params = {id(p) for p in self.teacher.model.parameters()}
         if self.teacher.filters is not None:
             teacher_params |= {id(p) for p in self.teacher.filters.parameters()}
-        path.write_text(json.dumps({
-            "wrapper": type(model).__name__,
-            "world_size": self.args.world_size,
-            "teacher_in_trained_module": any(id(p) in teacher_params for p in model.parameters()),
-            "teacher_requires_grad": any(p.requires_grad for p in self.teacher.model.parameters()),
-            "teacher_training": self.teacher.model.training,
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "wrapper": type(model).__name__,
+                    "world_size": self.args.world_size,
+                    "teacher_in_trained_module": any(id(p) in teacher_params for p in model.parameters()),
+                    "teacher_requires_grad": any(p.requires_grad for p in self.teacher.model.parameters()),
+                    "teacher_training": self.teacher.model.training,
+                }
+            )
+        )
     return _compute_loss(self, model, inputs, *args, **kwargs)
 
 

@@ -7,15 +7,32 @@ import json
 from pathlib import Path
 
 import pytest
+
 import tiny
 from helpers import SHARED, requires_shared
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
-KEYS = ("stage2_overhead_ratio", "stage1_cache_speedup", "dynamic_padding_speedup", "samples_per_second",
-        "peak_memory_mb", "environment")
-CONFIGS = ("finetune", "teacher_forward", "ted", "kd", "lwd", "stage1_train_backbone", "stage1_eval_cache",
-           "finetune_pad_to_max", "finetune_dynamic", "finetune_dynamic_grouped")
+KEYS = (
+    "stage2_overhead_ratio",
+    "stage1_cache_speedup",
+    "dynamic_padding_speedup",
+    "samples_per_second",
+    "peak_memory_mb",
+    "environment",
+)
+CONFIGS = (
+    "finetune",
+    "teacher_forward",
+    "ted",
+    "kd",
+    "lwd",
+    "stage1_train_backbone",
+    "stage1_eval_cache",
+    "finetune_pad_to_max",
+    "finetune_dynamic",
+    "finetune_dynamic_grouped",
+)
 
 
 @requires_shared
@@ -29,8 +46,20 @@ def test_quick_benchmark_prints_every_key(tmp_path, capsys, monkeypatch):
     teacher = tiny.write_model(tmp_path / "t", tok, layers=4, seed=0)
     student = tiny.write_model(tmp_path / "s", tok, layers=2, seed=1)
     out = tmp_path / "bench.json"
-    run.main(["--quick", "--model_pair", str(teacher), str(student), "--data_dir", str(SHARED / "data" / "glue"),
-              "--max_seq_length", str(tiny.MAX_LEN), "--json", str(out)])
+    run.main(
+        [
+            "--quick",
+            "--model_pair",
+            str(teacher),
+            str(student),
+            "--data_dir",
+            str(SHARED / "data" / "glue"),
+            "--max_seq_length",
+            str(tiny.MAX_LEN),
+            "--json",
+            str(out),
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON object
     assert printed == json.loads(out.read_text())
     for key in KEYS:

@@ -52,8 +52,15 @@ def test_stage_help_lists_teds_options_before_the_trainers(command, capsys):
     main([command, "--help"])
     text = capsys.readouterr().out
     trainer = text.index(arguments.TRAINER_GROUP + ":")
-    for option in ("--model_name_or_path", "--task_name", "--max_seq_length", "--learning_rate",
-                   "--per_device_train_batch_size", "--num_train_epochs", "--output_dir"):
+    for option in (
+        "--model_name_or_path",
+        "--task_name",
+        "--max_seq_length",
+        "--learning_rate",
+        "--per_device_train_batch_size",
+        "--num_train_epochs",
+        "--output_dir",
+    ):
         assert text.index(f"  {option} ") < trainer, option
     assert text.index("  --lr_scheduler_type ") > trainer  # a generic Trainer option comes after
     if command == "distill":
@@ -76,21 +83,25 @@ def test_unknown_command_suggests(capsys):
 
 
 def test_help_version_and_usage_do_not_import_torch():
-    code = ("import sys\nfrom ted.cli import main\n"
-            "assert [main(['--version']), main(['--help']), main([])] == [0, 0, 2]\n"
-            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
+    code = (
+        "import sys\nfrom ted.cli import main\n"
+        "assert [main(['--version']), main(['--help']), main([])] == [0, 0, 2]\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
 
 def test_bad_value_of_teds_own_options_is_refused_without_importing_torch():
     # ted's options are checked before TrainingArguments (and torch) are imported: about a second, not several
-    code = ("import sys\nfrom ted.arguments import parse_cli\nfrom ted.errors import TedInputError\n"
-            "try:\n    parse_cli('distill', ['--kl_alpha', '-1', '--warmup_ratio', '0.1'])\n"
-            "except TedInputError as err:\n    assert '--kl_alpha' in str(err), err\n"
-            "else:\n    raise SystemExit('not refused')\n"
-            "assert 'torch' not in sys.modules\n")
+    code = (
+        "import sys\nfrom ted.arguments import parse_cli\nfrom ted.errors import TedInputError\n"
+        "try:\n    parse_cli('distill', ['--kl_alpha', '-1', '--warmup_ratio', '0.1'])\n"
+        "except TedInputError as err:\n    assert '--kl_alpha' in str(err), err\n"
+        "else:\n    raise SystemExit('not refused')\n"
+        "assert 'torch' not in sys.modules\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
@@ -117,18 +128,28 @@ def test_broken_yaml_is_one_line(capsys, tmp_path):
     assert str(config) in err
 
 
-@pytest.mark.parametrize("argv", [["export", "STAGE", "--output_dir", "x", "--no_sped"],
-                                  ["demo", "--see", "1"],
-                                  ["export", "STAGE", "--output_dir", "x", "--overwrite"]])  # a prefix
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "STAGE", "--output_dir", "x", "--no_sped"],
+        ["demo", "--see", "1"],
+        ["export", "STAGE", "--output_dir", "x", "--overwrite"],
+    ],
+)  # a prefix
 def test_plain_commands_refuse_unknown_and_abbreviated_options(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "unknown option" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["report", "RUN", "--no_spe"],
-                                  ["import-original", "CKPT", "--output_dir", "x", "--overwrite"],
-                                  ["score-squad", "data.json", "pred.json", "--out_f", "x"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "RUN", "--no_spe"],
+        ["import-original", "CKPT", "--output_dir", "x", "--overwrite"],
+        ["score-squad", "data.json", "pred.json", "--out_f", "x"],
+    ],
+)
 def test_argparse_commands_take_no_abbreviations(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -145,9 +166,11 @@ def test_api_unknown_keyword_names_it():
 
 def test_yaml_dict_bool_and_list_values(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("lr_scheduler_type: polynomial\nlr_scheduler_kwargs: {power: 2.0}\n"
-                      "filter_disabled: false\nfilter_nonlinear: true\nlabel_list: [neg, pos]\n"
-                      "report_to: [none]\nkl_alpha: 20\n")
+    config.write_text(
+        "lr_scheduler_type: polynomial\nlr_scheduler_kwargs: {power: 2.0}\n"
+        "filter_disabled: false\nfilter_nonlinear: true\nlabel_list: [neg, pos]\n"
+        "report_to: [none]\nkl_alpha: 20\n"
+    )
     groups = arguments.parse_cli("distill", ["--config", str(config), "--output_dir", str(tmp_path / "o")])
     _, data, filters, distill, training = groups
     assert training.lr_scheduler_kwargs == {"power": 2.0}
@@ -159,14 +182,23 @@ def test_yaml_dict_bool_and_list_values(tmp_path):
 def test_command_line_wins_over_config(tmp_path):
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"learning_rate": 0.1, "filter_disabled": True}))
-    groups = arguments.parse_cli("distill", ["--config", str(config), "--learning_rate", "0.2",
-                                             "--filter_disabled", "false"])
+    groups = arguments.parse_cli(
+        "distill", ["--config", str(config), "--learning_rate", "0.2", "--filter_disabled", "false"]
+    )
     assert groups[-1].learning_rate == 0.2 and groups[2].filter_disabled is False
 
 
 def test_api_coerces_like_the_cli():
-    groups = ted.api.parse_kwargs("distill", {"kl_alpha": "20", "mse_alpha": 5, "filter_disabled": "true",
-                                              "save_total_limit": None, "lr_scheduler_kwargs": {"power": 2.0}})
+    groups = ted.api.parse_kwargs(
+        "distill",
+        {
+            "kl_alpha": "20",
+            "mse_alpha": 5,
+            "filter_disabled": "true",
+            "save_total_limit": None,
+            "lr_scheduler_kwargs": {"power": 2.0},
+        },
+    )
     distill, training = groups[3], groups[-1]
     assert distill.kl_alpha == 20.0 and distill.mse_alpha == 5.0 and groups[2].filter_disabled is True
     assert training.save_total_limit is None  # an explicit None is kept, not the default 1

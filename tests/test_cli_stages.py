@@ -15,20 +15,28 @@ import sys
 from pathlib import Path
 
 import pytest
-import tiny
 import torch
-from helpers import SHARED, requires_shared
-from tiny import one_thread  # noqa: F401  (module fixture)
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 import ted
+import tiny
+from helpers import SHARED, requires_shared
 from ted.cli import main
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TED_FILES = {"filters.safetensors", "filters.json", "stage1_heads.safetensors", "stage1_heads.json",
-             "ted_stage.json", "eval_results.json", "train_results.json", "log_history.json",
-             "stage1_layer_scores.json"}
+TED_FILES = {
+    "filters.safetensors",
+    "filters.json",
+    "stage1_heads.safetensors",
+    "stage1_heads.json",
+    "ted_stage.json",
+    "eval_results.json",
+    "train_results.json",
+    "log_history.json",
+    "stage1_layer_scores.json",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -72,13 +80,42 @@ def chain(request, tmp_path_factory, one_thread):  # noqa: F811
     ted_cli("learn-filters", "--model_name_or_path", p["t"], "--output_dir", p["t1"], "--filter_interval", 2, *flags)
     ted_cli("learn-filters", "--model_name_or_path", p["s"], "--output_dir", p["s1"], "--filter_interval", 1, *flags)
     distill = ["distill", "--kl_alpha", 1.0, "--teacher_filter_interval", 2, "--filter_interval", 1, *flags]
-    ted_cli(*distill, "--model_name_or_path", p["s1"], "--teacher_model_name_or_path", p["t1"],
-            "--mse_alpha", 10, "--output_dir", p["ted"])
+    ted_cli(
+        *distill,
+        "--model_name_or_path",
+        p["s1"],
+        "--teacher_model_name_or_path",
+        p["t1"],
+        "--mse_alpha",
+        10,
+        "--output_dir",
+        p["ted"],
+    )
     # Baselines start from the untrained student, with the fine-tuned teacher (no filters).
-    ted_cli(*distill, "--model_name_or_path", p["s0"], "--teacher_model_name_or_path", p["t"],
-            "--filter_disabled", "--mse_alpha", 0, "--output_dir", p["kd"])
-    ted_cli(*distill, "--model_name_or_path", p["s0"], "--teacher_model_name_or_path", p["t"],
-            "--filter_disabled", "--mse_alpha", 5, "--output_dir", p["lwd"])
+    ted_cli(
+        *distill,
+        "--model_name_or_path",
+        p["s0"],
+        "--teacher_model_name_or_path",
+        p["t"],
+        "--filter_disabled",
+        "--mse_alpha",
+        0,
+        "--output_dir",
+        p["kd"],
+    )
+    ted_cli(
+        *distill,
+        "--model_name_or_path",
+        p["s0"],
+        "--teacher_model_name_or_path",
+        p["t"],
+        "--filter_disabled",
+        "--mse_alpha",
+        5,
+        "--output_dir",
+        p["lwd"],
+    )
     ted_cli("evaluate", "--model_name_or_path", p["ted"], "--output_dir", p["eval"], *flags)
     ted_cli("export", p["ted"], "--output_dir", p["export"])
     p["arch"] = arch
@@ -86,9 +123,15 @@ def chain(request, tmp_path_factory, one_thread):  # noqa: F811
 
 
 def test_every_stage_writes_metrics_and_description(chain):
-    expected = {"t": ("finetune", None), "s": ("finetune", None), "t1": ("learn_filters", None),
-                "s1": ("learn_filters", None), "ted": ("distill", "ted"), "kd": ("distill", "kd"),
-                "lwd": ("distill", "lwd")}
+    expected = {
+        "t": ("finetune", None),
+        "s": ("finetune", None),
+        "t1": ("learn_filters", None),
+        "s1": ("learn_filters", None),
+        "ted": ("distill", "ted"),
+        "kd": ("distill", "kd"),
+        "lwd": ("distill", "lwd"),
+    }
     for name, (stage, method) in expected.items():
         folder = chain[name]
         metrics = read(folder, "eval_results.json")
@@ -145,8 +188,10 @@ def test_distillation_trains_the_student(chain):
 
 
 def test_evaluate_reproduces_stage_metrics(chain):
-    assert read(chain["eval"], "eval_results.json")["eval_accuracy"] == read(chain["ted"], "eval_results.json")[
-        "eval_accuracy"]
+    assert (
+        read(chain["eval"], "eval_results.json")["eval_accuracy"]
+        == read(chain["ted"], "eval_results.json")["eval_accuracy"]
+    )
 
 
 def test_export_is_a_stock_model(chain):
@@ -173,8 +218,13 @@ def test_console_script_runs(chain, tmp_path):
         pytest.skip("the `ted` console script is not installed in this environment")
     env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     out = tmp_path / "exported"
-    proc = subprocess.run([exe, "export", str(chain["ted"]), "--output_dir", str(out)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [exe, "export", str(chain["ted"]), "--output_dir", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["output_dir"] == str(out)
     assert (out / "model.safetensors").read_bytes() == (chain["export"] / "model.safetensors").read_bytes()
@@ -206,8 +256,20 @@ def test_regression_ted_with_and_without_paper_compat(bert_assets, tmp_path):
     ted_cli("learn-filters", "--model_name_or_path", t, "--output_dir", t1, "--filter_interval", 2, *flags)
     ted_cli("learn-filters", "--model_name_or_path", s, "--output_dir", s1, "--filter_interval", 1, *flags)
     assert sorted(read(t1, "stage1_layer_scores.json")["1"]) == ["mse", "pearson", "spearmanr"]
-    distill = ["distill", "--model_name_or_path", s1, "--teacher_model_name_or_path", t1, "--kl_alpha", 1,
-               "--mse_alpha", 5, "--teacher_filter_interval", 2, *flags]
+    distill = [
+        "distill",
+        "--model_name_or_path",
+        s1,
+        "--teacher_model_name_or_path",
+        t1,
+        "--kl_alpha",
+        1,
+        "--mse_alpha",
+        5,
+        "--teacher_filter_interval",
+        2,
+        *flags,
+    ]
     ted_cli(*distill, "--output_dir", tmp_path / "ted")
     with pytest.warns(UserWarning, match="softmax across the examples"):
         ted_cli(*distill, "--paper_compat", "--output_dir", tmp_path / "ted_paper")
@@ -230,20 +292,25 @@ def test_config_file_with_cli_overrides(bert_assets, tmp_path):
     train, dev = bert_assets["cls"]
     out = tmp_path / "ft"
     config = tmp_path / "finetune.yaml"
-    config.write_text("\n".join([
-        f"model_name_or_path: {bert_assets['s0']}",
-        f"train_file: {train}",
-        f"validation_file: {dev}",
-        "text_columns: [sentence]",
-        "max_seq_length: 32",
-        "num_train_epochs: 3",
-        "learning_rate: 0.01",
-        "per_device_train_batch_size: 16",
-        "dataloader_pin_memory: false",
-        "disable_tqdm: true",
-        "seed: 7",
-        f"output_dir: {tmp_path / 'from_yaml'}",
-    ]) + "\n")
+    config.write_text(
+        "\n".join(
+            [
+                f"model_name_or_path: {bert_assets['s0']}",
+                f"train_file: {train}",
+                f"validation_file: {dev}",
+                "text_columns: [sentence]",
+                "max_seq_length: 32",
+                "num_train_epochs: 3",
+                "learning_rate: 0.01",
+                "per_device_train_batch_size: 16",
+                "dataloader_pin_memory: false",
+                "disable_tqdm: true",
+                "seed: 7",
+                f"output_dir: {tmp_path / 'from_yaml'}",
+            ]
+        )
+        + "\n"
+    )
     ted_cli("finetune", "--config", config, "--num_train_epochs", 1, "--learning_rate", 0.002, "--output_dir", out)
     args = read(out, "ted_stage.json")["args"]
     assert args["num_train_epochs"] == 1 and args["learning_rate"] == 0.002  # the command line wins
@@ -255,14 +322,27 @@ def test_config_file_with_cli_overrides(bert_assets, tmp_path):
 
 def test_python_api_learn_filters(bert_assets, tmp_path):
     train, dev = bert_assets["cls"]
-    common = dict(train_file=str(train), validation_file=str(dev), max_seq_length=32, num_train_epochs=1,
-                  per_device_train_batch_size=16, dataloader_pin_memory=False, learning_rate=1e-3,
-                  disable_tqdm=True)
+    common = dict(
+        train_file=str(train),
+        validation_file=str(dev),
+        max_seq_length=32,
+        num_train_epochs=1,
+        per_device_train_batch_size=16,
+        dataloader_pin_memory=False,
+        learning_rate=1e-3,
+        disable_tqdm=True,
+    )
     student = ted.finetune(model_name_or_path=str(bert_assets["s0"]), output_dir=str(tmp_path / "s"), **common)
     assert student.output_dir == str(tmp_path / "s") and "eval_accuracy" in student.metrics
-    result = ted.learn_filters(model_name_or_path=student.output_dir, output_dir=str(tmp_path / "s1"),
-                               filter_interval=2, filter_nonlinear=True, filter_output_dim=16,
-                               stage1_backbone_mode="eval", **common)
+    result = ted.learn_filters(
+        model_name_or_path=student.output_dir,
+        output_dir=str(tmp_path / "s1"),
+        filter_interval=2,
+        filter_nonlinear=True,
+        filter_output_dim=16,
+        stage1_backbone_mode="eval",
+        **common,
+    )
     assert set(result.extra["layer_scores"]) == {"1"}  # 2 layers, interval 2: the top layer only
     filters = read(tmp_path / "s1", "filters.json")
     assert (filters["layers"], filters["nonlinear"], filters["output_dim"]) == ([1], True, 16)
@@ -273,10 +353,31 @@ def test_python_api_learn_filters(bert_assets, tmp_path):
 @requires_shared
 def test_glue_rte_tsv_finetune(bert_assets, tmp_path):
     out = tmp_path / "rte"
-    ted_cli("finetune", "--model_name_or_path", bert_assets["s0"], "--task_name", "rte", "--data_dir",
-            SHARED / "data" / "glue", "--max_train_samples", 32, "--max_eval_samples", 16, "--max_seq_length", 32,
-            "--num_train_epochs", 1, "--per_device_train_batch_size", 16, "--dataloader_pin_memory", "False",
-            "--disable_tqdm", "True", "--output_dir", out)
+    ted_cli(
+        "finetune",
+        "--model_name_or_path",
+        bert_assets["s0"],
+        "--task_name",
+        "rte",
+        "--data_dir",
+        SHARED / "data" / "glue",
+        "--max_train_samples",
+        32,
+        "--max_eval_samples",
+        16,
+        "--max_seq_length",
+        32,
+        "--num_train_epochs",
+        1,
+        "--per_device_train_batch_size",
+        16,
+        "--dataloader_pin_memory",
+        "False",
+        "--disable_tqdm",
+        "True",
+        "--output_dir",
+        out,
+    )
     info = read(out, "ted_stage.json")
     assert info["task"]["name"] == "rte" and info["task"]["label_list"] == ["entailment", "not_entailment"]
     assert "eval_accuracy" in read(out, "eval_results.json")
@@ -291,15 +392,23 @@ def test_best_epoch_is_kept_for_the_wrapped_student(bert_assets, tmp_path):
     labels = ["neg", "pos"]
     teacher = tiny.write_model(tmp_path / "teacher", tiny.build_tokenizer(), layers=2, seed=3, head_labels=labels)
     out = tmp_path / "kd"
-    ted_cli("distill", "--model_name_or_path", bert_assets["s0"], "--teacher_model_name_or_path", teacher,
-            "--kl_alpha", 1, "--output_dir", out, *tiny.train_flags(train, dev, num_train_epochs=3, learning_rate=0.5,
-                                                                    per_device_train_batch_size=8))
+    ted_cli(
+        "distill",
+        "--model_name_or_path",
+        bert_assets["s0"],
+        "--teacher_model_name_or_path",
+        teacher,
+        "--kl_alpha",
+        1,
+        "--output_dir",
+        out,
+        *tiny.train_flags(train, dev, num_train_epochs=3, learning_rate=0.5, per_device_train_batch_size=8),
+    )
     # A learning rate this high makes dev accuracy jump between epochs (here 0.375, 0.625, 0.375 on
     # torch 2.13 CPU), so the last epoch is not the best one; the assertions hold whatever the numbers.
     per_epoch = [e["eval_accuracy"] for e in read(out, "log_history.json") if "eval_accuracy" in e]
     assert len(per_epoch) == 3  # three epochs; the kept one's score is reused, not computed again
     assert read(out, "eval_results.json")["eval_accuracy"] == max(per_epoch)
     # ... and the saved student scores that again.
-    ted_cli("evaluate", "--model_name_or_path", out, "--output_dir", tmp_path / "eval",
-            *tiny.train_flags(train, dev))
+    ted_cli("evaluate", "--model_name_or_path", out, "--output_dir", tmp_path / "eval", *tiny.train_flags(train, dev))
     assert read(tmp_path / "eval", "eval_results.json")["eval_accuracy"] == max(per_epoch)

@@ -49,7 +49,10 @@ def test_csv_round_trip(tmp_path, tokenizer):
     dev = _csv(tmp_path / "dev.csv", ["sentence", "label"], [["a good movie", "pos"], ["bad", "neg"]])
     task, data = _load(tokenizer, train, dev)
     assert (task.name, task.head, task.label_list, task.selection_metric) == (
-        "custom", "classification", ["neg", "pos"], "accuracy"
+        "custom",
+        "classification",
+        ["neg", "pos"],
+        "accuracy",
     )
     assert data.train["labels"] == [1, 0, 1, 0]
     assert data.eval_sets["validation"]["labels"] == [1, 0]
@@ -62,8 +65,12 @@ def test_csv_round_trip(tmp_path, tokenizer):
 
 def test_tsv_pair_round_trip(tmp_path, tokenizer):
     header = ["id", "sentence1", "sentence2", "label"]
-    train = _csv(tmp_path / "train.tsv", header, [[0, "a cat", "a dog", 0], [1, "the cat", "the cat sat", 1],
-                                                  [2, "a, b", "ok", 1]], sep="\t")
+    train = _csv(
+        tmp_path / "train.tsv",
+        header,
+        [[0, "a cat", "a dog", 0], [1, "the cat", "the cat sat", 1], [2, "a, b", "ok", 1]],
+        sep="\t",
+    )
     dev = _csv(tmp_path / "dev.tsv", header, [[9, "a cat sat", "a dog sat", 0]], sep="\t")
     task, data = _load(tokenizer, train, dev, max_seq_length=6, pad_to_max_length=True)
     assert task.label_list == ["0", "1"]
@@ -73,13 +80,13 @@ def test_tsv_pair_round_trip(tmp_path, tokenizer):
 
 
 def test_jsonl_regression_inferred(tmp_path, tokenizer):
-    train = _jsonl(tmp_path / "train.jsonl", [{"text": "good", "score": 4.5}, {"text": "bad", "score": 1},
-                                              {"text": "ok", "score": 2.25}])
+    train = _jsonl(
+        tmp_path / "train.jsonl",
+        [{"text": "good", "score": 4.5}, {"text": "bad", "score": 1}, {"text": "ok", "score": 2.25}],
+    )
     dev = _jsonl(tmp_path / "dev.jsonl", [{"text": "great", "score": 5}])
     task, data = _load(tokenizer, train, dev, label_column="score")
-    assert (task.head, task.label_list, task.num_labels, task.selection_metric) == (
-        "regression", None, 1, "spearmanr"
-    )
+    assert (task.head, task.label_list, task.num_labels, task.selection_metric) == ("regression", None, 1, "spearmanr")
     assert data.train["labels"] == pytest.approx([4.5, 1.0, 2.25])
     assert data.train.features["labels"].dtype == "float32"
     assert set(task.compute_metrics([[1.0], [2.0]], [1.0, 3.0])) == {"pearson", "spearmanr", "mse"}
@@ -125,7 +132,9 @@ def test_missing_label_column(tmp_path):
 def test_unseen_validation_label(tmp_path):
     train = _csv(tmp_path / "train.csv", ["sentence", "label"], [["a", "pos"], ["b", "neg"]])
     dev = _csv(tmp_path / "dev.csv", ["sentence", "label"], [["c", "pos"], ["d", "neutral"]])
-    with pytest.raises(TedInputError, match=r"dev.csv, line 3: label 'neutral' is not in the label list \['neg', 'pos'\]"):
+    with pytest.raises(
+        TedInputError, match=r"dev.csv, line 3: label 'neutral' is not in the label list \['neg', 'pos'\]"
+    ):
         _load(ExplodingTokenizer(), train, dev)
 
 
@@ -170,25 +179,76 @@ def test_dev_file_alone_needs_the_labels(tmp_path, tokenizer):
 def test_evaluate_on_a_dev_file_alone_takes_labels_from_the_model(tmp_path, monkeypatch):
     """`ted evaluate` scores a model on a custom dev file without its training file; training stages refuse."""
     import tiny
-
     from ted.cli import main
 
     monkeypatch.setenv("TQDM_DISABLE", "1")
     tok = tiny.build_tokenizer()
     train, dev = tiny.write_data(tmp_path / "data", n_train=8, n_dev=16)
     model = tiny.write_model(tmp_path / "m", tok, layers=2, head_labels=["neg", "pos"])
-    flags = ["--max_seq_length", str(tiny.MAX_LEN), "--disable_tqdm", "true", "--report_to", "none",
-             "--dataloader_pin_memory", "false"]
+    flags = [
+        "--max_seq_length",
+        str(tiny.MAX_LEN),
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        "--dataloader_pin_memory",
+        "false",
+    ]
     both, alone = tmp_path / "both", tmp_path / "alone"
-    assert main(["evaluate", "--model_name_or_path", str(model), "--train_file", str(train),
-                 "--validation_file", str(dev), "--output_dir", str(both), *flags]) == 0
-    assert main(["evaluate", "--model_name_or_path", str(model), "--validation_file", str(dev),
-                 "--output_dir", str(alone), *flags]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model_name_or_path",
+                str(model),
+                "--train_file",
+                str(train),
+                "--validation_file",
+                str(dev),
+                "--output_dir",
+                str(both),
+                *flags,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model_name_or_path",
+                str(model),
+                "--validation_file",
+                str(dev),
+                "--output_dir",
+                str(alone),
+                *flags,
+            ]
+        )
+        == 0
+    )
     a, b = (json.loads((f / "eval_results.json").read_text()) for f in (both, alone))
     assert a["eval_accuracy"] == b["eval_accuracy"] and a["eval_loss"] == pytest.approx(b["eval_loss"], abs=1e-6)
     # A training stage with the dev file alone stops before any training, with a way out.
-    assert main(["finetune", "--model_name_or_path", str(model), "--validation_file", str(dev), "--label_list",
-                 "neg", "pos", "--output_dir", str(tmp_path / "ft"), *flags]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--model_name_or_path",
+                str(model),
+                "--validation_file",
+                str(dev),
+                "--label_list",
+                "neg",
+                "pos",
+                "--output_dir",
+                str(tmp_path / "ft"),
+                *flags,
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "ft").exists()
 
 
@@ -197,7 +257,6 @@ def test_evaluate_remembers_the_stage_columns_and_task_type(tmp_path, monkeypatc
     import random
 
     import tiny
-
     from ted.cli import main
 
     monkeypatch.setenv("TQDM_DISABLE", "1")
@@ -211,15 +270,56 @@ def test_evaluate_remembers_the_stage_columns_and_task_type(tmp_path, monkeypatc
     train, dev = scores(tmp_path / "train.csv", 16), scores(tmp_path / "dev.csv", 8)
     model = tiny.write_model(tmp_path / "m", tiny.build_tokenizer(), layers=1)
     stage, scored = tmp_path / "stage", tmp_path / "scored"
-    assert main(["finetune", "--model_name_or_path", str(model), "--output_dir", str(stage), "--save_strategy", "no",
-                 *tiny.train_flags(train, dev, text_columns="review", label_column="score")]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--model_name_or_path",
+                str(model),
+                "--output_dir",
+                str(stage),
+                "--save_strategy",
+                "no",
+                *tiny.train_flags(train, dev, text_columns="review", label_column="score"),
+            ]
+        )
+        == 0
+    )
     pinned = ["--dataloader_pin_memory", "false", "--disable_tqdm", "true"]
-    assert main(["evaluate", "--model_name_or_path", str(stage), "--validation_file", str(dev),
-                 "--output_dir", str(scored), *pinned]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model_name_or_path",
+                str(stage),
+                "--validation_file",
+                str(dev),
+                "--output_dir",
+                str(scored),
+                *pinned,
+            ]
+        )
+        == 0
+    )
     a, b = (json.loads((f / "eval_results.json").read_text()) for f in (stage, scored))
     assert b["eval_spearmanr"] == pytest.approx(a["eval_spearmanr"]) and b["eval_mse"] == pytest.approx(a["eval_mse"])
     # An explicit flag beats what the stage remembers.
     capsys.readouterr()
-    assert main(["evaluate", "--model_name_or_path", str(stage), "--validation_file", str(dev), "--label_column",
-                 "rating", "--output_dir", str(tmp_path / "x"), *pinned]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model_name_or_path",
+                str(stage),
+                "--validation_file",
+                str(dev),
+                "--label_column",
+                "rating",
+                "--output_dir",
+                str(tmp_path / "x"),
+                *pinned,
+            ]
+        )
+        == 2
+    )
     assert "['rating'] not found" in capsys.readouterr().err

@@ -14,7 +14,6 @@ import pytest
 
 import tiny
 from helpers import SHARED
-
 from ted.cli import main
 from ted.config import DataArguments
 from ted.errors import TedInputError
@@ -62,12 +61,21 @@ BAD_FILES = [
     ("empty.csv", "", r"empty.csv is empty"),
     ("blank.jsonl", "\n \n", r"blank.jsonl is empty"),
     ("latin1.csv", b"sentence,label\ngood,pos\nd\xe9j\xe0 vu,neg\n", r"latin1.csv, line 3: not UTF-8 text .*UTF-8"),
-    ("broken.jsonl", '{"text": "a", "label": "pos"}\n{"text": "b", "label": }\n',
-     r"broken.jsonl, line 2: not valid JSON"),
-    ("broken.json", '[{"text": "a", "label": "pos"},\n {"text": "b" "label": "neg"}]\n',
-     r"broken.json, line 2: not valid JSON"),
-    ("lines.json", '{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"\n',
-     r"lines.json, line 2: not valid JSON"),
+    (
+        "broken.jsonl",
+        '{"text": "a", "label": "pos"}\n{"text": "b", "label": }\n',
+        r"broken.jsonl, line 2: not valid JSON",
+    ),
+    (
+        "broken.json",
+        '[{"text": "a", "label": "pos"},\n {"text": "b" "label": "neg"}]\n',
+        r"broken.json, line 2: not valid JSON",
+    ),
+    (
+        "lines.json",
+        '{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"\n',
+        r"lines.json, line 2: not valid JSON",
+    ),
     ("array.jsonl", '["a", "pos"]\n', r"array.jsonl, line 1: a JSON list, expected one object per line"),
     ("ragged.csv", "sentence,label\na,pos\nb,neg,oops\nc,pos\n", r"ragged.csv, line 3: 3 field\(s\), but the header"),
     # One field too many on every row: pandas would silently turn the first column into an index.
@@ -83,8 +91,18 @@ def test_bad_file_is_one_line_naming_file_and_line(tmp_path, capsys, model, no_m
     bad, good = write(tmp_path / name, content), write(tmp_path / "good.csv", GOOD)
     out = tmp_path / "out"
     for train, dev in ((bad, good), (good, bad)):  # either file
-        line = cli_error(capsys, "finetune", "--model_name_or_path", model, "--train_file", train,
-                         "--validation_file", dev, "--output_dir", out)
+        line = cli_error(
+            capsys,
+            "finetune",
+            "--model_name_or_path",
+            model,
+            "--train_file",
+            train,
+            "--validation_file",
+            dev,
+            "--output_dir",
+            out,
+        )
         assert "could not be read" not in line and "An error occurred" not in line
         assert re.search(expected, line), line
     assert not out.exists() and not Path(f"{out}.incomplete").exists()
@@ -92,8 +110,18 @@ def test_bad_file_is_one_line_naming_file_and_line(tmp_path, capsys, model, no_m
 
 def test_missing_file(tmp_path, capsys, model, no_model_load):
     good = write(tmp_path / "good.csv", GOOD)
-    line = cli_error(capsys, "finetune", "--model_name_or_path", model, "--train_file", good,
-                     "--validation_file", tmp_path / "nope.csv", "--output_dir", tmp_path / "out")
+    line = cli_error(
+        capsys,
+        "finetune",
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        good,
+        "--validation_file",
+        tmp_path / "nope.csv",
+        "--output_dir",
+        tmp_path / "out",
+    )
     assert "--validation_file" in line and "nope.csv does not exist" in line
 
 
@@ -103,8 +131,18 @@ def _labels_csv(path: Path, labels: list[str]) -> Path:
 
 def test_mixed_label_types_are_refused_naming_the_row(tmp_path, capsys, model, no_model_load):
     train = _labels_csv(tmp_path / "train.csv", ["pos", "neg", "1", "0.5"])
-    line = cli_error(capsys, "finetune", "--model_name_or_path", model, "--train_file", train,
-                     "--validation_file", train, "--output_dir", tmp_path / "out")
+    line = cli_error(
+        capsys,
+        "finetune",
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        train,
+        "--validation_file",
+        train,
+        "--output_dir",
+        tmp_path / "out",
+    )
     # pos/neg on lines 2-3 come first, so the numbers are the odd ones out: the first is on line 4.
     assert "train.csv, line 4: label '1' is a number" in line and "'pos' on line 2" in line
     assert "--task_type classification" in line
@@ -131,11 +169,13 @@ def test_bad_regression_value_is_named(tmp_path):
 
 def test_named_classes_may_look_like_numbers(tmp_path):
     train = _labels_csv(tmp_path / "train.csv", ["pos", "neg", "1", "pos"])
-    task = task_from_name(None, DataArguments(train_file=str(train), validation_file=str(train),
-                                              task_type="classification"))
+    task = task_from_name(
+        None, DataArguments(train_file=str(train), validation_file=str(train), task_type="classification")
+    )
     assert task.label_list == ["1", "neg", "pos"]
-    task = task_from_name(None, DataArguments(train_file=str(train), validation_file=str(train),
-                                              label_list=["neg", "pos", "1"]))
+    task = task_from_name(
+        None, DataArguments(train_file=str(train), validation_file=str(train), label_list=["neg", "pos", "1"])
+    )
     assert task.label_list == ["neg", "pos", "1"]
 
 
@@ -155,7 +195,9 @@ def test_byte_order_mark_is_not_part_of_the_header(tmp_path):
 def test_glue_tsv_not_utf8_names_the_line(tmp_path):
     from ted.tasks.glue import read_glue_tsv
 
-    path = write(tmp_path / "dev.tsv", b"index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\t\xff\tb\tentailment\n")
+    path = write(
+        tmp_path / "dev.tsv", b"index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\t\xff\tb\tentailment\n"
+    )
     with pytest.raises(TedInputError, match=r"dev.tsv, line 3: not UTF-8 text"):
         read_glue_tsv("rte", str(path))
 
@@ -165,21 +207,43 @@ def test_glue_tsv_not_utf8_names_the_line(tmp_path):
 
 def _squad(path: Path, answer: str, start: int) -> Path:
     context = "the movie was good and the plot was fine"
-    qas = [{"id": "q-ok", "question": "what", "answers": [{"text": "movie", "answer_start": 4}]},
-           {"id": "q-bad", "question": "how", "answers": [{"text": answer, "answer_start": start}]}]
-    path.write_text(json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": [
-        {"context": context, "qas": qas}]}]}))
+    qas = [
+        {"id": "q-ok", "question": "what", "answers": [{"text": "movie", "answer_start": 4}]},
+        {"id": "q-bad", "question": "how", "answers": [{"text": answer, "answer_start": start}]},
+    ]
+    path.write_text(
+        json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]})
+    )
     return path
 
 
-@pytest.mark.parametrize("answer,start,problem", [("fine", 60, "reaches past the end of its context"),
-                                                  ("good", 5, "does not match the context there"),
-                                                  ("good", -1, "reaches past")])
+@pytest.mark.parametrize(
+    "answer,start,problem",
+    [
+        ("fine", 60, "reaches past the end of its context"),
+        ("good", 5, "does not match the context there"),
+        ("good", -1, "reaches past"),
+    ],
+)
 def test_squad_answer_start_must_match_its_context(tmp_path, capsys, model, no_model_load, answer, start, problem):
     bad, good = _squad(tmp_path / "bad.json", answer, start), _squad(tmp_path / "good.json", "good", 14)
     for train, dev in ((bad, good), (good, bad)):  # the dev file too: it is not the file it claims to be
-        line = cli_error(capsys, "finetune", "--model_name_or_path", model, "--task_name", "squad_v2",
-                         "--doc_stride", 16, "--train_file", train, "--validation_file", dev, "--output_dir", tmp_path / "out")
+        line = cli_error(
+            capsys,
+            "finetune",
+            "--model_name_or_path",
+            model,
+            "--task_name",
+            "squad_v2",
+            "--doc_stride",
+            16,
+            "--train_file",
+            train,
+            "--validation_file",
+            dev,
+            "--output_dir",
+            tmp_path / "out",
+        )
         assert "bad.json: question 'q-bad'" in line and problem in line, line
     assert not (tmp_path / "out").exists()
 
@@ -213,8 +277,13 @@ def test_score_squad_into_a_closed_pipe_exits_quietly(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # like `| head` that has already stopped reading
     try:
-        proc = subprocess.run([sys.executable, "-m", "ted", "score-squad", str(data), str(preds)], stdout=write_end,
-                              stderr=subprocess.PIPE, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ted", "score-squad", str(data), str(preds)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     finally:
         os.close(write_end)
     assert proc.stderr == "" and proc.returncode == 141, proc.stderr

@@ -17,17 +17,42 @@ import sys
 from pathlib import Path
 
 import pytest
-import tiny
 import torch
 
+import tiny
 from ted.cli import main
 
 HERE = Path(__file__).resolve().parent
 N_DEV = 32
-FLAGS = ["distill", "--teacher_filter_interval", "2", "--filter_output_dim", "16", "--kl_alpha", "1",
-         "--mse_alpha", "10", "--num_train_epochs", "2", "--learning_rate", "5e-3", "--logging_steps", "2",
-         "--disable_tqdm", "true", "--seed", "0", "--max_seq_length", str(tiny.MAX_LEN), "--classifier_dropout", "0",
-         "--dataloader_pin_memory", "false", "--report_to", "none"]
+FLAGS = [
+    "distill",
+    "--teacher_filter_interval",
+    "2",
+    "--filter_output_dim",
+    "16",
+    "--kl_alpha",
+    "1",
+    "--mse_alpha",
+    "10",
+    "--num_train_epochs",
+    "2",
+    "--learning_rate",
+    "5e-3",
+    "--logging_steps",
+    "2",
+    "--disable_tqdm",
+    "true",
+    "--seed",
+    "0",
+    "--max_seq_length",
+    str(tiny.MAX_LEN),
+    "--classifier_dropout",
+    "0",
+    "--dataloader_pin_memory",
+    "false",
+    "--report_to",
+    "none",
+]
 
 
 @pytest.mark.slow
@@ -37,14 +62,34 @@ def test_ted_two_processes_match_one(tmp_path, monkeypatch):
     train, dev = tiny.write_data(tmp_path / "data", n_train=64, n_dev=N_DEV)
     teacher = tiny.write_stage1_model(tmp_path / "t", tok, 4, [1, 3], 2, seed=0)
     student = tiny.write_stage1_model(tmp_path / "s", tok, 2, [0, 1], 1, seed=1)
-    common = FLAGS + ["--teacher_model_name_or_path", str(teacher), "--model_name_or_path", str(student),
-                      "--train_file", str(train), "--validation_file", str(dev)]
+    common = FLAGS + [
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--model_name_or_path",
+        str(student),
+        "--train_file",
+        str(train),
+        "--validation_file",
+        str(dev),
+    ]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     two, report = tmp_path / "two", tmp_path / "report"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "ddp_driver.py"), str(report), *common, "--per_device_train_batch_size", "4",
-           "--output_dir", str(two)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE / "ddp_driver.py"),
+        str(report),
+        *common,
+        "--per_device_train_batch_size",
+        "4",
+        "--output_dir",
+        str(two),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     one = tmp_path / "one"  # meanwhile, the 1-process reference in this process

@@ -39,10 +39,21 @@ def finetune(assets, out: Path, monkeypatch, reuse: bool, learning_rate: float) 
     monkeypatch.setattr(TedTrainer, "evaluate", counting)
     if not reuse:  # the behaviour before: always a final evaluate()
         monkeypatch.setattr(common, "logged_score_of_kept_model", lambda trainer: None)
-    flags = dict(model_name_or_path=str(assets["s0"]), train_file=str(assets["train"]),
-                 validation_file=str(assets["dev"]), output_dir=str(out), max_seq_length=tiny.MAX_LEN,
-                 num_train_epochs=2, per_device_train_batch_size=8, per_device_eval_batch_size=16,
-                 dataloader_pin_memory=False, learning_rate=learning_rate, seed=0, disable_tqdm=True, report_to="none")
+    flags = dict(
+        model_name_or_path=str(assets["s0"]),
+        train_file=str(assets["train"]),
+        validation_file=str(assets["dev"]),
+        output_dir=str(out),
+        max_seq_length=tiny.MAX_LEN,
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        dataloader_pin_memory=False,
+        learning_rate=learning_rate,
+        seed=0,
+        disable_tqdm=True,
+        report_to="none",
+    )
     ted.finetune(**flags)
     monkeypatch.undo()
     return len(calls)
@@ -65,8 +76,9 @@ def test_kept_checkpoint_is_scored_once(assets, tmp_path, monkeypatch, lr):
     assert set(new) == set(old)
     epochs = [e for e in json.loads((tmp_path / "after" / "log_history.json").read_text()) if "eval_runtime" in e]
     assert new["eval_accuracy"] == max(e["eval_accuracy"] for e in epochs)  # the best epoch's score
-    assert (tmp_path / "after" / "model.safetensors").read_bytes() == \
-        (tmp_path / "before" / "model.safetensors").read_bytes()
+    assert (tmp_path / "after" / "model.safetensors").read_bytes() == (
+        tmp_path / "before" / "model.safetensors"
+    ).read_bytes()
 
 
 # ------------------------------------------------------------------------ when the score is not reused
@@ -74,22 +86,25 @@ def test_kept_checkpoint_is_scored_once(assets, tmp_path, monkeypatch, lr):
 
 def fake_trainer(log_history, best=None, global_step=20, load_best=True, predictions="absent"):
     metrics = SimpleNamespace() if predictions == "absent" else SimpleNamespace(last_predictions=predictions)
-    state = SimpleNamespace(log_history=log_history, best_model_checkpoint=best, best_global_step=None,
-                            global_step=global_step, epoch=2.0)
+    state = SimpleNamespace(
+        log_history=log_history, best_model_checkpoint=best, best_global_step=None, global_step=global_step, epoch=2.0
+    )
     calls = []
 
     def evaluate(eval_dataset=None, metric_key_prefix="eval"):
         calls.append(metric_key_prefix)
         return {f"{metric_key_prefix}_accuracy": 0.5}
 
-    trainer = SimpleNamespace(args=SimpleNamespace(load_best_model_at_end=load_best), state=state,
-                              compute_metrics=metrics, evaluate=evaluate)
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(load_best_model_at_end=load_best), state=state, compute_metrics=metrics, evaluate=evaluate
+    )
     return trainer, calls
 
 
 def evals(*steps):
-    return [{"loss": 1.0, "step": 1}] + [{"eval_accuracy": 0.1 * s, "eval_runtime": 1.0, "epoch": s / 10, "step": s}
-                                         for s in steps]
+    return [{"loss": 1.0, "step": 1}] + [
+        {"eval_accuracy": 0.1 * s, "eval_runtime": 1.0, "epoch": s / 10, "step": s} for s in steps
+    ]
 
 
 def test_second_eval_set_is_scored_on_the_kept_model(tmp_path):

@@ -24,9 +24,14 @@ from ted.stages.export import run_export
 
 
 def _stage_json(folder: Path, stage: str, method=None, **extra) -> Path:
-    info = {"stage": stage, "method": method, "task": {"name": "custom", "head": "classification",
-                                                       "selection_metric": "accuracy"},
-            "lineage": {"student": "s0", "teacher": "t0"}, "args": {"seed": 1}, **extra}
+    info = {
+        "stage": stage,
+        "method": method,
+        "task": {"name": "custom", "head": "classification", "selection_metric": "accuracy"},
+        "lineage": {"student": "s0", "teacher": "t0"},
+        "args": {"seed": 1},
+        **extra,
+    }
     (folder / artifacts.STAGE_FILE).write_text(json.dumps(info))
     return folder
 
@@ -220,8 +225,13 @@ def test_a_real_kill_during_overwrite_leaves_nothing_after_the_next_run(stage, t
     out = tmp_path / "out"
     export(stage, out)
     code = f"from ted.stages.export import run_export; run_export({str(stage)!r}, {str(out)!r}, True, False)"
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TED_TEST_CRASH_AT": point},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TED_TEST_CRASH_AT": point},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr
     export(stage, out, overwrite=True)
     assert leftovers(tmp_path) == [] and "README.md" in snapshot(out)
@@ -236,7 +246,8 @@ def test_export_honours_the_umask(stage, tmp_path):
     out = tmp_path / "out"
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {
-        p.name: 0o644 for p in out.iterdir()}  # the stage's model.safetensors is 0600
+        p.name: 0o644 for p in out.iterdir()
+    }  # the stage's model.safetensors is 0600
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -250,8 +261,17 @@ def fake_run(root: Path) -> Path:
             folder.mkdir(parents=True)
             _stage_json(folder, "distill", role, pipeline={"role": role, "task": "custom", "seed": seed})
             (folder / artifacts.EVAL_RESULTS).write_text(json.dumps({"eval_accuracy": 0.5 + 0.01 * (i + seed)}))
-            history = [{"step": s, "epoch": s / 2, "loss": 1.0 / s, "loss_pred": 0.5 / s, "loss_kl": 0.3 / s,
-                        "loss_mse": 0.2 / s} for s in (1, 2)] + [{"step": 2, "epoch": 1.0, "eval_accuracy": 0.6}]
+            history = [
+                {
+                    "step": s,
+                    "epoch": s / 2,
+                    "loss": 1.0 / s,
+                    "loss_pred": 0.5 / s,
+                    "loss_kl": 0.3 / s,
+                    "loss_mse": 0.2 / s,
+                }
+                for s in (1, 2)
+            ] + [{"step": 2, "epoch": 1.0, "eval_accuracy": 0.6}]
             (folder / artifacts.LOG_HISTORY).write_text(json.dumps(history))
             (folder / artifacts.STAGE1_SCORES).write_text(json.dumps({"0": {"accuracy": 0.6}, "1": {"accuracy": 0.7}}))
     return root
@@ -286,8 +306,11 @@ def test_report_files_are_complete_and_a_failed_write_keeps_the_previous_ones(tm
 def test_stale_temp_files_of_a_killed_report_are_removed(tmp_path):
     run, out = fake_run(tmp_path / "run"), tmp_path / "report"
     (out / "report_files").mkdir(parents=True)
-    stale = [out / ".report.html.x1y2z3.tmp", out / ".report.md.a1b2c3.tmp",
-             out / "report_files" / ".custom_loss_terms.png.q1w2e3.tmp"]
+    stale = [
+        out / ".report.html.x1y2z3.tmp",
+        out / ".report.md.a1b2c3.tmp",
+        out / "report_files" / ".custom_loss_terms.png.q1w2e3.tmp",
+    ]
     for path in stale:
         path.write_text("<html><body>cut")
     (out / "notes.tmp").write_text("the user's")

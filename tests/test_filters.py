@@ -97,8 +97,9 @@ def test_linear_and_nonlinear_state_dict_layout():
 
 def test_init_normal_with_initializer_range_and_zero_bias():
     torch.manual_seed(0)
-    filters = TaskAwareFilters(FilterConfig(layers=[0, 1], hidden_size=64, output_dim=64, initializer_range=0.05,
-                                            nonlinear=True))
+    filters = TaskAwareFilters(
+        FilterConfig(layers=[0, 1], hidden_size=64, output_dim=64, initializer_range=0.05, nonlinear=True)
+    )
     for name, tensor in filters.state_dict().items():
         if name.endswith("bias"):
             assert torch.count_nonzero(tensor) == 0, name
@@ -111,8 +112,14 @@ def test_init_normal_with_initializer_range_and_zero_bias():
 def test_new_filters_takes_model_config():
     from transformers import BertConfig
 
-    config = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                        initializer_range=0.1, hidden_act="relu")
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        initializer_range=0.1,
+        hidden_act="relu",
+    )
     filters = new_filters(config, [1, 3], output_dim=None, nonlinear=True, interval=2)
     assert filters.config.hidden_size == 32 and filters.config.output_dim == 32  # default width = hidden
     assert filters.config.initializer_range == 0.1 and filters.config.activation == "relu"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import datasets
 import pytest
-from helpers import SHARED, requires_shared
 
+from helpers import SHARED, requires_shared
 from ted.config import DataArguments
 from ted.errors import TedInputError
 from ted.tasks import GLUE_TASKS, load_task, task_from_name
@@ -132,8 +132,14 @@ def test_load_task_from_data_dir(name, tokenizer):
 
 @requires_shared
 def test_padding_and_pairs(tokenizer):
-    args = DataArguments(task_name="rte", data_dir=str(GLUE_DIR), max_train_samples=3, max_eval_samples=3,
-                         max_seq_length=64, pad_to_max_length=True)
+    args = DataArguments(
+        task_name="rte",
+        data_dir=str(GLUE_DIR),
+        max_train_samples=3,
+        max_eval_samples=3,
+        max_seq_length=64,
+        pad_to_max_length=True,
+    )
     _, data = load_task(args, tokenizer)
     row = data.train[0]
     assert len(row["input_ids"]) == 64
@@ -146,7 +152,11 @@ def test_task_metadata():
     assert task_from_name("MNLI").label_list == ["entailment", "neutral", "contradiction"]
     assert task_from_name("wnli").label_list == ["not_entailment", "entailment"]
     assert {n: task_from_name(n).selection_metric for n in ["cola", "mrpc", "qqp", "stsb", "rte"]} == {
-        "cola": "matthews_correlation", "mrpc": "f1", "qqp": "f1", "stsb": "spearmanr", "rte": "accuracy"
+        "cola": "matthews_correlation",
+        "mrpc": "f1",
+        "qqp": "f1",
+        "stsb": "spearmanr",
+        "rte": "accuracy",
     }
     assert task_from_name("SST-2").num_labels == 2 and task_from_name("sst_2").name == "sst2"
 
@@ -221,10 +231,16 @@ def test_mnli_two_eval_sets(tmp_path, tokenizer):
     # MNLI is not in shared data; the column layout follows the GLUE download (gold_label last).
     train_header = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tlabel1\tgold_label"
     dev_header = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tlabel1\tlabel2\tgold_label"
-    _write(tmp_path / "MNLI" / "train.tsv", [train_header, "0\tp\tq\tg\tA cat.\tAn animal.\tentailment\tentailment",
-                                             "1\tp\tq\tg\tA cat.\tA dog.\tcontradiction\tcontradiction"])
+    _write(
+        tmp_path / "MNLI" / "train.tsv",
+        [
+            train_header,
+            "0\tp\tq\tg\tA cat.\tAn animal.\tentailment\tentailment",
+            "1\tp\tq\tg\tA cat.\tA dog.\tcontradiction\tcontradiction",
+        ],
+    )
     for name, label in [("dev_matched.tsv", "neutral"), ("dev_mismatched.tsv", "contradiction")]:
-        _write(tmp_path / "MNLI" / name, [dev_header, f"0\tp\tq\tg\tA \"cat.\tIt sleeps.\tx\tx\t{label}"])
+        _write(tmp_path / "MNLI" / name, [dev_header, f'0\tp\tq\tg\tA "cat.\tIt sleeps.\tx\tx\t{label}'])
     task, data = load_task(DataArguments(task_name="MNLI", data_dir=str(tmp_path)), tokenizer)
     assert task.name == "mnli" and task.num_labels == 3
     assert list(data.eval_sets) == ["validation_matched", "validation_mismatched"]
@@ -234,8 +250,15 @@ def test_mnli_two_eval_sets(tmp_path, tokenizer):
 
 
 def test_qqp_and_wnli_int_labels(tmp_path):
-    _write(tmp_path / "train.tsv", ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", "0\t1\t2\tq1?\tq2?\t1",
-                                    '"\tWas it real?\t0', "1\t3\t4\tq3?\tq4?\t0"])
+    _write(
+        tmp_path / "train.tsv",
+        [
+            "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+            "0\t1\t2\tq1?\tq2?\t1",
+            '"\tWas it real?\t0',
+            "1\t3\t4\tq3?\tq4?\t0",
+        ],
+    )
     cols = read_glue_tsv("QQP", str(tmp_path / "train.tsv"))
     # The malformed row (as in the original QQP train.tsv) is skipped, not fatal.
     assert cols == {"question1": ["q1?", "q3?"], "question2": ["q2?", "q4?"], "label": [1, 0]}
@@ -256,10 +279,17 @@ def test_hub_path_with_a_fake_hub(monkeypatch):
     def fake_load_dataset(name, config):
         calls.append((name, config))
         names = ["entailment", "not_entailment"] if name == "nyu-mll/glue" else ["not_entailment", "entailment"]
-        feats = Features({"sentence1": Value("string"), "sentence2": Value("string"),
-                          "label": ClassLabel(names=names), "idx": Value("int32")})
-        split = Dataset.from_dict({"sentence1": ["a", "c"], "sentence2": ["b", "d"], "label": [0, 1], "idx": [0, 1]},
-                                  features=feats)
+        feats = Features(
+            {
+                "sentence1": Value("string"),
+                "sentence2": Value("string"),
+                "label": ClassLabel(names=names),
+                "idx": Value("int32"),
+            }
+        )
+        split = Dataset.from_dict(
+            {"sentence1": ["a", "c"], "sentence2": ["b", "d"], "label": [0, 1], "idx": [0, 1]}, features=feats
+        )
         return DatasetDict({"train": split, "validation": split, "test": split})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)

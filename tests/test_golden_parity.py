@@ -22,18 +22,20 @@ from __future__ import annotations
 import copy
 import json
 import math
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
+
 from helpers import shared_dir  # TED_SHARED_DIR, else <repo>/../shared
 
 GOLDEN = shared_dir() / "golden" / "ted-original"
 
 if not (GOLDEN / "expected.json").is_file():
     pytest.skip(
-        f"golden reference data not found at {GOLDEN} (set TED_SHARED_DIR to the folder holding "
-        "golden/ted-original)", allow_module_level=True)
+        f"golden reference data not found at {GOLDEN} (set TED_SHARED_DIR to the folder holding golden/ted-original)",
+        allow_module_level=True,
+    )
 
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
@@ -63,8 +65,10 @@ EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
 INPUTS = json.loads((GOLDEN / "inputs.json").read_text())
 STAGE1 = EXPECTED["stage1"]
 STAGE2 = EXPECTED["stage2"]
-PADDED_REASON = ("padded-batch QA numbers read padding positions, which differ in transformers >= 4.47 "
-                 "(golden README section 8); the _nopad case covers them")
+PADDED_REASON = (
+    "padded-batch QA numbers read padding positions, which differ in transformers >= 4.47 "
+    "(golden README section 8); the _nopad case covers them"
+)
 
 # Per-category tallies of checked numbers and the worst scaled difference, printed at the end (-s / -rA).
 STATS: dict[str, list] = {}
@@ -103,7 +107,7 @@ def _deterministic_cpu():
 # Loading (cached once per session; callers get deep copies of anything they train).
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model(folder: str):
     """A stock HF model for `models/{teacher,student}-{cls,reg,qa}`, eval mode, float32."""
     path = GOLDEN / folder
@@ -122,7 +126,7 @@ def fresh_model(folder: str):
     return copy.deepcopy(_model(folder))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _filter_file(name: str):
     path = GOLDEN / name
     with safe_open(str(path), "pt") as handle:
@@ -152,23 +156,27 @@ def load_heads(name: str, task: str) -> StageOneHeads:
     meta, tensors = _filter_file(name)
     state = {k: v.clone() for k, v in tensors.items() if k.startswith(("filter_pooler.", "filter_head."))}
     num_labels = state["filter_head.0.weight"].shape[0]
-    heads = StageOneHeads(HeadsConfig(
-        kind=HEAD[task],
-        num_heads=int(meta["num_filters"]),
-        input_dim=int(meta["filter_output_dim"]),
-        num_labels=num_labels,
-        activation="gelu",
-        pooler_dropout=0.0,
-        classifier_dropout=0.0,
-    ))
+    heads = StageOneHeads(
+        HeadsConfig(
+            kind=HEAD[task],
+            num_heads=int(meta["num_filters"]),
+            input_dim=int(meta["filter_output_dim"]),
+            num_labels=num_labels,
+            activation="gelu",
+            pooler_dropout=0.0,
+            classifier_dropout=0.0,
+        )
+    )
     heads.load_state_dict(state, strict=True)
     return heads
 
 
 def make_batch(task: str, variant: str) -> dict:
     suffix = "_nopad" if variant == "nopad" else ""
-    batch = {key: torch.tensor(INPUTS[key + suffix], dtype=torch.long)
-             for key in ("input_ids", "attention_mask", "token_type_ids")}
+    batch = {
+        key: torch.tensor(INPUTS[key + suffix], dtype=torch.long)
+        for key in ("input_ids", "attention_mask", "token_type_ids")
+    }
     if task == "cls":
         batch["labels"] = torch.tensor(INPUTS["labels_cls_with_ignored" if variant == "ignored" else "labels_cls"])
     elif task == "reg":
@@ -238,8 +246,11 @@ class Checker:
         if not self.count:
             pytest.fail(f"{self.case}: nothing was compared")
         if self.failures:
-            pytest.fail(f"{self.case}: {len(self.failures)} of {sum(self.count.values())} numbers differ from the "
-                        "original implementation:\n  " + "\n  ".join(self.failures), pytrace=False)
+            pytest.fail(
+                f"{self.case}: {len(self.failures)} of {sum(self.count.values())} numbers differ from the "
+                "original implementation:\n  " + "\n  ".join(self.failures),
+                pytrace=False,
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,13 +299,22 @@ def test_stage1_parity(name):
         trainable = [p for p in learner.parameters() if p.requires_grad]
         assert all(p.grad is None for p in learner.backbone.parameters()), "the Stage I backbone got gradients"
         check("stage1 grad norm", "grad_norm_trainable", grad_norm(trainable), case["grad_norm_trainable"])
-        check("stage1 grad norm", "grad_norm_filters_only", grad_norm(learner.filters.parameters()),
-              case["grad_norm_filters_only"])
+        check(
+            "stage1 grad norm",
+            "grad_norm_filters_only",
+            grad_norm(learner.filters.parameters()),
+            case["grad_norm_filters_only"],
+        )
 
     if "adamw3_constant_lr" in case:
         learner = stage1_learner(case)
-        optimizer = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad], lr=1e-3,
-                                      betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(
+            [p for p in learner.parameters() if p.requires_grad],
+            lr=1e-3,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=0.0,
+        )
         got = []
         for step in range(4):
             loss, _, _ = objective(learner, batch)
@@ -326,8 +346,9 @@ def stage2_setup(case: dict):
         student_filters = load_filters(case["student_filters_file"], student_model.config.hidden_size)
         assert student_filters.layers == case["student_matched_layers"]
     teacher = Teacher(teacher_model, teacher_filters, case["teacher_matched_layers"], head)
-    weights = DistillWeights(kl_alpha=case["kl_alpha"], mse_alpha=case["mse_alpha"],
-                             temperature=case["temperature"], paper_compat=True)
+    weights = DistillWeights(
+        kl_alpha=case["kl_alpha"], mse_alpha=case["mse_alpha"], temperature=case["temperature"], paper_compat=True
+    )
     student = DistillStudent(student_model, student_filters).train()
     return student, DistillObjective(head, teacher, weights)
 
@@ -348,13 +369,22 @@ def _named_logits(task: str, who: str, preds) -> dict:
 def _trajectory(case: dict, batch: dict, schedule: str) -> list[dict]:
     student, objective = stage2_setup(case)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    scheduler = (get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=3)
-                 if schedule == "linear" else None)
+    scheduler = (
+        get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=3)
+        if schedule == "linear"
+        else None
+    )
     entries, rates = [], []
     for step in range(4):
         total, terms, _ = objective(student, batch)
-        entries.append({"total_loss": total.item(), "pred_loss": terms["pred"].item(),
-                        "kl_loss": terms["kl"].item(), "mse_loss": terms["mse"].item() if "mse" in terms else 0.0})
+        entries.append(
+            {
+                "total_loss": total.item(),
+                "pred_loss": terms["pred"].item(),
+                "kl_loss": terms["kl"].item(),
+                "mse_loss": terms["mse"].item() if "mse" in terms else 0.0,
+            }
+        )
         if step < 3:
             rates.append(optimizer.param_groups[0]["lr"])
             total.backward()
@@ -384,8 +414,9 @@ def test_stage2_parity(name):
     student, objective = stage2_setup(case)
     total, terms, preds = objective(student, batch)
 
-    t_preds, _ = objective.teacher({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask",
-                                                                           "token_type_ids")}, with_states=False)
+    t_preds, _ = objective.teacher(
+        {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}, with_states=False
+    )
     logits = {**_named_logits(task, "student", preds), **_named_logits(task, "teacher", t_preds)}
     for key in _logit_keys(task):
         check("stage2 forward", key, logits[key], case[key])
@@ -406,16 +437,31 @@ def test_stage2_parity(name):
     if full and "grad_norm_student_filters" in case:
         total.backward()
         filters = student.filters
-        check("stage2 grad norm", "grad_norm_student_filters", grad_norm(filters.parameters()),
-              case["grad_norm_student_filters"])
-        check("stage2 grad norm", "grad_norm_student_filter_weights_only",
-              grad_norm(p for n, p in filters.named_parameters() if n.endswith("weight")),
-              case["grad_norm_student_filter_weights_only"])
+        check(
+            "stage2 grad norm",
+            "grad_norm_student_filters",
+            grad_norm(filters.parameters()),
+            case["grad_norm_student_filters"],
+        )
+        check(
+            "stage2 grad norm",
+            "grad_norm_student_filter_weights_only",
+            grad_norm(p for n, p in filters.named_parameters() if n.endswith("weight")),
+            case["grad_norm_student_filter_weights_only"],
+        )
         for layer, expected in case["grad_norm_student_filters_per_layer"].items():
-            check("stage2 grad norm", f"grad_norm_student_filters_per_layer[{layer}]",
-                  grad_norm(filters.filters[layer].parameters()), expected)
-        check("stage2 grad norm", "grad_norm_student_all_params", grad_norm(student.parameters()),
-              case["grad_norm_student_all_params"])
+            check(
+                "stage2 grad norm",
+                f"grad_norm_student_filters_per_layer[{layer}]",
+                grad_norm(filters.filters[layer].parameters()),
+                expected,
+            )
+        check(
+            "stage2 grad norm",
+            "grad_norm_student_all_params",
+            grad_norm(student.parameters()),
+            case["grad_norm_student_all_params"],
+        )
         for p in objective.teacher.model.parameters():
             assert p.grad is None, "the teacher got gradients"
 
@@ -430,8 +476,7 @@ def test_stage2_parity(name):
             for j, (got_entry, exp_entry) in enumerate(zip(entries, expected["trajectory"], strict=True)):
                 for term, value in exp_entry.items():
                     check("stage2 adamw", f"{key}.trajectory[{j}].{term}", got_entry[term], value)
-            check("stage2 adamw", f"{key}.loss_after_3_steps", entries[3]["total_loss"],
-                  expected["loss_after_3_steps"])
+            check("stage2 adamw", f"{key}.loss_after_3_steps", entries[3]["total_loss"], expected["loss_after_3_steps"])
     check.finish()
 
 
@@ -454,8 +499,14 @@ class _Recording:
     def __call__(self, model, inputs):
         total, terms, preds = self.objective(model, inputs)
         if model.training:
-            self.entries.append({"total_loss": total.item(), "pred_loss": terms["pred"].item(),
-                                 "kl_loss": terms["kl"].item(), "mse_loss": terms["mse"].item()})
+            self.entries.append(
+                {
+                    "total_loss": total.item(),
+                    "pred_loss": terms["pred"].item(),
+                    "kl_loss": terms["kl"].item(),
+                    "mse_loss": terms["mse"].item(),
+                }
+            )
         return total, terms, preds
 
 
@@ -467,19 +518,39 @@ def trainer_trajectory(case: dict, batch: dict, output_dir, **flags):
     from ted import api
     from ted.training import TedTrainer
 
-    options = dict(model_name_or_path="unused", teacher_model_name_or_path="unused", paper_compat=True,
-                   kl_alpha=case["kl_alpha"], mse_alpha=case["mse_alpha"], output_dir=str(output_dir),
-                   learning_rate=1e-3, num_train_epochs=3, per_device_train_batch_size=4, logging_steps=1,
-                   eval_strategy="no", save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-                   dataloader_pin_memory=False, train_sampling_strategy="sequential")
+    options = dict(
+        model_name_or_path="unused",
+        teacher_model_name_or_path="unused",
+        paper_compat=True,
+        kl_alpha=case["kl_alpha"],
+        mse_alpha=case["mse_alpha"],
+        output_dir=str(output_dir),
+        learning_rate=1e-3,
+        num_train_epochs=3,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        train_sampling_strategy="sequential",
+    )
     args = api.parse_kwargs("distill", {**options, **flags})[-1]
     args = copy.copy(args)
     args.remove_unused_columns = False  # as stages.common.training_arguments
     student, objective = stage2_setup(case)
     recording = _Recording(objective)
     rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
-    trainer = TedTrainer(model=student, args=args, objective=recording, teacher=objective.teacher,
-                         data_collator=default_data_collator, train_dataset=rows)
+    trainer = TedTrainer(
+        model=student,
+        args=args,
+        objective=recording,
+        teacher=objective.teacher,
+        data_collator=default_data_collator,
+        train_dataset=rows,
+    )
     trainer.train()
     student.train()
     recording(student, batch)  # the loss after the third update
@@ -514,7 +585,10 @@ def test_stage2_trainer_clipping_would_break_parity(name, tmp_path):
     entries, _, _, args = trainer_trajectory(case, make_batch(case["task"], "nopad"), tmp_path, max_grad_norm=1.0)
     assert args.max_grad_norm == 1.0
     expected = case["adamw3_linear_lr"]["trajectory"]
-    worst = max(abs(got[term] - value) / max(1.0, abs(value))
-                for got, exp in zip(entries, expected, strict=True) for term, value in exp.items())
+    worst = max(
+        abs(got[term] - value) / max(1.0, abs(value))
+        for got, exp in zip(entries, expected, strict=True)
+        for term, value in exp.items()
+    )
     print(f"{name}: with max_grad_norm 1.0 the worst scaled difference is {worst:.3e} (tolerance {TOL:g})")
     assert worst > 5 * TOL

@@ -11,26 +11,35 @@ import json
 from pathlib import Path
 
 import pytest
-import tiny
 import torch
-from helpers import SHARED
 from safetensors.torch import load_file, save_file
-from tiny import one_thread  # noqa: F401  (module fixture)
 from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
+import tiny
+from helpers import SHARED
 from ted.cli import main
 from ted.errors import TedInputError
 from ted.filters import TaskAwareFilters, select_layers
 from ted.heads import StageOneHeads
 from ted.original_checkpoint import import_original
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GOLDEN = SHARED / "golden" / "ted-original"
 
 
-def write_original(folder: Path, tok, layers: int, interval: int = 1, out_dim: int | None = None,
-                   nonlinear: bool = False, heads: bool = True, qa: bool = False, bin_format: bool = False,
-                   seed: int = 0) -> dict[str, torch.Tensor]:
+def write_original(
+    folder: Path,
+    tok,
+    layers: int,
+    interval: int = 1,
+    out_dim: int | None = None,
+    nonlinear: bool = False,
+    heads: bool = True,
+    qa: bool = False,
+    bin_format: bool = False,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """A checkpoint as the original code saves it; returns its full state dict."""
     from transformers import DebertaV2ForQuestionAnswering, DebertaV2ForSequenceClassification
 
@@ -49,13 +58,22 @@ def write_original(folder: Path, tok, layers: int, interval: int = 1, out_dim: i
     for k in range(len(chosen) if heads else 0):
         if not qa:
             state[f"filter_pooler.{k}.dense.weight"], state[f"filter_pooler.{k}.dense.bias"] = (
-                torch.randn(out, out), torch.randn(out))
+                torch.randn(out, out),
+                torch.randn(out),
+            )
         n_out = 2 if qa else config.num_labels
         state[f"filter_head.{k}.weight"], state[f"filter_head.{k}.bias"] = torch.randn(n_out, out), torch.randn(n_out)
     cfg = config.to_dict()
-    cfg.update(model_type="ted-deberta-v2", train_filters=heads, filter_interval=interval, filter_output_dim=out_dim,
-               filter_nonlinear=nonlinear, filter_disabled=False, transformers_version="4.28.0",
-               architectures=["TEDDebertaV2ForQuestionAnswering" if qa else "TEDDebertaV2ForSequenceClassification"])
+    cfg.update(
+        model_type="ted-deberta-v2",
+        train_filters=heads,
+        filter_interval=interval,
+        filter_output_dim=out_dim,
+        filter_nonlinear=nonlinear,
+        filter_disabled=False,
+        transformers_version="4.28.0",
+        architectures=["TEDDebertaV2ForQuestionAnswering" if qa else "TEDDebertaV2ForSequenceClassification"],
+    )
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     if bin_format:
@@ -95,14 +113,36 @@ def test_stage1_checkpoints_import_and_distill(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(t1).eval()
     assert torch.equal(model.classifier.weight, t_state["classifier.weight"])
     assert json.loads((tmp_path / "s1" / "filters.json").read_text())["output_dim"] == 32
-    assert torch.equal(load_file(str(tmp_path / "s1" / "filters.safetensors"))["filters.1.bias"],
-                       s_state["deberta.encoder.layer.1.filter.bias"])
+    assert torch.equal(
+        load_file(str(tmp_path / "s1" / "filters.safetensors"))["filters.1.bias"],
+        s_state["deberta.encoder.layer.1.filter.bias"],
+    )
 
     train, dev = tiny.write_data(tmp_path / "data", n_train=16, n_dev=8)
     out = tmp_path / "ted"
-    assert main(["distill", "--model_name_or_path", str(tmp_path / "s1"), "--teacher_model_name_or_path", str(t1),
-                 "--teacher_filter_interval", "2", "--filter_interval", "1", "--kl_alpha", "1", "--mse_alpha", "10",
-                 "--output_dir", str(out), *tiny.train_flags(train, dev)]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--model_name_or_path",
+                str(tmp_path / "s1"),
+                "--teacher_model_name_or_path",
+                str(t1),
+                "--teacher_filter_interval",
+                "2",
+                "--filter_interval",
+                "1",
+                "--kl_alpha",
+                "1",
+                "--mse_alpha",
+                "10",
+                "--output_dir",
+                str(out),
+                *tiny.train_flags(train, dev),
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "ted_stage.json").read_text())["lineage"]["layer_pairs"] == [[0, 1], [1, 3]]
     assert (out / "filters.safetensors").is_file()
 
@@ -160,9 +200,15 @@ def test_golden_weights_repacked_in_the_original_layout(tmp_path):
         else:
             state[key] = tensor
     cfg = json.loads((GOLDEN / "models" / "teacher-cls" / "config.json").read_text())
-    cfg.update(model_type="ted-deberta-v2", architectures=["TEDDebertaV2ForSequenceClassification"],
-               train_filters=True, filter_interval=2, filter_output_dim=64, filter_nonlinear=False,
-               filter_disabled=False)
+    cfg.update(
+        model_type="ted-deberta-v2",
+        architectures=["TEDDebertaV2ForSequenceClassification"],
+        train_filters=True,
+        filter_interval=2,
+        filter_output_dim=64,
+        filter_nonlinear=False,
+        filter_disabled=False,
+    )
     orig = tmp_path / "orig"
     orig.mkdir()
     (orig / "config.json").write_text(json.dumps(cfg))

@@ -67,8 +67,9 @@ def test_span_loss_ignores_out_of_range_positions():
     got = losses.span_loss(torch.tensor(start), torch.tensor(end), torch.tensor(start_pos), torch.tensor(end_pos))
     assert got.item() == pytest.approx((start_ce + end_ce) / 2, rel=1e-6)
     # task_loss dispatches spans to the same function.
-    via_task = losses.task_loss("span", (torch.tensor(start), torch.tensor(end)),
-                                (torch.tensor(start_pos), torch.tensor(end_pos)))
+    via_task = losses.task_loss(
+        "span", (torch.tensor(start), torch.tensor(end)), (torch.tensor(start_pos), torch.tensor(end_pos))
+    )
     assert via_task.item() == pytest.approx(got.item(), rel=1e-7)
 
 
@@ -146,10 +147,8 @@ def test_regression_kl_paper_softmax_across_batch():
 
 
 def test_layer_mse_unmasked_and_masked():
-    student = [[[1.0, 2.0], [0.0, 1.0], [9.0, 9.0]],
-               [[0.5, 0.5], [7.0, -7.0], [3.0, 3.0]]]
-    teacher = [[[0.0, 2.0], [1.0, 1.0], [0.0, 0.0]],
-               [[0.5, 1.5], [0.0, 0.0], [0.0, 0.0]]]
+    student = [[[1.0, 2.0], [0.0, 1.0], [9.0, 9.0]], [[0.5, 0.5], [7.0, -7.0], [3.0, 3.0]]]
+    teacher = [[[0.0, 2.0], [1.0, 1.0], [0.0, 0.0]], [[0.5, 1.5], [0.0, 0.0], [0.0, 0.0]]]
     mask = [[1, 1, 0], [1, 0, 0]]  # 3 real tokens, 3 padding positions
     sq = [[[(a - b) ** 2 for a, b in zip(st, tt)] for st, tt in zip(sr, tr)] for sr, tr in zip(student, teacher)]
     unmasked = sum(v for row in sq for tok in row for v in tok) / (2 * 3 * 2)

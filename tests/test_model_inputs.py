@@ -37,14 +37,31 @@ def refused(capsys, argv, *needles) -> str:
 
 
 def finetune(assets, out, *extra):
-    return ["finetune", "--model_name_or_path", assets["model"], "--output_dir", out, *extra,
-            *tiny.train_flags(*assets["data"])]
+    return [
+        "finetune",
+        "--model_name_or_path",
+        assets["model"],
+        "--output_dir",
+        out,
+        *extra,
+        *tiny.train_flags(*assets["data"]),
+    ]
 
 
 def test_missing_local_model_folder_is_named(assets, tmp_path, capsys):
     missing = tmp_path / "runs" / "rte" / "teacher"
-    refused(capsys, ["finetune", "--model_name_or_path", missing, "--output_dir", tmp_path / "out",
-                     *tiny.train_flags(*assets["data"])], f"Model folder {missing} does not exist")
+    refused(
+        capsys,
+        [
+            "finetune",
+            "--model_name_or_path",
+            missing,
+            "--output_dir",
+            tmp_path / "out",
+            *tiny.train_flags(*assets["data"]),
+        ],
+        f"Model folder {missing} does not exist",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -61,8 +78,11 @@ def test_truncated_weights_file_is_named_with_its_size(assets, tmp_path, capsys)
     shutil.copytree(assets["model"], damaged)
     weights = damaged / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    refused(capsys, finetune({**assets, "model": damaged}, tmp_path / "out"),
-            f"Weights file {weights} is damaged (1,000 bytes")
+    refused(
+        capsys,
+        finetune({**assets, "model": damaged}, tmp_path / "out"),
+        f"Weights file {weights} is damaged (1,000 bytes",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -74,8 +94,17 @@ def test_max_seq_length_beyond_the_position_embeddings_is_refused(assets, tmp_pa
 
 
 def test_default_max_seq_length_is_checked_too(assets, tmp_path, capsys):
-    argv = ["finetune", "--model_name_or_path", assets["model"], "--output_dir", tmp_path / "out",
-            "--train_file", assets["data"][0], "--validation_file", assets["data"][1]]
+    argv = [
+        "finetune",
+        "--model_name_or_path",
+        assets["model"],
+        "--output_dir",
+        tmp_path / "out",
+        "--train_file",
+        assets["data"][0],
+        "--validation_file",
+        assets["data"][1],
+    ]
     refused(capsys, argv, "--max_seq_length 128")  # the default for sentence tasks
 
 
@@ -102,9 +131,23 @@ def test_dropout_option_the_model_does_not_have_is_refused(assets, tmp_path, cap
 
 
 def test_lwd_refuses_a_projector_width_other_than_the_teachers(assets, tmp_path, capsys):
-    argv = ["distill", "--method", "lwd", "--mse_alpha", "1", "--filter_disabled", "--model_name_or_path",
-            assets["student"], "--teacher_model_name_or_path", assets["teacher"], "--filter_output_dim", "8",
-            "--output_dir", tmp_path / "lwd", *tiny.train_flags(*assets["data"])]
+    argv = [
+        "distill",
+        "--method",
+        "lwd",
+        "--mse_alpha",
+        "1",
+        "--filter_disabled",
+        "--model_name_or_path",
+        assets["student"],
+        "--teacher_model_name_or_path",
+        assets["teacher"],
+        "--filter_output_dim",
+        "8",
+        "--output_dir",
+        tmp_path / "lwd",
+        *tiny.train_flags(*assets["data"]),
+    ]
     refused(capsys, argv, "--filter_output_dim 8", f"({tiny.HIDDEN} wide)")
     assert not (tmp_path / "lwd").exists()
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import tiny
-from tiny import one_thread  # noqa: F401  (module fixture)
 
 import ted
+import tiny
 from ted.cli import main
 from ted.errors import TedInputError
 from ted.filters import new_filters
 from ted.stages.distill import resolve_method
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LABELS = ["neg", "pos"]  # the custom task's label list (sorted labels of the train file)
@@ -36,8 +36,15 @@ def assets(tmp_path_factory):
     student_f8 = tiny.write_model(root / "student_f8", tok, layers=2, seed=1, head_labels=LABELS)
     new_filters(AutoConfig.from_pretrained(student_f8), [0, 1], 8, False, interval=1).save(student_f8)
     return {
-        "root": root, "tok": tok, "train": train, "dev": dev, "teacher": teacher, "student": student,
-        "teacher_f": teacher_f, "student_f": student_f, "student_f8": student_f8,
+        "root": root,
+        "tok": tok,
+        "train": train,
+        "dev": dev,
+        "teacher": teacher,
+        "student": student,
+        "teacher_f": teacher_f,
+        "student_f": student_f,
+        "student_f8": student_f8,
     }
 
 
@@ -53,9 +60,16 @@ def no_training(monkeypatch):
 
 
 def _data(a, **kw) -> dict:
-    out = dict(train_file=str(a["train"]), validation_file=str(a["dev"]), max_seq_length=32,
-               per_device_train_batch_size=8, num_train_epochs=1, dataloader_pin_memory=False, report_to=["none"],
-               disable_tqdm=True)
+    out = dict(
+        train_file=str(a["train"]),
+        validation_file=str(a["dev"]),
+        max_seq_length=32,
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        dataloader_pin_memory=False,
+        report_to=["none"],
+        disable_tqdm=True,
+    )
     out.update(kw)
     return out
 
@@ -72,22 +86,38 @@ def _distill_error(a, tmp_path, **kw) -> str:
 def test_vocabulary_mismatch(assets, tmp_path):
     other = tiny.build_tokenizer(extra=("zebra",))
     teacher = tiny.write_model(tmp_path / "teacher_other_vocab", other, layers=4, head_labels=LABELS)
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student"]),
-                         teacher_model_name_or_path=str(teacher), kl_alpha=1.0)
+    msg = _distill_error(
+        assets,
+        tmp_path,
+        model_name_or_path=str(assets["student"]),
+        teacher_model_name_or_path=str(teacher),
+        kl_alpha=1.0,
+    )
     assert "different vocabularies" in msg and "1 only in the teacher" in msg
     # Same tokens, different ids: also refused.
-    permuted = tiny.write_model(tmp_path / "teacher_permuted", tiny.build_tokenizer(reverse=True), layers=4,
-                                head_labels=LABELS)
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student"]),
-                         teacher_model_name_or_path=str(permuted), kl_alpha=1.0)
+    permuted = tiny.write_model(
+        tmp_path / "teacher_permuted", tiny.build_tokenizer(reverse=True), layers=4, head_labels=LABELS
+    )
+    msg = _distill_error(
+        assets,
+        tmp_path,
+        model_name_or_path=str(assets["student"]),
+        teacher_model_name_or_path=str(permuted),
+        kl_alpha=1.0,
+    )
     assert "with different ids" in msg
 
 
 @pytest.mark.usefixtures("no_training")
 def test_teacher_label_order_mismatch(assets, tmp_path):
     reversed_teacher = tiny.write_model(tmp_path / "teacher_rev", assets["tok"], layers=4, head_labels=LABELS[::-1])
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student"]),
-                         teacher_model_name_or_path=str(reversed_teacher), kl_alpha=1.0)
+    msg = _distill_error(
+        assets,
+        tmp_path,
+        model_name_or_path=str(assets["student"]),
+        teacher_model_name_or_path=str(reversed_teacher),
+        kl_alpha=1.0,
+    )
     assert "['pos', 'neg']" in msg and "['neg', 'pos']" in msg and "label order must agree" in msg
 
 
@@ -96,46 +126,75 @@ def test_finetuned_head_size_mismatch(assets, tmp_path):
     three = tiny.write_model(tmp_path / "three", assets["tok"], layers=2, head_labels=["a", "b", "c"])
     with pytest.raises(TedInputError, match="trained head with 3 output.* needs 2"):
         ted.finetune(**_data(assets, model_name_or_path=str(three), output_dir=str(tmp_path / "ft")))
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student"]),
-                         teacher_model_name_or_path=str(three), kl_alpha=1.0)
+    msg = _distill_error(
+        assets, tmp_path, model_name_or_path=str(assets["student"]), teacher_model_name_or_path=str(three), kl_alpha=1.0
+    )
     assert "headless" in msg  # says what to use instead
 
 
 @pytest.mark.usefixtures("no_training")
 def test_teacher_without_finetuned_head(assets, tmp_path):
     bare = tiny.write_model(tmp_path / "bare", assets["tok"], layers=4)
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student"]),
-                         teacher_model_name_or_path=str(bare), kl_alpha=1.0)
+    msg = _distill_error(
+        assets, tmp_path, model_name_or_path=str(assets["student"]), teacher_model_name_or_path=str(bare), kl_alpha=1.0
+    )
     assert "no fine-tuned task head" in msg and "ted finetune" in msg
 
 
 @pytest.mark.usefixtures("no_training")
 def test_ted_needs_filters_on_both_sides(assets, tmp_path):
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student_f"]),
-                         teacher_model_name_or_path=str(assets["teacher"]), mse_alpha=1.0,
-                         teacher_filter_interval=2)
+    msg = _distill_error(
+        assets,
+        tmp_path,
+        model_name_or_path=str(assets["student_f"]),
+        teacher_model_name_or_path=str(assets["teacher"]),
+        mse_alpha=1.0,
+        teacher_filter_interval=2,
+    )
     assert "teacher's Stage I filters" in msg and "ted learn-filters" in msg
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student"]),
-                         teacher_model_name_or_path=str(assets["teacher_f"]), mse_alpha=1.0,
-                         teacher_filter_interval=2)
+    msg = _distill_error(
+        assets,
+        tmp_path,
+        model_name_or_path=str(assets["student"]),
+        teacher_model_name_or_path=str(assets["teacher_f"]),
+        mse_alpha=1.0,
+        teacher_filter_interval=2,
+    )
     assert "student's Stage I filters" in msg and "--filter_disabled" in msg
 
 
 @pytest.mark.usefixtures("no_training")
 def test_filter_dims_mismatch(assets, tmp_path):
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student_f8"]),
-                         teacher_model_name_or_path=str(assets["teacher_f"]), mse_alpha=1.0,
-                         teacher_filter_interval=2)
+    msg = _distill_error(
+        assets,
+        tmp_path,
+        model_name_or_path=str(assets["student_f8"]),
+        teacher_model_name_or_path=str(assets["teacher_f"]),
+        mse_alpha=1.0,
+        teacher_filter_interval=2,
+    )
     assert "output 16 features" in msg and "output 8" in msg and "--filter_output_dim" in msg
     # A width that does not match the saved filters is refused rather than re-initialised.
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student_f"]),
-                         teacher_model_name_or_path=str(assets["teacher_f"]), mse_alpha=1.0,
-                         teacher_filter_interval=2, filter_output_dim=24)
+    msg = _distill_error(
+        assets,
+        tmp_path,
+        model_name_or_path=str(assets["student_f"]),
+        teacher_model_name_or_path=str(assets["teacher_f"]),
+        mse_alpha=1.0,
+        teacher_filter_interval=2,
+        filter_output_dim=24,
+    )
     assert "output dim 16 (requested --filter_output_dim 24)" in msg
     # Filters saved on other layers than the intervals select.
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student_f"]),
-                         teacher_model_name_or_path=str(assets["teacher_f"]), mse_alpha=1.0,
-                         teacher_filter_interval=4, filter_interval=2)
+    msg = _distill_error(
+        assets,
+        tmp_path,
+        model_name_or_path=str(assets["student_f"]),
+        teacher_model_name_or_path=str(assets["teacher_f"]),
+        mse_alpha=1.0,
+        teacher_filter_interval=4,
+        filter_interval=2,
+    )
     assert "layers [1, 3] (requested [3])" in msg
 
 
@@ -143,15 +202,24 @@ def test_filter_dims_mismatch(assets, tmp_path):
 def test_layer_count_mismatch(assets, tmp_path):
     # 4 teacher layers at interval 1 vs 2 student layers at interval 1: 4 targets, 2 students.
     ted_pair = dict(model_name_or_path=str(assets["student_f"]), teacher_model_name_or_path=str(assets["teacher_f"]))
-    lwd_pair = dict(model_name_or_path=str(assets["student"]), teacher_model_name_or_path=str(assets["teacher"]),
-                    filter_disabled=True)
+    lwd_pair = dict(
+        model_name_or_path=str(assets["student"]),
+        teacher_model_name_or_path=str(assets["teacher"]),
+        filter_disabled=True,
+    )
     for kwargs in (dict(ted_pair, mse_alpha=1.0), dict(lwd_pair, mse_alpha=1.0)):
         msg = _distill_error(assets, tmp_path, teacher_filter_interval=1, **kwargs)
         assert "selected layers [0, 1]" in msg and "[0, 1, 2, 3]" in msg and "--teacher_filter_interval" in msg
     # An interval that does not divide the depth.
-    msg = _distill_error(assets, tmp_path, model_name_or_path=str(assets["student"]),
-                         teacher_model_name_or_path=str(assets["teacher"]), mse_alpha=1.0, filter_disabled=True,
-                         teacher_filter_interval=3)
+    msg = _distill_error(
+        assets,
+        tmp_path,
+        model_name_or_path=str(assets["student"]),
+        teacher_model_name_or_path=str(assets["teacher"]),
+        mse_alpha=1.0,
+        filter_disabled=True,
+        teacher_filter_interval=3,
+    )
     assert "does not divide" in msg
 
 
@@ -178,9 +246,20 @@ def test_resolve_method():
 
 @pytest.mark.usefixtures("no_training")
 def test_method_flag_inconsistent_via_cli(assets, tmp_path, capsys):
-    argv = ["distill", "--model_name_or_path", str(assets["student"]), "--teacher_model_name_or_path",
-            str(assets["teacher"]), "--method", "kd", "--mse_alpha", "5", "--output_dir", str(tmp_path / "out"),
-            *tiny.train_flags(assets["train"], assets["dev"])]
+    argv = [
+        "distill",
+        "--model_name_or_path",
+        str(assets["student"]),
+        "--teacher_model_name_or_path",
+        str(assets["teacher"]),
+        "--method",
+        "kd",
+        "--mse_alpha",
+        "5",
+        "--output_dir",
+        str(tmp_path / "out"),
+        *tiny.train_flags(assets["train"], assets["dev"]),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "ted distill: error:" in err and "KD has no layer term" in err
@@ -208,8 +287,9 @@ def test_output_dir_not_empty_needs_overwrite(assets, tmp_path):
     with pytest.raises(TedInputError, match="--overwrite_output_dir"):
         ted.learn_filters(model_name_or_path=str(assets["student"]), **common)
     with pytest.raises(TedInputError, match="--overwrite_output_dir"):
-        ted.distill(model_name_or_path=str(assets["student"]), teacher_model_name_or_path=str(assets["teacher"]),
-                    **common)
+        ted.distill(
+            model_name_or_path=str(assets["student"]), teacher_model_name_or_path=str(assets["teacher"]), **common
+        )
     with pytest.raises(TedInputError, match="stock model needs no export"):  # export takes stage folders only
         ted.export(str(assets["student"]), str(out))
     assert (out / "keep.txt").read_text() == "precious"
@@ -223,10 +303,22 @@ def test_output_dir_not_empty_needs_overwrite(assets, tmp_path):
 @pytest.mark.usefixtures("no_training")
 def test_unknown_task_and_bad_task_sources(assets, tmp_path, capsys):
     with pytest.raises(TedInputError, match="Unknown task 'glu'.*rte"):
-        ted.finetune(model_name_or_path=str(assets["student"]), task_name="glu", data_dir=str(tmp_path),
-                     output_dir=str(tmp_path / "ft"))
-    argv = ["finetune", "--model_name_or_path", str(assets["student"]), "--task_name", "rte", "--output_dir",
-            str(tmp_path / "ft"), *tiny.train_flags(assets["train"], assets["dev"])]
+        ted.finetune(
+            model_name_or_path=str(assets["student"]),
+            task_name="glu",
+            data_dir=str(tmp_path),
+            output_dir=str(tmp_path / "ft"),
+        )
+    argv = [
+        "finetune",
+        "--model_name_or_path",
+        str(assets["student"]),
+        "--task_name",
+        "rte",
+        "--output_dir",
+        str(tmp_path / "ft"),
+        *tiny.train_flags(assets["train"], assets["dev"]),
+    ]
     assert main(argv) == 2
     assert "--train_file/--validation_file are for custom data" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists()
@@ -276,7 +368,8 @@ def test_failed_write_keeps_previous_output(assets, tmp_path, monkeypatch):
 
     monkeypatch.setattr(finetune_stage, "write_stage", broken_write)
     with pytest.raises(OSError, match="disk full"):
-        ted.finetune(**_data(assets, model_name_or_path=str(assets["student"]), output_dir=str(out),
-                             overwrite_output_dir=True))
+        ted.finetune(
+            **_data(assets, model_name_or_path=str(assets["student"]), output_dir=str(out), overwrite_output_dir=True)
+        )
     assert sorted(p.name for p in out.iterdir()) == ["old.txt", "ted_stage.json"]  # the old folder is untouched
     assert not any(name.endswith(".tmp") or ".old-" in name for name in _siblings(out))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import one_thread  # noqa: F401  (module fixture)
 from transformers import BertConfig, BertForSequenceClassification
 
 from ted import losses
@@ -18,6 +17,7 @@ from ted.objectives import (
     FilterObjective,
     Teacher,
 )
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,9 +27,17 @@ T_LAYERS, S_LAYERS = [1, 3], [0, 1]  # 4-layer teacher, interval 2; 2-layer stud
 
 def _model(layers: int, seed: int, dropout: float = 0.0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=2,
-                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -105,8 +113,11 @@ def test_real_token_filtering_gives_the_masked_loss_and_gradients():
         t_states = teacher.filters(t_out.hidden_states)
     s_states = student.filters(s_out.hidden_states)
     mse = torch.stack([losses.layer_mse(s, t, batch["attention_mask"]) for s, t in zip(s_states, t_states)]).mean()
-    reference = (losses.classification_loss(s_out.logits, batch["labels"])
-                 + 2.0 * losses.kl_divergence(s_out.logits, t_out.logits, 2.0) + 3.0 * mse)
+    reference = (
+        losses.classification_loss(s_out.logits, batch["labels"])
+        + 2.0 * losses.kl_divergence(s_out.logits, t_out.logits, 2.0)
+        + 3.0 * mse
+    )
     torch.testing.assert_close(total, reference)
     reference.backward()
     assert fast.keys() == {name for name, p in student.named_parameters() if p.grad is not None}
@@ -153,8 +164,9 @@ def test_paper_compat_changes_mse_only_when_there_is_padding():
 def test_lwd_without_teacher_filters_reads_raw_teacher_layers():
     # LWD: the teacher's raw hidden_states[i + 1] are the targets of the student's projector.
     teacher, student, objective = _setup(with_filters=False)
-    student.filters = TaskAwareFilters(FilterConfig(layers=S_LAYERS, hidden_size=HIDDEN, output_dim=HIDDEN,
-                                                    role="projector"))
+    student.filters = TaskAwareFilters(
+        FilterConfig(layers=S_LAYERS, hidden_size=HIDDEN, output_dim=HIDDEN, role="projector")
+    )
     batch = _batch()
     _, terms, _ = objective(student, batch)
     with torch.no_grad():
@@ -203,8 +215,12 @@ def test_filter_learner_freezes_backbone(mode):
 
 def test_filter_learner_rejects_unknown_mode():
     with pytest.raises(ValueError, match="backbone_mode"):
-        FilterLearner(_model(2, 0), _filters([0], 1), new_heads("classification", 1, OUT, 2, _model(2, 0).config),
-                      backbone_mode="frozen")
+        FilterLearner(
+            _model(2, 0),
+            _filters([0], 1),
+            new_heads("classification", 1, OUT, 2, _model(2, 0).config),
+            backbone_mode="frozen",
+        )
 
 
 def test_trainer_logs_every_loss_term(tmp_path):
@@ -219,11 +235,27 @@ def test_trainer_logs_every_loss_term(tmp_path):
         batch = _batch()
         for k in rows:
             rows[k] += batch[k].tolist()
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, logging_steps=1, per_device_train_batch_size=4,
-                             report_to=[], remove_unused_columns=False, save_strategy="no", eval_strategy="no",
-                             dataloader_pin_memory=False, use_cpu=True, disable_tqdm=True, learning_rate=1e-3)
-    trainer = TedTrainer(model=student, args=args, objective=objective, teacher=teacher,
-                         train_dataset=Dataset.from_dict(rows).with_format("torch"))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        remove_unused_columns=False,
+        save_strategy="no",
+        eval_strategy="no",
+        dataloader_pin_memory=False,
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-3,
+    )
+    trainer = TedTrainer(
+        model=student,
+        args=args,
+        objective=objective,
+        teacher=teacher,
+        train_dataset=Dataset.from_dict(rows).with_format("torch"),
+    )
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 3
@@ -231,7 +263,6 @@ def test_trainer_logs_every_loss_term(tmp_path):
         for name in ("loss_pred", "loss_kl", "loss_mse", "loss_mse_layer0", "loss_mse_layer1"):
             assert name in entry and entry[name] > 0, (name, entry)
         # With one step per logging interval, the logged total is exactly the weighted sum of the terms.
-        assert entry["loss"] == pytest.approx(entry["loss_pred"] + entry["loss_kl"] + 2.0 * entry["loss_mse"],
-                                              rel=1e-4)
+        assert entry["loss"] == pytest.approx(entry["loss_pred"] + entry["loss_kl"] + 2.0 * entry["loss_mse"], rel=1e-4)
     assert not teacher.model.training  # Trainer.train() put the student in train mode, never the teacher
     assert all(p.grad is None for p in teacher.model.parameters())

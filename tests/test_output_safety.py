@@ -33,6 +33,7 @@ def assets(tmp_path_factory):
 @pytest.fixture
 def no_model(monkeypatch):
     """Every check here must fire before a tokenizer or model is loaded."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the output folder was checked")
 
@@ -43,9 +44,18 @@ def no_model(monkeypatch):
 
 
 def run_kwargs(a, out, **kw) -> dict:
-    args = dict(model_name_or_path=str(a["model"]), train_file=str(a["train"]), validation_file=str(a["dev"]),
-                output_dir=str(out), max_seq_length=32, per_device_train_batch_size=8, num_train_epochs=1,
-                dataloader_pin_memory=False, report_to=["none"], disable_tqdm=True)
+    args = dict(
+        model_name_or_path=str(a["model"]),
+        train_file=str(a["train"]),
+        validation_file=str(a["dev"]),
+        output_dir=str(out),
+        max_seq_length=32,
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        dataloader_pin_memory=False,
+        report_to=["none"],
+        disable_tqdm=True,
+    )
     args.update(kw)
     return args
 
@@ -59,8 +69,9 @@ def test_overwrite_never_replaces_a_folder_ted_did_not_write(assets, tmp_path):
         with pytest.raises(TedInputError, match="not a folder ted wrote"):
             stage(**run_kwargs(assets, out, overwrite_output_dir=True))
     with pytest.raises(TedInputError, match="not a folder ted wrote"):
-        ted.distill(**run_kwargs(assets, out, overwrite_output_dir=True,
-                                 teacher_model_name_or_path=str(assets["model"])))
+        ted.distill(
+            **run_kwargs(assets, out, overwrite_output_dir=True, teacher_model_name_or_path=str(assets["model"]))
+        )
     assert (out / "thesis.tex").read_text() == "precious"
 
 
@@ -95,8 +106,19 @@ def test_unusable_output_dirs_are_refused_up_front(assets, tmp_path, monkeypatch
     for out in (".", "..", str(work)):
         with pytest.raises(TedInputError, match="current folder or one above"):
             ted.finetune(**run_kwargs(assets, out, overwrite_output_dir=True))
-    assert main(["finetune", *tiny.train_flags(assets["train"], assets["dev"]), "--model_name_or_path",
-                 str(assets["model"]), "--output_dir", str(afile)]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                *tiny.train_flags(assets["train"], assets["dev"]),
+                "--model_name_or_path",
+                str(assets["model"]),
+                "--output_dir",
+                str(afile),
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.usefixtures("no_model")
@@ -202,8 +224,10 @@ def test_paths_are_not_in_the_resume_fingerprint(assets, tmp_path):
 def test_pipeline_output_dir_that_is_a_file_fails_before_training(assets, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline_module, "RUNNERS", {})  # any training attempt would be a KeyError
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"task: custom\nteacher: {assets['model']}\nstudent: {assets['model']}\nmethods: [kd]\n"
-                   f"common: {{train_file: {assets['train']}, validation_file: {assets['dev']}}}\n")
+    cfg.write_text(
+        f"task: custom\nteacher: {assets['model']}\nstudent: {assets['model']}\nmethods: [kd]\n"
+        f"common: {{train_file: {assets['train']}, validation_file: {assets['dev']}}}\n"
+    )
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(TedInputError, match="is a file"):

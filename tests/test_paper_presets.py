@@ -35,8 +35,11 @@ GLUE_FT = {
 }
 # 4.3 dropout overrides (cls, hidden, attention); the scripts' defaults are 0.1 each.
 DEFAULT_DROPOUT = (0.1, 0.1, 0.1)
-DROPOUT = {("rte", "teacher"): (0.0, 0.0, 0.0), ("rte", "student"): (0.0, 0.0, 0.0),
-           ("cola", "student"): (0.0, 0.1, 0.1)}
+DROPOUT = {
+    ("rte", "teacher"): (0.0, 0.0, 0.0),
+    ("rte", "student"): (0.0, 0.0, 0.0),
+    ("cola", "student"): (0.0, 0.1, 0.1),
+}
 # 4.5 Stage II: (kl_alpha, mse_alpha) per method.
 ALPHAS = {
     "mnli": {"ted": (5, 7500), "kd": (5, 0), "lwd": (5, 100)},
@@ -49,20 +52,45 @@ ALPHAS = {
     "stsb": {"ted": (20, 50), "kd": (20, 0), "lwd": (20, 5)},
 }
 # 5.1 / 5.2 checkpoint selection metric (ted's metric names).
-SELECTION = {"mnli": "accuracy", "qqp": "f1", "qnli": "accuracy", "sst2": "accuracy", "rte": "accuracy",
-             "cola": "matthews_correlation", "mrpc": "f1", "stsb": "spearmanr", "squad_v2": "f1"}
+SELECTION = {
+    "mnli": "accuracy",
+    "qqp": "f1",
+    "qnli": "accuracy",
+    "sst2": "accuracy",
+    "rte": "accuracy",
+    "cola": "matthews_correlation",
+    "mrpc": "f1",
+    "stsb": "spearmanr",
+    "squad_v2": "f1",
+}
 # 4.6 SQuAD 2.0: role -> (bs, accumulation, lr, kl, mse); all 3 epochs, warm-up 0, max length 384.
 SQUAD = {
-    "teacher": (24, 2, 3e-5, None, None), "student": (8, 1, 5e-5, None, None),
-    "teacher_stage1": (48, 1, 3e-5, None, None), "student_stage1": (8, 1, 5e-5, None, None),
-    "ted": (8, 1, 5e-5, 10, 5000), "kd": (8, 1, 5e-5, 10, 0), "lwd": (8, 1, 5e-5, 10, 100),
+    "teacher": (24, 2, 3e-5, None, None),
+    "student": (8, 1, 5e-5, None, None),
+    "teacher_stage1": (48, 1, 3e-5, None, None),
+    "student_stage1": (8, 1, 5e-5, None, None),
+    "ted": (8, 1, 5e-5, 10, 5000),
+    "kd": (8, 1, 5e-5, 10, 0),
+    "lwd": (8, 1, 5e-5, 10, 100),
 }
 # 4.1: shared by every run.
-SHARED = {"seed": 42, "fp16": True, "per_device_eval_batch_size": 8, "optim": "adamw_torch", "adam_beta1": 0.9,
-          "adam_beta2": 0.999, "adam_epsilon": 1e-8, "weight_decay": 0.0,
-          "max_grad_norm": 0.0, "eval_strategy": "epoch", "save_strategy": "epoch", "max_steps": -1,
-          "label_smoothing_factor": 0.0, "bf16": False,
-          "train_sampling_strategy": "random"}
+SHARED = {
+    "seed": 42,
+    "fp16": True,
+    "per_device_eval_batch_size": 8,
+    "optim": "adamw_torch",
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_epsilon": 1e-8,
+    "weight_decay": 0.0,
+    "max_grad_norm": 0.0,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "max_steps": -1,
+    "label_smoothing_factor": 0.0,
+    "bf16": False,
+    "train_sampling_strategy": "random",
+}
 
 
 def glue_expected(task: str, role: str) -> dict:
@@ -72,9 +100,17 @@ def glue_expected(task: str, role: str) -> dict:
     if task == "rte" and role == "student_stage1":
         bs = 32  # 4.4: the single exception
     cls, hidden, att = DROPOUT.get((task, who), DEFAULT_DROPOUT)
-    out = {"per_device_train_batch_size": bs, "learning_rate": lr, "num_train_epochs": epochs, "warmup_steps": warmup,
-           "gradient_accumulation_steps": 1, "max_seq_length": max_len, "classifier_dropout": cls,
-           "hidden_dropout_prob": hidden, "attention_probs_dropout_prob": att}
+    out = {
+        "per_device_train_batch_size": bs,
+        "learning_rate": lr,
+        "num_train_epochs": epochs,
+        "warmup_steps": warmup,
+        "gradient_accumulation_steps": 1,
+        "max_seq_length": max_len,
+        "classifier_dropout": cls,
+        "hidden_dropout_prob": hidden,
+        "attention_probs_dropout_prob": att,
+    }
     if role in ALPHAS[task]:
         out["kl_alpha"], out["mse_alpha"] = ALPHAS[task][role]
     return out
@@ -82,9 +118,18 @@ def glue_expected(task: str, role: str) -> dict:
 
 def squad_expected(role: str) -> dict:
     bs, accumulation, lr, kl, mse = SQUAD[role]
-    out = {"per_device_train_batch_size": bs, "gradient_accumulation_steps": accumulation, "learning_rate": lr,
-           "num_train_epochs": 3, "warmup_steps": 0, "max_seq_length": 384, "doc_stride": 128, "n_best_size": 20,
-           "max_answer_length": 30, "null_score_diff_threshold": 0.0}
+    out = {
+        "per_device_train_batch_size": bs,
+        "gradient_accumulation_steps": accumulation,
+        "learning_rate": lr,
+        "num_train_epochs": 3,
+        "warmup_steps": 0,
+        "max_seq_length": 384,
+        "doc_stride": 128,
+        "n_best_size": 20,
+        "max_answer_length": 30,
+        "null_score_diff_threshold": 0.0,
+    }
     if kl is not None:
         out["kl_alpha"], out["mse_alpha"] = kl, mse
     return out
@@ -117,8 +162,9 @@ def resolved_stages(task: str, tmp_path: Path) -> dict[str, dict]:
             values.update(vars(group))
         values.update({k: getattr(final, k) for k in vars(final)})
         values["_args"] = final
-        values["_paper_compat_overrides"] = getattr(groups[3], "paper_compat_overrides", None) \
-            if spec.command == "distill" else None
+        values["_paper_compat_overrides"] = (
+            getattr(groups[3], "paper_compat_overrides", None) if spec.command == "distill" else None
+        )
         out[spec.role] = values
     return out
 
@@ -128,8 +174,13 @@ def schedule(args, steps: int) -> list[float]:
     from transformers import get_scheduler
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps),
-                              num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=args.get_warmup_steps(steps),
+        num_training_steps=steps,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},
+    )
     rates = []
     for _ in range(steps):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -143,9 +194,14 @@ def plain(value):
 
 
 def assert_matches(role: str, got: dict, expected: dict) -> None:
-    wrong = {k: (plain(got.get(k, "<missing>")), v) for k, v in expected.items()
-             if not (plain(got.get(k, "<missing>")) == v or (isinstance(v, float) and got.get(k) is not None
-                                                             and float(got[k]) == pytest.approx(v, rel=1e-12)))}
+    wrong = {
+        k: (plain(got.get(k, "<missing>")), v)
+        for k, v in expected.items()
+        if not (
+            plain(got.get(k, "<missing>")) == v
+            or (isinstance(v, float) and got.get(k) is not None and float(got[k]) == pytest.approx(v, rel=1e-12))
+        )
+    }
     assert not wrong, f"{role}: (resolved, paper) differ: {wrong}"
 
 
@@ -162,11 +218,17 @@ def test_paper_preset_matches_the_reference(task, tmp_path):
             expected.update(load_best_model_at_end=False, stage1_backbone_mode="train")
         else:
             # 4.3 / 3.6: every epoch is evaluated and the best one on dev kept (--save_best).
-            expected.update(load_best_model_at_end=True, metric_for_best_model=f"eval_{SELECTION[task]}",
-                            greater_is_better=True)
+            expected.update(
+                load_best_model_at_end=True, metric_for_best_model=f"eval_{SELECTION[task]}", greater_is_better=True
+            )
         if role in ("ted", "kd", "lwd"):
-            expected.update(paper_compat=True, method=role, temperature=2.0,
-                            filter_disabled=role != "ted", _paper_compat_overrides={})
+            expected.update(
+                paper_compat=True,
+                method=role,
+                temperature=2.0,
+                filter_disabled=role != "ted",
+                _paper_compat_overrides={},
+            )
         if role == "lwd":
             expected.update(filter_interval=1, teacher_filter_interval=1)
         if role == "ted":
@@ -183,8 +245,9 @@ def test_paper_preset_matches_the_reference(task, tmp_path):
         warmup, steps = int(got["warmup_steps"]), int(got["warmup_steps"]) + 40
         span = 2 * steps if task == "squad_v2" and role == "teacher" else steps
         paper = [t / warmup if t < warmup else (span - t) / (span - warmup) for t in range(steps)]
-        assert schedule(got["_args"], steps) == pytest.approx([got["learning_rate"] * f for f in paper],
-                                                              rel=1e-9, abs=1e-15), role
+        assert schedule(got["_args"], steps) == pytest.approx(
+            [got["learning_rate"] * f for f in paper], rel=1e-9, abs=1e-15
+        ), role
 
 
 def test_paper_presets_are_all_covered():
@@ -193,8 +256,14 @@ def test_paper_presets_are_all_covered():
 
 # ------------------------------------------------------------------------------------------ --paper_compat
 
-DISTILL = dict(model_name_or_path="student", teacher_model_name_or_path="teacher", task_name="rte",
-               output_dir="unused", kl_alpha=1.0, mse_alpha=1.0)
+DISTILL = dict(
+    model_name_or_path="student",
+    teacher_model_name_or_path="teacher",
+    task_name="rte",
+    output_dir="unused",
+    kl_alpha=1.0,
+    mse_alpha=1.0,
+)
 
 
 def test_paper_compat_turns_clipping_off_and_pins_the_optimizer():
@@ -220,8 +289,20 @@ def test_paper_compat_on_the_command_line(monkeypatch):
 
     seen = {}
     monkeypatch.setattr("ted.api.run_command", lambda command, groups: seen.setdefault("groups", groups))
-    argv = ["--model_name_or_path", "s", "--teacher_model_name_or_path", "t", "--task_name", "rte",
-            "--kl_alpha", "1", "--paper_compat", "--max-grad-norm=1.0", "--output_dir", "o"]
+    argv = [
+        "--model_name_or_path",
+        "s",
+        "--teacher_model_name_or_path",
+        "t",
+        "--task_name",
+        "rte",
+        "--kl_alpha",
+        "1",
+        "--paper_compat",
+        "--max-grad-norm=1.0",
+        "--output_dir",
+        "o",
+    ]
     cli.run_stage("distill", argv)
     training, distill = seen["groups"][-1], seen["groups"][3]
     assert training.max_grad_norm == 1.0 and distill.paper_compat_overrides["max_grad_norm"]["used"] == 1.0

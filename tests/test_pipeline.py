@@ -13,18 +13,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-import tiny
-from helpers import SHARED
-from tiny import one_thread  # noqa: F401  (module fixture)
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 import ted
 import ted.pipeline_runner as pipeline_module
 import ted.stages.common as stage_common
+import tiny
+from helpers import SHARED
 from ted import artifacts
 from ted.cli import main
 from ted.errors import TedInputError
 from ted.pipeline_config import load_file
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROLES = ("teacher", "student", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
@@ -118,8 +118,9 @@ def test_rerun_trains_nothing(run, monkeypatch):
 def test_baseline_init_finetuned_and_relocated_run(run, tmp_path):
     out = tmp_path / "moved"
     shutil.copytree(run["out"] / "custom" / "seed1", out / "custom" / "seed1")
-    runs = ted.pipeline(str(run["root"] / "cfg.yaml"), output_dir=str(out), seeds=[1], methods=["kd"],
-                        baseline_init="finetuned")
+    runs = ted.pipeline(
+        str(run["root"] / "cfg.yaml"), output_dir=str(out), seeds=[1], methods=["kd"], baseline_init="finetuned"
+    )
     status = {r.role: r.status for r in runs}
     assert status == {"teacher": "reused", "student": "reused", "kd": "trained"}
     seed1 = out / "custom" / "seed1"
@@ -163,8 +164,17 @@ def test_interrupted_stage_two_resumes(run, tmp_path, monkeypatch):
     out = tmp_path / "cut"
     shutil.copytree(run["out"] / "custom" / "seed1", out / "custom" / "seed1")
     shutil.rmtree(out / "custom" / "seed1" / "ted")
-    argv = ["pipeline", "--config", str(run["root"] / "cfg.yaml"), "--seeds", "1", "--output_dir", str(out),
-            "--ted.num_train_epochs", "2"]  # 2 steps per epoch: a checkpoint after step 2, 4 steps in all
+    argv = [
+        "pipeline",
+        "--config",
+        str(run["root"] / "cfg.yaml"),
+        "--seeds",
+        "1",
+        "--output_dir",
+        str(out),
+        "--ted.num_train_epochs",
+        "2",
+    ]  # 2 steps per epoch: a checkpoint after step 2, 4 steps in all
     monkeypatch.setattr(stage_common, "TedTrainer", with_callback(Interrupt()))
     with pytest.raises(SimulatedKill):
         main(argv)
@@ -202,8 +212,15 @@ def test_model_card_of_exported_student(run, tmp_path):
     assert main(["export", str(run["out"] / "custom" / "seed1" / "ted"), "--output_dir", str(out)]) == 0
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
-    for key in ("library_name: transformers", "base_model:", f'- "{run["root"] / "s0"}"', "tags:", "metrics:",
-                "- accuracy", "pipeline_tag: text-classification"):
+    for key in (
+        "library_name: transformers",
+        "base_model:",
+        f'- "{run["root"] / "s0"}"',
+        "tags:",
+        "metrics:",
+        "- accuracy",
+        "pipeline_tag: text-classification",
+    ):
         assert key in header, key
     assert "over 2 seeds (1, 2)" in card and " ± " in card
     assert "| kl_alpha | 1.0 |" in card and "| mse_alpha | 10.0 |" in card
@@ -242,8 +259,10 @@ def test_presets_resolve(monkeypatch, tmp_path):
     assert cfg["teacher"] == os.path.normpath(REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2")
     monkeypatch.setenv("TED_SHARED_DIR", str(tmp_path))
     assert load_file(REPO / "configs" / "minilm" / "rte.yaml")["common"]["data_dir"] == str(tmp_path / "data" / "glue")
-    assert load_file(REPO / "configs" / "minilm" / "rte.yaml", {"shared_dir": "/x"})["student"] == \
-        "/x/models/paraphrase-MiniLM-L3-v2"
+    assert (
+        load_file(REPO / "configs" / "minilm" / "rte.yaml", {"shared_dir": "/x"})["student"]
+        == "/x/models/paraphrase-MiniLM-L3-v2"
+    )
     plans = {}
     for path in sorted((REPO / "configs" / "paper").glob("*.yaml")):
         [(task, c)] = pipeline_module.task_configs([str(path)], {"output_dir": str(tmp_path)})
@@ -253,8 +272,11 @@ def test_presets_resolve(monkeypatch, tmp_path):
         assert all(s["fp16"] and s["per_device_eval_batch_size"] == 8 for s in specs.values())
         assert specs["student_stage1"]["filter_output_dim"] == specs["ted"]["filter_output_dim"] == 768
         # ted's default Stage I is the cached eval-mode one; the paper presets keep the paper's train mode.
-        assert specs["student_stage1"]["stage1_backbone_mode"] == specs["teacher_stage1"]["stage1_backbone_mode"] \
+        assert (
+            specs["student_stage1"]["stage1_backbone_mode"]
+            == specs["teacher_stage1"]["stage1_backbone_mode"]
             == "train"
+        )
         plans[task] = specs
     assert len(plans) == 9
     rte = plans["rte"]

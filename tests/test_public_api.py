@@ -26,7 +26,9 @@ def test_api_functions_survive_importing_every_submodule():
 
 
 def test_version_and_help_do_not_import_torch():
-    code = ("import sys; from ted.cli import main; main(['--version']); main(['--help']); "
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    code = (
+        "import sys; from ted.cli import main; main(['--version']); main(['--help']); "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"

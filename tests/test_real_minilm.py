@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import SHARED, requires_shared
-from tiny import one_thread  # noqa: F401  (module fixture)
 
+from helpers import SHARED, requires_shared
 from ted.cli import main
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 TEACHER = SHARED / "models" / "all-MiniLM-L6-v2"
 STUDENT = SHARED / "models" / "paraphrase-MiniLM-L3-v2"
@@ -21,8 +21,10 @@ STUDENT = SHARED / "models" / "paraphrase-MiniLM-L3-v2"
 pytestmark = [
     pytest.mark.slow,
     requires_shared,
-    pytest.mark.skipif(not (TEACHER / "config.json").is_file() or not (STUDENT / "config.json").is_file(),
-                       reason=f"MiniLM checkpoints not found under {SHARED / 'models'}"),
+    pytest.mark.skipif(
+        not (TEACHER / "config.json").is_file() or not (STUDENT / "config.json").is_file(),
+        reason=f"MiniLM checkpoints not found under {SHARED / 'models'}",
+    ),
     pytest.mark.usefixtures("one_thread"),
 ]
 
@@ -38,18 +40,59 @@ def _read(folder, name):
 def test_minilm_ted_on_rte(tmp_path, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     # No per-epoch checkpoints of the 22M-parameter teacher: evaluation still runs once at the end.
-    data = ["--task_name", "rte", "--data_dir", SHARED / "data" / "glue", "--max_train_samples", 32,
-            "--max_eval_samples", 32, "--max_seq_length", 64, "--num_train_epochs", 1,
-            "--per_device_train_batch_size", 16, "--per_device_eval_batch_size", 32, "--dataloader_pin_memory",
-            "False", "--eval_strategy", "no", "--save_strategy", "no", "--learning_rate", 1e-4, "--logging_steps", 1,
-            "--disable_tqdm", "True"]
+    data = [
+        "--task_name",
+        "rte",
+        "--data_dir",
+        SHARED / "data" / "glue",
+        "--max_train_samples",
+        32,
+        "--max_eval_samples",
+        32,
+        "--max_seq_length",
+        64,
+        "--num_train_epochs",
+        1,
+        "--per_device_train_batch_size",
+        16,
+        "--per_device_eval_batch_size",
+        32,
+        "--dataloader_pin_memory",
+        "False",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--learning_rate",
+        1e-4,
+        "--logging_steps",
+        1,
+        "--disable_tqdm",
+        "True",
+    ]
     t, t1, s1, out = (tmp_path / n for n in ("teacher", "teacher_stage1", "student_stage1", "ted"))
     _run("finetune", "--model_name_or_path", TEACHER, "--output_dir", t, *data)
     _run("learn-filters", "--model_name_or_path", t, "--output_dir", t1, "--filter_interval", 2, *data)
     # The student's Stage I straight from the pre-trained checkpoint (a fresh head; warned, allowed).
     _run("learn-filters", "--model_name_or_path", STUDENT, "--output_dir", s1, "--filter_interval", 1, *data)
-    _run("distill", "--model_name_or_path", s1, "--teacher_model_name_or_path", t1, "--output_dir", out,
-         "--kl_alpha", 1, "--mse_alpha", 10, "--teacher_filter_interval", 2, "--filter_interval", 1, *data)
+    _run(
+        "distill",
+        "--model_name_or_path",
+        s1,
+        "--teacher_model_name_or_path",
+        t1,
+        "--output_dir",
+        out,
+        "--kl_alpha",
+        1,
+        "--mse_alpha",
+        10,
+        "--teacher_filter_interval",
+        2,
+        "--filter_interval",
+        1,
+        *data,
+    )
 
     assert sorted(_read(t1, "stage1_layer_scores.json")) == ["1", "3", "5"]
     assert sorted(_read(s1, "stage1_layer_scores.json")) == ["0", "1", "2"]

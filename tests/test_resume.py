@@ -41,10 +41,21 @@ def assets(tmp_path_factory, one_thread):  # noqa: F811
 
 def kwargs_for(a, out: Path, **kw) -> dict:
     """2 epochs of 2 steps: a checkpoint after step 2 and step 4."""
-    args = dict(model_name_or_path=str(a["model"]), train_file=str(a["train"]), validation_file=str(a["dev"]),
-                output_dir=str(out), max_seq_length=32, per_device_train_batch_size=16, num_train_epochs=2,
-                learning_rate=1e-3, logging_steps=1, seed=0, dataloader_pin_memory=False, report_to=["none"],
-                disable_tqdm=True)
+    args = dict(
+        model_name_or_path=str(a["model"]),
+        train_file=str(a["train"]),
+        validation_file=str(a["dev"]),
+        output_dir=str(out),
+        max_seq_length=32,
+        per_device_train_batch_size=16,
+        num_train_epochs=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        seed=0,
+        dataloader_pin_memory=False,
+        report_to=["none"],
+        disable_tqdm=True,
+    )
     args.update(kw)
     return args
 
@@ -90,8 +101,7 @@ def uninterrupted(assets):
     return out
 
 
-def test_resume_gives_the_uninterrupted_result_and_whole_run_train_loss(assets, uninterrupted, tmp_path,
-                                                                         monkeypatch):
+def test_resume_gives_the_uninterrupted_result_and_whole_run_train_loss(assets, uninterrupted, tmp_path, monkeypatch):
     out = tmp_path / "cut"
     with_callback(monkeypatch, KillAfterSave(2))
     with pytest.raises(SimulatedKill):
@@ -104,8 +114,9 @@ def test_resume_gives_the_uninterrupted_result_and_whole_run_train_loss(assets, 
     assert counter.steps == [3, 4]  # resumed, did not start over
     whole, resumed = read(uninterrupted, "train_results.json"), read(out, "train_results.json")
     assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
-    assert [e["train_loss"] for e in read(out, "log_history.json") if "train_loss" in e] == \
-        [pytest.approx(whole["train_loss"], rel=1e-6)]
+    assert [e["train_loss"] for e in read(out, "log_history.json") if "train_loss" in e] == [
+        pytest.approx(whole["train_loss"], rel=1e-6)
+    ]
     a, b = tiny.state_dict_of(uninterrupted), tiny.state_dict_of(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not work.exists()
@@ -157,15 +168,13 @@ def test_moved_run_folder_still_resumes(assets, tmp_path, monkeypatch):
     src = tmp_path / "a"
     shutil.copytree(assets["root"] / "data", src / "data")
     shutil.copytree(assets["model"], src / "model")
-    local = {"root": src, "train": src / "data" / "train.csv", "dev": src / "data" / "dev.csv",
-             "model": src / "model"}
+    local = {"root": src, "train": src / "data" / "train.csv", "dev": src / "data" / "dev.csv", "model": src / "model"}
     with_callback(monkeypatch, KillAfterSave(2))
     with pytest.raises(SimulatedKill):
         ted.finetune(**kwargs_for(local, src / "out"))
     dst = tmp_path / "b"
     shutil.copytree(src, dst)  # copytree keeps mtimes; the identity must not depend on them or on paths anyway
-    moved = {"root": dst, "train": dst / "data" / "train.csv", "dev": dst / "data" / "dev.csv",
-             "model": dst / "model"}
+    moved = {"root": dst, "train": dst / "data" / "train.csv", "dev": dst / "data" / "dev.csv", "model": dst / "model"}
     counter = CountSteps()
     with_callback(monkeypatch, counter)
     ted.finetune(**kwargs_for(moved, dst / "out"))

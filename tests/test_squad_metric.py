@@ -9,7 +9,17 @@ import pytest
 from ted.errors import TedInputError
 from ted.squad.metric import evaluate_squad, evaluate_squad_rows, exact_match, f1_score, main, normalize_answer
 
-OFFICIAL_KEYS = ["exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1", "NoAns_total"]
+OFFICIAL_KEYS = [
+    "exact",
+    "f1",
+    "total",
+    "HasAns_exact",
+    "HasAns_f1",
+    "HasAns_total",
+    "NoAns_exact",
+    "NoAns_f1",
+    "NoAns_total",
+]
 BEST_KEYS = ["best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"]
 
 
@@ -18,13 +28,23 @@ def shared_dir() -> Path:
 
 
 def qa(qid, *answers):
-    return {"id": qid, "question": f"question {qid}?", "answers": [{"text": a, "answer_start": 0} for a in answers],
-            "is_impossible": not answers}
+    return {
+        "id": qid,
+        "question": f"question {qid}?",
+        "answers": [{"text": a, "answer_start": 0} for a in answers],
+        "is_impossible": not answers,
+    }
 
 
 # q1, q2 answerable; q3, q4 unanswerable.
-DATA = [{"title": "T", "paragraphs": [{"context": "a cat sat down", "qas": [
-    qa("q1", "cat"), qa("q2", "a cat sat down"), qa("q3"), qa("q4")]}]}]
+DATA = [
+    {
+        "title": "T",
+        "paragraphs": [
+            {"context": "a cat sat down", "qas": [qa("q1", "cat"), qa("q2", "a cat sat down"), qa("q3"), qa("q4")]}
+        ],
+    }
+]
 PREDS = {"q1": "Cat.", "q2": "the big cat sat", "q3": "", "q4": "dog"}
 # Raw scores: q1 EM 1 F1 1; q2 EM 0, F1 2/3 (see test_partial_overlap_f1); q3 1 1; q4 0 0.
 
@@ -113,7 +133,9 @@ def test_missing_prediction_counts_as_wrong(capsys):
 
 
 def test_rows_api_matches_articles():
-    rows = [{"id": q["id"], "answers": {"text": [a["text"] for a in q["answers"]]}} for q in DATA[0]["paragraphs"][0]["qas"]]
+    rows = [
+        {"id": q["id"], "answers": {"text": [a["text"] for a in q["answers"]]}} for q in DATA[0]["paragraphs"][0]["qas"]
+    ]
     assert evaluate_squad_rows(rows, PREDS) == evaluate_squad(DATA, PREDS)
 
 
@@ -130,7 +152,18 @@ def test_cli_prints_official_json(tmp_path, capsys):
     assert main([str(data_file), str(pred_file)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert list(printed) == OFFICIAL_KEYS and printed["exact"] == pytest.approx(50.0)
-    main([str(data_file), str(pred_file), "--na_prob_file", str(na_file), "--na_prob_thresh", "0.2", "--out_file", str(out_file)])
+    main(
+        [
+            str(data_file),
+            str(pred_file),
+            "--na_prob_file",
+            str(na_file),
+            "--na_prob_thresh",
+            "0.2",
+            "--out_file",
+            str(out_file),
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     assert list(printed) == OFFICIAL_KEYS + BEST_KEYS
     assert json.loads(out_file.read_text()) == printed
@@ -158,9 +191,20 @@ def test_best_threshold_walks_ties_in_null_odds_file_order():
     forced empty" (score 1 of 2): visiting q2 first gives 1 - 1 = 0 then +1 = 1 (never above 1, so
     best stays 50% at threshold 0.0); visiting q1 first gives 2 (100% at 0.5) before q2 brings it back.
     """
-    data = [{"title": "t", "paragraphs": [{"context": "x y", "qas": [
-        {"id": "q1", "question": "?", "answers": [{"text": "x", "answer_start": 0}]},
-        {"id": "q2", "question": "?", "answers": []}]}]}]
+    data = [
+        {
+            "title": "t",
+            "paragraphs": [
+                {
+                    "context": "x y",
+                    "qas": [
+                        {"id": "q1", "question": "?", "answers": [{"text": "x", "answer_start": 0}]},
+                        {"id": "q2", "question": "?", "answers": []},
+                    ],
+                }
+            ],
+        }
+    ]
     preds = {"q1": "x", "q2": "y"}
     q2_first = evaluate_squad(data, preds, na_probs={"q2": 0.5, "q1": 0.5})
     q1_first = evaluate_squad(data, preds, na_probs={"q1": 0.5, "q2": 0.5})

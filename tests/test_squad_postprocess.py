@@ -138,13 +138,21 @@ def test_json_files_written(tmp_path):
     assert isinstance(written["a"][0]["probability"], float)
 
     postprocess_predictions(examples, features, start, end, False, output_dir=tmp_path / "v1", prefix="eval")
-    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == ["eval_nbest_predictions.json", "eval_predictions.json"]
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == [
+        "eval_nbest_predictions.json",
+        "eval_predictions.json",
+    ]
 
 
 def test_accepts_datasets_tables():
     datasets = pytest.importorskip("datasets")
     examples, features, start, end = multi_window_setup()
     expected = postprocess_predictions(examples, features, start, end, True)
-    got = postprocess_predictions(datasets.Dataset.from_dict(examples), datasets.Dataset.from_dict(features),
-                                  [start[:2], start[2:]], [end[:2], end[2:]], True)
+    got = postprocess_predictions(
+        datasets.Dataset.from_dict(examples),
+        datasets.Dataset.from_dict(features),
+        [start[:2], start[2:]],
+        [end[:2], end[2:]],
+        True,
+    )
     assert got[0] == expected[0] and got[2] == pytest.approx(expected[2])

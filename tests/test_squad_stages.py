@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from helpers import SHARED, requires_shared
-from tiny import WORDS, build_tokenizer, one_thread, write_model  # noqa: F401
-
 from ted.cli import main as ted_main
+from tiny import WORDS, build_tokenizer, one_thread, write_model  # noqa: F401
 
 
 def ted_cli(*argv) -> None:
@@ -32,11 +31,17 @@ def write_squad(path: Path, n_articles: int, seed: int) -> Path:
                 qas.append({"id": f"a{a}q{q}", "question": " what was it", "answers": [], "is_impossible": True})
                 continue
             i = rng.randrange(len(words) - 2)
-            text = " ".join(words[i:i + 2])
+            text = " ".join(words[i : i + 2])
             start = len(" ".join(words[:i])) + (1 if i else 0)
-            assert context[start:start + len(text)] == text
-            qas.append({"id": f"a{a}q{q}", "question": f"where {words[i]}", "is_impossible": False,
-                        "answers": [{"text": text, "answer_start": start}]})
+            assert context[start : start + len(text)] == text
+            qas.append(
+                {
+                    "id": f"a{a}q{q}",
+                    "question": f"where {words[i]}",
+                    "is_impossible": False,
+                    "answers": [{"text": text, "answer_start": start}],
+                }
+            )
         data.append({"title": f"t{a}", "paragraphs": [{"context": context, "qas": qas}]})
     path.write_text(json.dumps({"version": "v2.0", "data": data}))
     return path
@@ -49,22 +54,83 @@ def squad_chain(tmp_path_factory, one_thread):  # noqa: F811
     train, dev = write_squad(root / "train.json", 6, 0), write_squad(root / "dev.json", 3, 1)
     teacher0 = write_model(root / "teacher_init", tok, layers=4, seed=1)
     student0 = write_model(root / "student_init", tok, layers=2, seed=2)
-    q = ["--task_name", "squad_v2", "--train_file", train, "--validation_file", dev, "--max_seq_length", 32,
-         "--doc_stride", 16, "--num_train_epochs", 1, "--per_device_train_batch_size", 8,
-         "--per_device_eval_batch_size", 8, "--dataloader_pin_memory", "False", "--learning_rate", 1e-3,
-         "--logging_steps", 1]
+    q = [
+        "--task_name",
+        "squad_v2",
+        "--train_file",
+        train,
+        "--validation_file",
+        dev,
+        "--max_seq_length",
+        32,
+        "--doc_stride",
+        16,
+        "--num_train_epochs",
+        1,
+        "--per_device_train_batch_size",
+        8,
+        "--per_device_eval_batch_size",
+        8,
+        "--dataloader_pin_memory",
+        "False",
+        "--learning_rate",
+        1e-3,
+        "--logging_steps",
+        1,
+    ]
     out = {name: root / name for name in ("t0", "s0", "t1", "s1", "ted", "kd", "lwd", "eval", "student")}
     ted_cli("finetune", "--model_name_or_path", teacher0, *q, "--output_dir", out["t0"])
     ted_cli("finetune", "--model_name_or_path", student0, *q, "--output_dir", out["s0"])
     ted_cli("learn-filters", "--model_name_or_path", out["t0"], *q, "--filter_interval", 2, "--output_dir", out["t1"])
     ted_cli("learn-filters", "--model_name_or_path", out["s0"], *q, "--filter_interval", 1, "--output_dir", out["s1"])
-    ted_cli("distill", "--teacher_model_name_or_path", out["t1"], "--model_name_or_path", out["s1"], *q,
-            "--teacher_filter_interval", 2, "--kl_alpha", 10, "--mse_alpha", 50, "--output_dir", out["ted"])
-    ted_cli("distill", "--teacher_model_name_or_path", out["t0"], "--model_name_or_path", student0, *q,
-            "--filter_disabled", "--kl_alpha", 10, "--mse_alpha", 0, "--output_dir", out["kd"])
-    ted_cli("distill", "--teacher_model_name_or_path", out["t0"], "--model_name_or_path", student0, *q,
-            "--filter_disabled", "--teacher_filter_interval", 2, "--kl_alpha", 10, "--mse_alpha", 5,
-            "--output_dir", out["lwd"])
+    ted_cli(
+        "distill",
+        "--teacher_model_name_or_path",
+        out["t1"],
+        "--model_name_or_path",
+        out["s1"],
+        *q,
+        "--teacher_filter_interval",
+        2,
+        "--kl_alpha",
+        10,
+        "--mse_alpha",
+        50,
+        "--output_dir",
+        out["ted"],
+    )
+    ted_cli(
+        "distill",
+        "--teacher_model_name_or_path",
+        out["t0"],
+        "--model_name_or_path",
+        student0,
+        *q,
+        "--filter_disabled",
+        "--kl_alpha",
+        10,
+        "--mse_alpha",
+        0,
+        "--output_dir",
+        out["kd"],
+    )
+    ted_cli(
+        "distill",
+        "--teacher_model_name_or_path",
+        out["t0"],
+        "--model_name_or_path",
+        student0,
+        *q,
+        "--filter_disabled",
+        "--teacher_filter_interval",
+        2,
+        "--kl_alpha",
+        10,
+        "--mse_alpha",
+        5,
+        "--output_dir",
+        out["lwd"],
+    )
     ted_cli("evaluate", "--model_name_or_path", out["ted"], *q, "--output_dir", out["eval"])
     ted_cli("export", out["ted"], "--output_dir", out["student"])
     return {"dev": dev, **out}
@@ -123,13 +189,22 @@ def test_export_is_a_stock_question_answering_model(squad_chain):
 
 
 def test_squad_v1_refuses_unanswerable_data(squad_chain, tmp_path):
+    from ted.api import parse_kwargs
     from ted.errors import TedInputError
     from ted.stages.finetune import run_finetune
-    from ted.api import parse_kwargs
 
-    groups = parse_kwargs("finetune", dict(model_name_or_path=str(squad_chain["s0"]), task_name="squad",
-                                           train_file=str(squad_chain["dev"]), validation_file=str(squad_chain["dev"]),
-                                           max_seq_length=32, doc_stride=16, output_dir=str(tmp_path / "v1")))
+    groups = parse_kwargs(
+        "finetune",
+        dict(
+            model_name_or_path=str(squad_chain["s0"]),
+            task_name="squad",
+            train_file=str(squad_chain["dev"]),
+            validation_file=str(squad_chain["dev"]),
+            max_seq_length=32,
+            doc_stride=16,
+            output_dir=str(tmp_path / "v1"),
+        ),
+    )
     with pytest.raises(TedInputError, match="squad_v2"):
         run_finetune(*groups)
     assert not (tmp_path / "v1").exists()
@@ -140,17 +215,62 @@ def test_squad_v1_refuses_unanswerable_data(squad_chain, tmp_path):
 def test_real_minilm_pair_on_shared_squad(tmp_path):
     """all-MiniLM-L6-v2 teacher -> paraphrase-MiniLM-L3-v2 student on the shared SQuAD 2.0 files."""
     teacher, student = SHARED / "models/all-MiniLM-L6-v2", SHARED / "models/paraphrase-MiniLM-L3-v2"
-    q = ["--task_name", "squad_v2", "--train_file", SHARED / "data/squad_v2/train-v2.0-first10articles.json",
-         "--validation_file", SHARED / "data/squad_v2/dev-v2.0-4articles.json", "--max_train_samples", 8,
-         "--max_eval_samples", 8, "--max_seq_length", 128, "--doc_stride", 64, "--num_train_epochs", 1,
-         "--per_device_train_batch_size", 8, "--dataloader_pin_memory", "False", "--save_strategy", "no",
-         "--disable_tqdm", "True"]
+    q = [
+        "--task_name",
+        "squad_v2",
+        "--train_file",
+        SHARED / "data/squad_v2/train-v2.0-first10articles.json",
+        "--validation_file",
+        SHARED / "data/squad_v2/dev-v2.0-4articles.json",
+        "--max_train_samples",
+        8,
+        "--max_eval_samples",
+        8,
+        "--max_seq_length",
+        128,
+        "--doc_stride",
+        64,
+        "--num_train_epochs",
+        1,
+        "--per_device_train_batch_size",
+        8,
+        "--dataloader_pin_memory",
+        "False",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "True",
+    ]
     ted_cli("finetune", "--model_name_or_path", teacher, *q, "--output_dir", tmp_path / "t0")
-    ted_cli("learn-filters", "--model_name_or_path", tmp_path / "t0", *q, "--filter_interval", 2,
-            "--output_dir", tmp_path / "t1")
-    ted_cli("learn-filters", "--model_name_or_path", student, *q, "--filter_interval", 1, "--output_dir", tmp_path / "s1")
-    ted_cli("distill", "--teacher_model_name_or_path", tmp_path / "t1", "--model_name_or_path", tmp_path / "s1", *q,
-            "--teacher_filter_interval", 2, "--kl_alpha", 10, "--mse_alpha", 5000, "--output_dir", tmp_path / "ted")
+    ted_cli(
+        "learn-filters",
+        "--model_name_or_path",
+        tmp_path / "t0",
+        *q,
+        "--filter_interval",
+        2,
+        "--output_dir",
+        tmp_path / "t1",
+    )
+    ted_cli(
+        "learn-filters", "--model_name_or_path", student, *q, "--filter_interval", 1, "--output_dir", tmp_path / "s1"
+    )
+    ted_cli(
+        "distill",
+        "--teacher_model_name_or_path",
+        tmp_path / "t1",
+        "--model_name_or_path",
+        tmp_path / "s1",
+        *q,
+        "--teacher_filter_interval",
+        2,
+        "--kl_alpha",
+        10,
+        "--mse_alpha",
+        5000,
+        "--output_dir",
+        tmp_path / "ted",
+    )
     stage = json.loads((tmp_path / "ted" / "ted_stage.json").read_text())
     assert stage["lineage"]["layer_pairs"] == [[0, 1], [1, 3], [2, 5]]
     metrics = results(tmp_path / "ted")
@@ -159,8 +279,19 @@ def test_real_minilm_pair_on_shared_squad(tmp_path):
 
 def test_evaluate_takes_task_and_windows_from_the_stage(squad_chain, tmp_path):
     """No --task_name, no --train_file, no window flags: the stage's ted_stage.json supplies them."""
-    ted_cli("evaluate", "--model_name_or_path", squad_chain["ted"], "--validation_file", squad_chain["dev"],
-            "--per_device_eval_batch_size", 8, "--dataloader_pin_memory", "False", "--output_dir", tmp_path / "e")
+    ted_cli(
+        "evaluate",
+        "--model_name_or_path",
+        squad_chain["ted"],
+        "--validation_file",
+        squad_chain["dev"],
+        "--per_device_eval_batch_size",
+        8,
+        "--dataloader_pin_memory",
+        "False",
+        "--output_dir",
+        tmp_path / "e",
+    )
     alone, full = results(tmp_path / "e"), results(squad_chain["eval"])
     assert alone["eval_total"] == 12
     scores = [{k: v for k, v in r.items() if not k.endswith(("runtime", "per_second", "time"))} for r in (alone, full)]
@@ -169,8 +300,25 @@ def test_evaluate_takes_task_and_windows_from_the_stage(squad_chain, tmp_path):
     odds = [json.loads((folder / "null_odds.json").read_text()) for folder in (tmp_path / "e", squad_chain["eval"])]
     assert odds[0] == pytest.approx(odds[1])
     # An explicit flag beats the stage: a wider stride than the window is refused, naming the flag.
-    assert ted_main([str(a) for a in ("evaluate", "--model_name_or_path", squad_chain["ted"], "--validation_file",
-                                      squad_chain["dev"], "--doc_stride", 64, "--output_dir", tmp_path / "x")]) == 2
+    assert (
+        ted_main(
+            [
+                str(a)
+                for a in (
+                    "evaluate",
+                    "--model_name_or_path",
+                    squad_chain["ted"],
+                    "--validation_file",
+                    squad_chain["dev"],
+                    "--doc_stride",
+                    64,
+                    "--output_dir",
+                    tmp_path / "x",
+                )
+            ]
+        )
+        == 2
+    )
 
 
 def test_evaluate_streams_span_logits(squad_chain, tmp_path, monkeypatch):
@@ -185,15 +333,46 @@ def test_evaluate_streams_span_logits(squad_chain, tmp_path, monkeypatch):
         return original(self, prediction, compute_result)
 
     monkeypatch.setattr(SquadEvaluator, "__call__", spy)
-    ted_cli("evaluate", "--model_name_or_path", squad_chain["ted"], "--validation_file", squad_chain["dev"],
-            "--per_device_eval_batch_size", 4, "--dataloader_pin_memory", "False", "--output_dir", tmp_path / "e")
+    ted_cli(
+        "evaluate",
+        "--model_name_or_path",
+        squad_chain["ted"],
+        "--validation_file",
+        squad_chain["dev"],
+        "--per_device_eval_batch_size",
+        4,
+        "--dataloader_pin_memory",
+        "False",
+        "--output_dir",
+        tmp_path / "e",
+    )
     assert len(calls) > 1 and all(n <= 4 for n, _ in calls), calls
     assert [done for _, done in calls] == [False] * (len(calls) - 1) + [True]
     assert results(tmp_path / "e")["eval_total"] == 12
 
 
 def test_training_still_needs_a_train_file(squad_chain, tmp_path):
-    assert ted_main([str(a) for a in ("finetune", "--model_name_or_path", squad_chain["s0"], "--task_name",
-                                      "squad_v2", "--validation_file", squad_chain["dev"], "--max_seq_length", 32,
-                                      "--doc_stride", 16, "--output_dir", tmp_path / "ft")]) == 2
+    assert (
+        ted_main(
+            [
+                str(a)
+                for a in (
+                    "finetune",
+                    "--model_name_or_path",
+                    squad_chain["s0"],
+                    "--task_name",
+                    "squad_v2",
+                    "--validation_file",
+                    squad_chain["dev"],
+                    "--max_seq_length",
+                    32,
+                    "--doc_stride",
+                    16,
+                    "--output_dir",
+                    tmp_path / "ft",
+                )
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "ft").exists()

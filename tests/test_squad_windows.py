@@ -129,7 +129,9 @@ def test_left_padding_puts_context_first(tokenizer):
     tok.padding_side = "left"
     answer = "quebec13 romeo14"
     feats = prepare_train_features(examples_with([answer]), tok, MAX_LEN, STRIDE)
-    labelled = [(ids, s, e) for ids, s, e in zip(feats["input_ids"], feats["start_positions"], feats["end_positions"]) if s]
+    labelled = [
+        (ids, s, e) for ids, s, e in zip(feats["input_ids"], feats["start_positions"], feats["end_positions"]) if s
+    ]
     assert labelled and all(tok.decode(ids[s : e + 1]) == answer for ids, s, e in labelled)
     assert tok.decode(feats["input_ids"][0][1:3]) == "alpha0"  # context comes before the question
 
@@ -149,10 +151,34 @@ def write(tmp_path, obj, name="f.json"):
 
 
 def test_json_loader_flattens_official_schema(tmp_path):
-    raw = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "Paris is in France.", "qas": [
-        {"id": "a", "question": "Where?", "answers": [{"text": "France", "answer_start": 12}], "is_impossible": False},
-        {"id": "b", "question": "Who?", "answers": [], "plausible_answers": [{"text": "Paris", "answer_start": 0}],
-         "is_impossible": True}]}]}]}
+    raw = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "Paris is in France.",
+                        "qas": [
+                            {
+                                "id": "a",
+                                "question": "Where?",
+                                "answers": [{"text": "France", "answer_start": 12}],
+                                "is_impossible": False,
+                            },
+                            {
+                                "id": "b",
+                                "question": "Who?",
+                                "answers": [],
+                                "plausible_answers": [{"text": "Paris", "answer_start": 0}],
+                                "is_impossible": True,
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
     ds = squad_examples_from_json(write(tmp_path, raw))
     assert ds.column_names == ["id", "title", "context", "question", "answers"]
     assert ds[0]["answers"] == {"text": ["France"], "answer_start": [12]}

@@ -7,10 +7,9 @@ import copy
 import json
 
 import pytest
-import tiny
 import torch
 from datasets import Dataset
-from tiny import one_thread  # noqa: F401  (module fixture)
+from safetensors.torch import load_file as safetensors_load
 from transformers import (
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
@@ -18,8 +17,7 @@ from transformers import (
     default_data_collator,
 )
 
-from safetensors.torch import load_file as safetensors_load
-
+import tiny
 from ted import feature_cache
 from ted.cli import main
 from ted.feature_cache import first_token_features
@@ -27,6 +25,7 @@ from ted.filters import new_filters
 from ted.heads import new_heads
 from ted.objectives import CachedFilterLearner, FilterLearner, FilterObjective
 from ted.training import TedTrainer
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,8 +34,14 @@ LAYERS = [1, 3]
 
 def _setup(tmp_path):
     tok = tiny.build_tokenizer()
-    folder = tiny.write_model(tmp_path / "m", tok, layers=4, head_labels=["neg", "pos"],
-                              hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    folder = tiny.write_model(
+        tmp_path / "m",
+        tok,
+        layers=4,
+        head_labels=["neg", "pos"],
+        hidden_dropout_prob=0.3,
+        attention_probs_dropout_prob=0.3,
+    )
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     train, _ = tiny.write_data(tmp_path / "data", n_train=24, n_dev=4)
     rows = [line.rsplit(",", 1) for line in train.read_text().splitlines()[1:]]
@@ -70,15 +75,33 @@ def test_cached_training_matches_uncached_eval_mode(tmp_path):
     tok, model, data, filters, heads = _setup(tmp_path)
 
     def train(module, dataset, collator):
-        args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=6,
-                                 learning_rate=1e-2, report_to=[], remove_unused_columns=False, save_strategy="no",
-                                 use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, seed=3)
-        TedTrainer(model=module, args=args, objective=FilterObjective("classification"), data_collator=collator,
-                   train_dataset=dataset).train()
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            max_steps=4,
+            per_device_train_batch_size=6,
+            learning_rate=1e-2,
+            report_to=[],
+            remove_unused_columns=False,
+            save_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+            seed=3,
+        )
+        TedTrainer(
+            model=module,
+            args=args,
+            objective=FilterObjective("classification"),
+            data_collator=collator,
+            train_dataset=dataset,
+        ).train()
         return module.filters.state_dict()
 
-    uncached = train(FilterLearner(model, copy.deepcopy(filters), copy.deepcopy(heads), backbone_mode="eval"),
-                     data, DataCollatorWithPadding(tok))
+    uncached = train(
+        FilterLearner(model, copy.deepcopy(filters), copy.deepcopy(heads), backbone_mode="eval"),
+        data,
+        DataCollatorWithPadding(tok),
+    )
     cache = first_token_features(model, data, LAYERS, tok, torch.device("cpu"), batch_size=7)
     cached = train(CachedFilterLearner(copy.deepcopy(filters), copy.deepcopy(heads)), cache, default_data_collator)
     moved = False
@@ -94,8 +117,16 @@ def test_learn_filters_default_is_cached_eval_mode(tmp_path, monkeypatch):
     model = tiny.write_model(tmp_path / "m", tok, layers=2, head_labels=["neg", "pos"])
     train, dev = tiny.write_data(tmp_path / "data", n_train=32, n_dev=16)
     out = tmp_path / "stage1"
-    argv = ["learn-filters", "--model_name_or_path", str(model), "--output_dir", str(out),
-            "--disable_tqdm", "true", *tiny.train_flags(train, dev)]  # no --stage1_backbone_mode: the default
+    argv = [
+        "learn-filters",
+        "--model_name_or_path",
+        str(model),
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+        *tiny.train_flags(train, dev),
+    ]  # no --stage1_backbone_mode: the default
     assert main(argv) == 0
     scores = json.loads((out / "stage1_layer_scores.json").read_text())
     assert set(scores) == {"0", "1"} and all("accuracy" in v for v in scores.values())
@@ -119,8 +150,21 @@ def test_cache_too_big_for_memory_falls_back_to_the_backbone(tmp_path, monkeypat
     train, dev = tiny.write_data(tmp_path / "data", n_train=32, n_dev=16)
 
     def run(out):
-        assert main(["learn-filters", "--model_name_or_path", str(model), "--output_dir", str(out),
-                     "--disable_tqdm", "true", *tiny.train_flags(train, dev)]) == 0
+        assert (
+            main(
+                [
+                    "learn-filters",
+                    "--model_name_or_path",
+                    str(model),
+                    "--output_dir",
+                    str(out),
+                    "--disable_tqdm",
+                    "true",
+                    *tiny.train_flags(train, dev),
+                ]
+            )
+            == 0
+        )
         return json.loads((out / "ted_stage.json").read_text())
 
     assert run(tmp_path / "cached")["stage1_feature_cache"] is True
@@ -137,7 +181,7 @@ def test_cache_too_big_for_memory_falls_back_to_the_backbone(tmp_path, monkeypat
 
 
 def test_cache_fits_counts_every_process_on_the_machine(monkeypatch):
-    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 100 * 1024 ** 3)
+    monkeypatch.setattr(feature_cache, "available_memory_bytes", lambda: 100 * 1024**3)
     need = feature_cache.cache_bytes(392_702, 12, 768, None)  # MNLI, 12 layers of a base model, float32
     assert round(need / 1e9, 1) == 14.5
     assert feature_cache.cache_bytes(392_702, 12, 768, torch.bfloat16) * 2 == need

@@ -10,18 +10,20 @@ import json
 import shutil
 
 import pytest
-import tiny
 import torch
 from safetensors.torch import load_file
-from tiny import one_thread  # noqa: F401  (module fixture)
 
+import tiny
 from ted.cli import main
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("one_thread"),
-    pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++") or shutil.which("gcc")),
-                       reason="torch.compile on CPU needs a C++ compiler (none found on PATH)"),
+    pytest.mark.skipif(
+        not (shutil.which("c++") or shutil.which("g++") or shutil.which("gcc")),
+        reason="torch.compile on CPU needs a C++ compiler (none found on PATH)",
+    ),
 ]
 
 
@@ -31,9 +33,24 @@ def test_compiled_distill_matches_eager(tmp_path, monkeypatch):
     train, dev = tiny.write_data(tmp_path / "data", n_train=32, n_dev=16)
     teacher = tiny.write_stage1_model(tmp_path / "t", tok, 4, [1, 3], 2, seed=0)
     student = tiny.write_stage1_model(tmp_path / "s", tok, 2, [0, 1], 1, seed=1)
-    common = ["distill", "--teacher_model_name_or_path", str(teacher), "--model_name_or_path", str(student),
-              "--teacher_filter_interval", "2", "--filter_output_dim", "16", "--kl_alpha", "1", "--mse_alpha", "10",
-              "--classifier_dropout", "0", *tiny.train_flags(train, dev, num_train_epochs="1", learning_rate="5e-3")]
+    common = [
+        "distill",
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--model_name_or_path",
+        str(student),
+        "--teacher_filter_interval",
+        "2",
+        "--filter_output_dim",
+        "16",
+        "--kl_alpha",
+        "1",
+        "--mse_alpha",
+        "10",
+        "--classifier_dropout",
+        "0",
+        *tiny.train_flags(train, dev, num_train_epochs="1", learning_rate="5e-3"),
+    ]
     assert main(common + ["--output_dir", str(tmp_path / "eager")]) == 0
     assert main(common + ["--torch_compile", "true", "--output_dir", str(tmp_path / "compiled")]) == 0
 

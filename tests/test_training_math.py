@@ -45,8 +45,21 @@ def train_loss(folder) -> float:
 CASES = {
     "finetune": ["finetune", *NO_DROPOUT],
     "kd": ["distill", "--method", "kd", "--kl_alpha", "3", "--temperature", "3", *NO_DROPOUT],
-    "ted": ["distill", "--method", "ted", "--kl_alpha", "1", "--mse_alpha", "10", "--filter_output_dim", "16",
-            "--pad_to_max_length", "true", "--paper_compat", *NO_DROPOUT],
+    "ted": [
+        "distill",
+        "--method",
+        "ted",
+        "--kl_alpha",
+        "1",
+        "--mse_alpha",
+        "10",
+        "--filter_output_dim",
+        "16",
+        "--pad_to_max_length",
+        "true",
+        "--paper_compat",
+        *NO_DROPOUT,
+    ],
 }
 
 
@@ -62,8 +75,15 @@ def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(assets, tmp_
         out = tmp_path / name
         # Plain SGD: the update is proportional to the gradient, so a wrongly scaled accumulated gradient shows
         # in the weights (Adam would normalise the scale away and amplify rounding noise where gradients are ~0).
-        flags = tiny.train_flags(train, dev, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                                 optim="sgd", learning_rate=0.5, num_train_epochs=1)
+        flags = tiny.train_flags(
+            train,
+            dev,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            optim="sgd",
+            learning_rate=0.5,
+            num_train_epochs=1,
+        )
         run([*command, *models, "--output_dir", out, *flags])
         outputs[name] = out
     big, small = (tiny.state_dict_of(outputs[n]) for n in ("b8", "b4x2"))
@@ -97,8 +117,10 @@ def test_masked_kl_at_temperature_three_ignores_masked_positions():
     s, t = torch.randn(2, 6, generator=gen), torch.randn(2, 6, generator=gen)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
     value = losses.kl_divergence(s, t, 3.0, mask)
-    rows = [reference_kd(s[i, mask[i] == 1].double().numpy()[None], t[i, mask[i] == 1].double().numpy()[None], 3.0)
-            for i in range(2)]
+    rows = [
+        reference_kd(s[i, mask[i] == 1].double().numpy()[None], t[i, mask[i] == 1].double().numpy()[None], 3.0)
+        for i in range(2)
+    ]
     assert value.item() == pytest.approx(sum(rows) / 2, rel=1e-5)
 
 
@@ -123,8 +145,17 @@ def test_label_smoothing_reaches_the_stage_loss(assets, tmp_path):
     first = {}
     for eps in ("0", "0.2"):
         out = tmp_path / f"ls{eps}"
-        run(["finetune", "--model_name_or_path", assets["student"], "--output_dir", out, *NO_DROPOUT,
-             *tiny.train_flags(train, dev, label_smoothing_factor=eps)])
+        run(
+            [
+                "finetune",
+                "--model_name_or_path",
+                assets["student"],
+                "--output_dir",
+                out,
+                *NO_DROPOUT,
+                *tiny.train_flags(train, dev, label_smoothing_factor=eps),
+            ]
+        )
         first[eps] = json.loads((out / "log_history.json").read_text())[0]["loss"]
     assert first["0.2"] != pytest.approx(first["0"], rel=1e-4)  # the factor is no longer silently ignored
 
@@ -134,8 +165,16 @@ def test_label_smoothing_is_refused_for_regression(tmp_path, capsys):
     model = tiny.write_model(tmp_path / "m", tok)
     train, dev = tiny.write_data(tmp_path / "reg", regression=True)
     out = tmp_path / "out"
-    code = main(["finetune", "--model_name_or_path", str(model), "--output_dir", str(out),
-                 *tiny.train_flags(train, dev, label_smoothing_factor=0.1)])
+    code = main(
+        [
+            "finetune",
+            "--model_name_or_path",
+            str(model),
+            "--output_dir",
+            str(out),
+            *tiny.train_flags(train, dev, label_smoothing_factor=0.1),
+        ]
+    )
     assert code == 2
     assert "label_smoothing_factor" in capsys.readouterr().err
     assert not out.exists()
@@ -143,8 +182,20 @@ def test_label_smoothing_is_refused_for_regression(tmp_path, capsys):
 
 def test_gradient_checkpointing_in_stage_two_matches_without(assets, tmp_path):
     train, dev = assets["data"]
-    base = ["distill", "--model_name_or_path", assets["student"], "--teacher_model_name_or_path", assets["teacher"],
-            "--kl_alpha", "1", "--mse_alpha", "10", "--filter_output_dim", "16", *NO_DROPOUT]
+    base = [
+        "distill",
+        "--model_name_or_path",
+        assets["student"],
+        "--teacher_model_name_or_path",
+        assets["teacher"],
+        "--kl_alpha",
+        "1",
+        "--mse_alpha",
+        "10",
+        "--filter_output_dim",
+        "16",
+        *NO_DROPOUT,
+    ]
     run([*base, "--output_dir", tmp_path / "plain", *tiny.train_flags(train, dev)])
     run([*base, "--output_dir", tmp_path / "ckpt", "--gradient_checkpointing", "true", *tiny.train_flags(train, dev)])
     plain, ckpt = tiny.state_dict_of(tmp_path / "plain"), tiny.state_dict_of(tmp_path / "ckpt")
@@ -156,6 +207,16 @@ def test_gradient_checkpointing_is_ignored_by_stage_one(tmp_path, caplog):
     tok = tiny.build_tokenizer()
     model = tiny.write_model(tmp_path / "m", tok, head_labels=["neg", "pos"])
     train, dev = tiny.write_data(tmp_path / "d")
-    run(["learn-filters", "--model_name_or_path", model, "--output_dir", tmp_path / "s1",
-         "--gradient_checkpointing", "true", *tiny.train_flags(train, dev)])
+    run(
+        [
+            "learn-filters",
+            "--model_name_or_path",
+            model,
+            "--output_dir",
+            tmp_path / "s1",
+            "--gradient_checkpointing",
+            "true",
+            *tiny.train_flags(train, dev),
+        ]
+    )
     assert "no effect on Stage I" in caplog.text

@@ -45,8 +45,9 @@ def _sentence(rng: random.Random) -> tuple[str, int]:
     return " ".join(words), score
 
 
-def write_data(folder: Path, n_train: int = 32, n_dev: int = 16, regression: bool = False,
-               seed: int = 0) -> tuple[Path, Path]:
+def write_data(
+    folder: Path, n_train: int = 32, n_dev: int = 16, regression: bool = False, seed: int = 0
+) -> tuple[Path, Path]:
     """train.csv / dev.csv with columns sentence,label: labels pos/neg, or float scores (STS-B-like)."""
     rng = random.Random(seed)
 
@@ -62,21 +63,42 @@ def write_data(folder: Path, n_train: int = 32, n_dev: int = 16, regression: boo
 def model_config(arch: str, vocab_size: int, layers: int, pad_token_id: int, **extra):
     from transformers import BertConfig, DebertaV2Config, RobertaConfig
 
-    common = dict(vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=layers, num_attention_heads=2,
-                  intermediate_size=2 * HIDDEN, max_position_embeddings=64, pad_token_id=pad_token_id, **extra)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * HIDDEN,
+        max_position_embeddings=64,
+        pad_token_id=pad_token_id,
+        **extra,
+    )
     if arch == "bert":
         return BertConfig(**common)
     if arch == "roberta":
         # RoBERTa positions start at pad_token_id + 1: 64 positions cover MAX_LEN tokens with room to spare.
         return RobertaConfig(type_vocab_size=2, **common)
     if arch == "deberta-v2":
-        return DebertaV2Config(relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
-                               position_buckets=16, type_vocab_size=0, **common)
+        return DebertaV2Config(
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            position_buckets=16,
+            type_vocab_size=0,
+            **common,
+        )
     raise ValueError(arch)
 
 
-def write_model(folder: Path, tokenizer, arch: str = "bert", layers: int = 2, seed: int = 0,
-                head_labels: list[str] | None = None, **extra) -> Path:
+def write_model(
+    folder: Path,
+    tokenizer,
+    arch: str = "bert",
+    layers: int = 2,
+    seed: int = 0,
+    head_labels: list[str] | None = None,
+    **extra,
+) -> Path:
     """A randomly initialised encoder saved with `tokenizer`; with `head_labels`, a *trained-looking*
     sequence-classification model (architectures = ...ForSequenceClassification) with those labels."""
     from transformers import AutoModel, AutoModelForSequenceClassification
@@ -98,9 +120,17 @@ def write_model(folder: Path, tokenizer, arch: str = "bert", layers: int = 2, se
 def train_flags(train: Path, dev: Path, **overrides) -> list[str]:
     """Common CLI flags of a fast tiny run."""
     flags = {
-        "train_file": str(train), "validation_file": str(dev), "max_seq_length": MAX_LEN, "num_train_epochs": 1,
-        "per_device_train_batch_size": 16, "per_device_eval_batch_size": 16, "dataloader_pin_memory": False,
-        "logging_steps": 1, "learning_rate": 1e-3, "seed": 0, "disable_tqdm": True,
+        "train_file": str(train),
+        "validation_file": str(dev),
+        "max_seq_length": MAX_LEN,
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 16,
+        "dataloader_pin_memory": False,
+        "logging_steps": 1,
+        "learning_rate": 1e-3,
+        "seed": 0,
+        "disable_tqdm": True,
     }
     flags.update(overrides)
     argv: list[str] = []
@@ -116,20 +146,29 @@ def state_dict_of(folder: Path) -> dict[str, torch.Tensor]:
 
     legacy = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
     state = load_file(str(Path(folder) / "model.safetensors"))
-    return {next((key.replace(old, new) for old, new in legacy.items() if key.endswith(old)), key): value
-            for key, value in state.items()}
+    return {
+        next((key.replace(old, new) for old, new in legacy.items() if key.endswith(old)), key): value
+        for key, value in state.items()
+    }
 
 
-def write_stage1_model(folder: Path, tokenizer, layers: int, filter_layers: list[int], interval: int,
-                       seed: int, filter_dim: int = 16) -> Path:
+def write_stage1_model(
+    folder: Path, tokenizer, layers: int, filter_layers: list[int], interval: int, seed: int, filter_dim: int = 16
+) -> Path:
     """A fine-tuned-looking model without dropout, plus Stage I filters, as `ted learn-filters` would write."""
     from transformers import AutoConfig
 
     from ted.filters import new_filters
 
-    write_model(folder, tokenizer, layers=layers, seed=seed, head_labels=["neg", "pos"], hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0)
+    write_model(
+        folder,
+        tokenizer,
+        layers=layers,
+        seed=seed,
+        head_labels=["neg", "pos"],
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(seed)
     new_filters(AutoConfig.from_pretrained(folder), filter_layers, filter_dim, False, interval=interval).save(folder)
     return folder
-

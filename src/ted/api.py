@@ -66,8 +66,8 @@ def export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_spe
 def pipeline(config, output_dir: str | None = None, **overrides):
     """`ted pipeline`: every stage for tasks x seeds from YAML file(s); keyword arguments as on the CLI
     (`seeds=[1, 2]`, `baseline_init="finetuned"`, `max_train_samples=100`, `ted={"kl_alpha": 5}`)."""
-    from .pipeline_runner import run_pipeline
     from .pipeline_config import SECTIONS, set_override
+    from .pipeline_runner import run_pipeline
 
     merged: dict[str, Any] = {}
     for key, value in {**overrides, **({"output_dir": output_dir} if output_dir else {})}.items():
@@ -75,8 +75,9 @@ def pipeline(config, output_dir: str | None = None, **overrides):
             merged.setdefault(key, {}).update(value)
         else:
             set_override(merged, key, value)
-    return run_pipeline([config] if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__") else
-                        list(config), merged)
+    return run_pipeline(
+        [config] if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__") else list(config), merged
+    )
 
 
 def report(run_dirs, output: str | None = None, speed: bool = True):

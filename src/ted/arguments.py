@@ -94,10 +94,19 @@ def stage_parser(command: str, description: Optional[str] = None):
         pass
 
     # A short usage line: argparse's own would list all ~170 options before the help starts.
-    parser = StageParser(command_groups(command), prog=f"ted {command}", description=description,
-                         usage="%(prog)s [--config FILE] [options]", allow_abbrev=False)
-    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="YAML or JSON file of {option: value}; options given on the command line win.")
+    parser = StageParser(
+        command_groups(command),
+        prog=f"ted {command}",
+        description=description,
+        usage="%(prog)s [--config FILE] [options]",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="YAML or JSON file of {option: value}; options given on the command line win.",
+    )
     _lift_ted_training_options(parser)
     return parser
 
@@ -280,8 +289,16 @@ HINTS = {
     "filter_output_dim": "leave it out to use the model's hidden size",
 }
 AT_LEAST_ONE = {
-    "all": ("per_device_eval_batch_size", "max_eval_samples", "filter_interval", "teacher_filter_interval",
-            "filter_output_dim", "doc_stride", "n_best_size", "max_answer_length"),
+    "all": (
+        "per_device_eval_batch_size",
+        "max_eval_samples",
+        "filter_interval",
+        "teacher_filter_interval",
+        "filter_output_dim",
+        "doc_stride",
+        "n_best_size",
+        "max_answer_length",
+    ),
     "train": ("per_device_train_batch_size", "gradient_accumulation_steps", "max_train_samples"),
 }
 NOT_NEGATIVE = ("kl_alpha", "mse_alpha", "learning_rate")
@@ -318,8 +335,10 @@ def check_values(command: str, values: Mapping[str, Any]) -> None:
     # max_steps is a Trainer option, so precheck cannot see it: this rule waits for the full parse.
     epochs, steps = values.get("num_train_epochs"), values.get("max_steps")
     if command in TRAINING_COMMANDS and epochs is not None and steps is not None and epochs <= 0 and steps <= 0:
-        raise TedInputError(f"--num_train_epochs is {values['num_train_epochs']}, so nothing would be trained: give "
-                            "a positive --num_train_epochs (or a positive --max_steps).")
+        raise TedInputError(
+            f"--num_train_epochs is {values['num_train_epochs']}, so nothing would be trained: give "
+            "a positive --num_train_epochs (or a positive --max_steps)."
+        )
     _check_seq_length(command, values)
     _check_label_list(values.get("label_list"))
 
@@ -328,9 +347,11 @@ def _check_seq_length(command: str, values: Mapping[str, Any]) -> None:
     squad = str(values.get("task_name") or "").strip().lower() in SQUAD_TASKS
     given = values.get("max_seq_length")
     if given is not None and given < MIN_SEQ_LENGTH:
-        raise TedInputError(f"--max_seq_length {given} cannot hold an input: it needs room for up to 4 special "
-                            f"tokens and some text; use at least {MIN_SEQ_LENGTH} (default "
-                            f"{DEFAULT_SQUAD_SEQ_LENGTH if squad else DEFAULT_SEQ_LENGTH}).")
+        raise TedInputError(
+            f"--max_seq_length {given} cannot hold an input: it needs room for up to 4 special "
+            f"tokens and some text; use at least {MIN_SEQ_LENGTH} (default "
+            f"{DEFAULT_SQUAD_SEQ_LENGTH if squad else DEFAULT_SEQ_LENGTH})."
+        )
     # `ted evaluate` without --max_seq_length takes the window of the stage it scores (not known here).
     if squad and values.get("doc_stride") is not None and (given or command != "evaluate"):
         length = given or DEFAULT_SQUAD_SEQ_LENGTH
@@ -339,7 +360,8 @@ def _check_seq_length(command: str, values: Mapping[str, Any]) -> None:
                 f"--doc_stride {values['doc_stride']} leaves no room in a --max_seq_length {length} window: a "
                 f"window holds special tokens, the question and context that overlaps the previous window by "
                 f"doc_stride tokens, so doc_stride must be at most max_seq_length - {MIN_SEQ_LENGTH} (the paper: "
-                f"384 and 128).")
+                f"384 and 128)."
+            )
 
 
 def _check_label_list(labels) -> None:

@@ -20,9 +20,10 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 from .errors import TedInputError
 
@@ -32,9 +33,20 @@ TRAIN_RESULTS = "train_results.json"
 LOG_HISTORY = "log_history.json"
 STAGE1_SCORES = "stage1_layer_scores.json"
 # Files `ted export` copies: what a stock model folder needs (weights, config, tokenizer), nothing of ted's.
-_EXPORT_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
-                    "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt",
-                    "spm.model", "*.model", "chat_template*")
+_EXPORT_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab*",
+    "merges.txt",
+    "spm.model",
+    "*.model",
+    "chat_template*",
+)
 
 
 @dataclass
@@ -73,8 +85,13 @@ def is_stage_folder(path: Path) -> bool:
     return (Path(path) / STAGE_FILE).is_file()
 
 
-def check_output_dir(output_dir: Optional[str], overwrite: bool, given: bool = True, inputs: tuple = (),
-                     replaceable: Callable[[Path], bool] = is_stage_folder) -> Path:
+def check_output_dir(
+    output_dir: Optional[str],
+    overwrite: bool,
+    given: bool = True,
+    inputs: tuple = (),
+    replaceable: Callable[[Path], bool] = is_stage_folder,
+) -> Path:
     """Fail before any compute when the output folder is missing, unusable, or would clobber something.
 
     `inputs`: paths the command reads (an output that is, contains or is inside one is refused).
@@ -92,8 +109,10 @@ def check_output_dir(output_dir: Optional[str], overwrite: bool, given: bool = T
         if not overwrite:
             raise TedInputError(f"{path} already exists and is not empty. Pass --overwrite_output_dir to replace it.")
         if not replaceable(path):
-            raise TedInputError(f"{path} is not a folder ted wrote (no {STAGE_FILE}), so --overwrite_output_dir "
-                                "will not replace it. Choose another --output_dir, or move its files away yourself.")
+            raise TedInputError(
+                f"{path} is not a folder ted wrote (no {STAGE_FILE}), so --overwrite_output_dir "
+                "will not replace it. Choose another --output_dir, or move its files away yourself."
+            )
     check_work_dir_owned(work_dir(path))
     check_writable(path)
     return path
@@ -104,15 +123,19 @@ def _check_no_overlap(path: Path, inputs: tuple) -> None:
     out = path.resolve()
     cwd = Path.cwd().resolve()
     if out == cwd or out in cwd.parents:
-        raise TedInputError(f"--output_dir {path} is the current folder or one above it; a command replaces its "
-                            "output folder as a whole. Pass a new subfolder, e.g. --output_dir runs/out.")
+        raise TedInputError(
+            f"--output_dir {path} is the current folder or one above it; a command replaces its "
+            "output folder as a whole. Pass a new subfolder, e.g. --output_dir runs/out."
+        )
     for item in inputs:
         if not item or not Path(item).exists():
             continue  # a hub id, or a missing path the command reports itself
         inp = Path(item).resolve()
         if out == inp or out in inp.parents or inp in out.parents:
-            raise TedInputError(f"--output_dir {path} overlaps the input {item} (is, contains or is inside it); "
-                                "writing there could destroy the input. Choose a separate --output_dir.")
+            raise TedInputError(
+                f"--output_dir {path} overlaps the input {item} (is, contains or is inside it); "
+                "writing there could destroy the input. Choose a separate --output_dir."
+            )
 
 
 def check_writable(path: Path) -> None:
@@ -126,8 +149,10 @@ def check_writable(path: Path) -> None:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as err:
-        raise TedInputError(f"Cannot write --output_dir {path}: {probe} is not writable ({err.strerror}). "
-                            "Choose a folder on a writable disk.") from None
+        raise TedInputError(
+            f"Cannot write --output_dir {path}: {probe} is not writable ({err.strerror}). "
+            "Choose a folder on a writable disk."
+        ) from None
 
 
 def work_dir(output_dir: Path) -> Path:
@@ -142,8 +167,10 @@ def is_work_dir(work: Path) -> bool:
 
 def check_work_dir_owned(work: Path) -> None:
     if work.exists() and not (work.is_dir() and is_work_dir(work)):
-        raise TedInputError(f"{work} exists but was not made by ted (no {WORK_MARKER}); ted keeps checkpoints "
-                            "there. Move it away or choose another --output_dir.")
+        raise TedInputError(
+            f"{work} exists but was not made by ted (no {WORK_MARKER}); ted keeps checkpoints "
+            "there. Move it away or choose another --output_dir."
+        )
 
 
 def run_fingerprint_of(work: Path) -> Optional[str]:
@@ -319,8 +346,11 @@ def path_identity(value: Any) -> Any:
     if path.is_file():
         return {"file": file_digest(path)}
     if path.is_dir():
-        return {"folder": {p.name: file_digest(p) for p in sorted(path.iterdir())
-                           if p.is_file() and not p.name.startswith(".")}}
+        return {
+            "folder": {
+                p.name: file_digest(p) for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")
+            }
+        }
     return value
 
 
@@ -331,7 +361,8 @@ def stage_info(folder: str | Path) -> Optional[dict]:
 
 
 # Extra keys for the ted_stage.json written inside `stage_extras(...)` (the pipeline's fingerprint).
-_STAGE_EXTRAS: contextvars.ContextVar[dict] = contextvars.ContextVar("ted_stage_extras", default={})
+# The default is never mutated: stage_extras() sets a new dict.
+_STAGE_EXTRAS: contextvars.ContextVar[dict] = contextvars.ContextVar("ted_stage_extras", default={})  # noqa: B039
 
 
 @contextlib.contextmanager
@@ -354,8 +385,12 @@ def describe_stage(stage: str, task, args: dict, lineage: dict, method: Optional
         **_STAGE_EXTRAS.get(),
         "stage": stage,
         "method": method,
-        "task": {"name": task.name, "head": task.head, "label_list": task.label_list,
-                 "selection_metric": task.selection_metric},
+        "task": {
+            "name": task.name,
+            "head": task.head,
+            "label_list": task.label_list,
+            "selection_metric": task.selection_metric,
+        },
         "lineage": lineage,
         "args": args,
         "versions": versions(),
@@ -383,8 +418,12 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return path
 
 
-def export_student(stage_dir: str | Path, output_dir: str | Path, model_card: Optional[str] = None,
-                   verify: Optional[Callable[[Path], None]] = None) -> Path:
+def export_student(
+    stage_dir: str | Path,
+    output_dir: str | Path,
+    model_card: Optional[str] = None,
+    verify: Optional[Callable[[Path], None]] = None,
+) -> Path:
     """Copy the stock Hugging Face model and tokenizer of a stage folder, without filters or heads.
 
     The caller checks `output_dir` first (`ted.stages.export.run_export`). The copy is built in a temporary

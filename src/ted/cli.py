@@ -27,9 +27,11 @@ COMMANDS = {
     "import-original": "convert a checkpoint of the paper's original code into a ted stage folder",
 }
 
-USAGE = "usage: ted <command> [--config FILE] [options]\n       ted --version\n\ncommands:\n" + "".join(
-    f"  {name:<15} {text}\n" for name, text in COMMANDS.items()
-) + "\n`ted <command> --help` lists every option of a command.\n"
+USAGE = (
+    "usage: ted <command> [--config FILE] [options]\n       ted --version\n\ncommands:\n"
+    + "".join(f"  {name:<15} {text}\n" for name, text in COMMANDS.items())
+    + "\n`ted <command> --help` lists every option of a command.\n"
+)
 
 
 def run_stage(command: str, argv: list[str]):
@@ -62,8 +64,10 @@ def run_demo_cli(argv: list[str]):
     from .demo_runner import run_demo
 
     out = run_demo(args.output_dir, seed=args.seed, overwrite=args.overwrite_output_dir)
-    print(f"ted demo: done. Results: {out / 'report.md'} (loss terms: {out / 'loss_terms.png'}; stage folders: "
-          f"{out / 'runs'})")
+    print(
+        f"ted demo: done. Results: {out / 'report.md'} (loss terms: {out / 'loss_terms.png'}; stage folders: "
+        f"{out / 'runs'})"
+    )
     return None
 
 

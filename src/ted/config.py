@@ -110,7 +110,8 @@ def with_paper_defaults(groups: tuple, explicit: set[str]) -> tuple:
     missing = {k: v for k, v in PAPER_TRAINING.items() if k not in explicit and _plain(getattr(training, k)) != v}
     distill.paper_compat_overrides = {
         k: {"paper": v, "used": _plain(getattr(training, k))}
-        for k, v in PAPER_TRAINING.items() if k in explicit and _plain(getattr(training, k)) != v
+        for k, v in PAPER_TRAINING.items()
+        if k in explicit and _plain(getattr(training, k)) != v
     }
     if not missing:
         return groups

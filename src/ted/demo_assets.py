@@ -15,8 +15,28 @@ from pathlib import Path
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "pleasant", "brilliant", "solid", "charming", "fun"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak", "messy", "clumsy", "bland", "grim"]
 NEGATIONS = ["not", "never", "hardly"]
-FILLER = ["the", "movie", "plot", "acting", "was", "and", "but", "quite", "a", "film", "story", "cast",
-          "music", "ending", "it", "felt", "seemed", "overall", "still", "also"]
+FILLER = [
+    "the",
+    "movie",
+    "plot",
+    "acting",
+    "was",
+    "and",
+    "but",
+    "quite",
+    "a",
+    "film",
+    "story",
+    "cast",
+    "music",
+    "ending",
+    "it",
+    "felt",
+    "seemed",
+    "overall",
+    "still",
+    "also",
+]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 LABELS = ["negative", "positive"]
 
@@ -73,11 +93,19 @@ def build_tokenizer(words: list[str] | None = None, model_max_length: int = 64):
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+    )
 
 
 def write_tiny_model(folder: Path, tokenizer, layers: int, hidden: int, seed: int) -> Path:
@@ -86,9 +114,15 @@ def write_tiny_model(folder: Path, tokenizer, layers: int, hidden: int, seed: in
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=hidden * 2, max_position_embeddings=64,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -21,9 +21,18 @@ STUDENT = {"layers": 2, "hidden": 32}
 
 
 def _common(train: Path, dev: Path, seed: int, out: Path) -> dict:
-    return dict(train_file=str(train), validation_file=str(dev), max_seq_length=64, per_device_train_batch_size=32,
-                per_device_eval_batch_size=128, seed=seed, logging_steps=10, dataloader_pin_memory=False, warmup_steps=0.1,
-                overwrite_output_dir=True)
+    return dict(
+        train_file=str(train),
+        validation_file=str(dev),
+        max_seq_length=64,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=128,
+        seed=seed,
+        logging_steps=10,
+        dataloader_pin_memory=False,
+        warmup_steps=0.1,
+        overwrite_output_dir=True,
+    )
 
 
 def run_demo(output_dir: str = "ted-demo", seed: int = 42, overwrite: bool = False) -> Path:
@@ -50,54 +59,95 @@ def run_chain(out: Path, seed: int) -> None:
     student_init = write_tiny_model(out / "init" / "student", tokenizer, seed=seed + 1, **STUDENT)
     common = _common(train, dev, seed, out)
     runs = out / "runs"
-    api.finetune(model_name_or_path=str(teacher_init), output_dir=str(runs / "teacher"), learning_rate=2e-3,
-                 num_train_epochs=6, **common)
-    api.finetune(model_name_or_path=str(student_init), output_dir=str(runs / "student"), learning_rate=2e-3,
-                 num_train_epochs=6, **common)
+    api.finetune(
+        model_name_or_path=str(teacher_init),
+        output_dir=str(runs / "teacher"),
+        learning_rate=2e-3,
+        num_train_epochs=6,
+        **common,
+    )
+    api.finetune(
+        model_name_or_path=str(student_init),
+        output_dir=str(runs / "student"),
+        learning_rate=2e-3,
+        num_train_epochs=6,
+        **common,
+    )
     # Stage I: teacher filters on every 2nd layer, student filters on every layer, both 64 wide.
     stage1 = dict(learning_rate=2e-3, num_train_epochs=3, filter_output_dim=TEACHER["hidden"], **common)
-    api.learn_filters(model_name_or_path=str(runs / "teacher"), output_dir=str(runs / "teacher_stage1"),
-                      filter_interval=2, **stage1)
-    api.learn_filters(model_name_or_path=str(runs / "student"), output_dir=str(runs / "student_stage1"),
-                      filter_interval=1, **stage1)
-    stage2 = dict(learning_rate=2e-3, num_train_epochs=6, kl_alpha=5.0, teacher_filter_interval=2,
-                  filter_interval=1, **common)
-    api.distill(model_name_or_path=str(runs / "student_stage1"), teacher_model_name_or_path=str(runs / "teacher_stage1"),
-                output_dir=str(runs / "ted"), mse_alpha=20.0, filter_output_dim=TEACHER["hidden"], **stage2)
+    api.learn_filters(
+        model_name_or_path=str(runs / "teacher"), output_dir=str(runs / "teacher_stage1"), filter_interval=2, **stage1
+    )
+    api.learn_filters(
+        model_name_or_path=str(runs / "student"), output_dir=str(runs / "student_stage1"), filter_interval=1, **stage1
+    )
+    stage2 = dict(
+        learning_rate=2e-3, num_train_epochs=6, kl_alpha=5.0, teacher_filter_interval=2, filter_interval=1, **common
+    )
+    api.distill(
+        model_name_or_path=str(runs / "student_stage1"),
+        teacher_model_name_or_path=str(runs / "teacher_stage1"),
+        output_dir=str(runs / "ted"),
+        mse_alpha=20.0,
+        filter_output_dim=TEACHER["hidden"],
+        **stage2,
+    )
     # Baselines start from the student before fine-tuning, as in the paper's scripts.
-    api.distill(model_name_or_path=str(student_init), teacher_model_name_or_path=str(runs / "teacher"),
-                output_dir=str(runs / "kd"), mse_alpha=0.0, filter_disabled=True, **stage2)
-    api.distill(model_name_or_path=str(student_init), teacher_model_name_or_path=str(runs / "teacher"),
-                output_dir=str(runs / "lwd"), mse_alpha=20.0, filter_disabled=True, **stage2)
+    api.distill(
+        model_name_or_path=str(student_init),
+        teacher_model_name_or_path=str(runs / "teacher"),
+        output_dir=str(runs / "kd"),
+        mse_alpha=0.0,
+        filter_disabled=True,
+        **stage2,
+    )
+    api.distill(
+        model_name_or_path=str(student_init),
+        teacher_model_name_or_path=str(runs / "teacher"),
+        output_dir=str(runs / "lwd"),
+        mse_alpha=20.0,
+        filter_disabled=True,
+        **stage2,
+    )
 
 
 def write_report(out: Path, runs: Path, elapsed: float, seed: int) -> Path:
-    rows = [("teacher (fine-tuned, 4 layers)", runs / "teacher"), ("student (fine-tuned, 2 layers)", runs / "student"),
-            ("student + KD", runs / "kd"), ("student + LWD", runs / "lwd"), ("student + TED", runs / "ted")]
+    rows = [
+        ("teacher (fine-tuned, 4 layers)", runs / "teacher"),
+        ("student (fine-tuned, 2 layers)", runs / "student"),
+        ("student + KD", runs / "kd"),
+        ("student + LWD", runs / "lwd"),
+        ("student + TED", runs / "ted"),
+    ]
     plot = reporting.plot_loss_terms({m: runs / m for m in ("ted", "kd", "lwd")}, out / "loss_terms.png")
-    stage1 = {who: artifacts.read_json(runs / f"{who}_stage1" / artifacts.STAGE1_SCORES)
-              for who in ("teacher", "student")}
-    stage1_lines = [f"- {who} filter heads, dev accuracy per layer: "
-                    + ", ".join(f"layer {layer}: {100 * s.get('accuracy', float('nan')):.1f}" for layer, s in sc.items())
-                    for who, sc in stage1.items()]
-    text = "\n".join([
-        "# ted demo report",
-        "",
-        "**Synthetic data.** The task is generated by `ted.demo_assets` (negation-aware sentiment of short word "
-        "sequences; 2,000 train / 400 dev examples), and both models are tiny BERT encoders with random "
-        "initial weights. The numbers show that every stage runs end to end; they say nothing about TED on real "
-        "language tasks.",
-        "",
-        reporting.results_table(rows),
-        "",
-        "Stage I diagnostics (the paper never measures these):",
-        *stage1_lines,
-        "",
-        f"Loss terms during Stage II: `{plot.name}`.",
-        "",
-        f"Seed {seed}; total wall time {elapsed:.0f} s. Reproduce with `ted demo --seed {seed}`.",
-        "",
-    ])
+    stage1 = {
+        who: artifacts.read_json(runs / f"{who}_stage1" / artifacts.STAGE1_SCORES) for who in ("teacher", "student")
+    }
+    stage1_lines = [
+        f"- {who} filter heads, dev accuracy per layer: "
+        + ", ".join(f"layer {layer}: {100 * s.get('accuracy', float('nan')):.1f}" for layer, s in sc.items())
+        for who, sc in stage1.items()
+    ]
+    text = "\n".join(
+        [
+            "# ted demo report",
+            "",
+            "**Synthetic data.** The task is generated by `ted.demo_assets` (negation-aware sentiment of short word "
+            "sequences; 2,000 train / 400 dev examples), and both models are tiny BERT encoders with random "
+            "initial weights. The numbers show that every stage runs end to end; they say nothing about TED on real "
+            "language tasks.",
+            "",
+            reporting.results_table(rows),
+            "",
+            "Stage I diagnostics (the paper never measures these):",
+            *stage1_lines,
+            "",
+            f"Loss terms during Stage II: `{plot.name}`.",
+            "",
+            f"Seed {seed}; total wall time {elapsed:.0f} s. Reproduce with `ted demo --seed {seed}`.",
+            "",
+        ]
+    )
     path = out / "report.md"
     artifacts.atomic_write(path, text)
     return path

@@ -3,8 +3,9 @@
 With the frozen backbone in eval mode (`--stage1_backbone_mode eval`), a Stage I head only reads one
 position (token 0, `heads.POOLED_POSITION`) of its filter's output, and a filter is position-wise. So the
 backbone is run once over the data, under `torch.inference_mode()` in the run's own precision (bf16
-autocast only under --bf16, fp16 only under --fp16 on CUDA, else float32), keeping token 0 of each selected layer's hidden state; the filters and heads then train on
-these [K, hidden] features for all epochs through the same `TedTrainer` (`objectives.CachedFilterLearner`).
+autocast only under --bf16, fp16 only under --fp16 on CUDA, else float32), keeping token 0 of each
+selected layer's hidden state; the filters and heads then train on these [K, hidden] features for
+all epochs through the same `TedTrainer` (`objectives.CachedFilterLearner`).
 
 Batches for the single backbone pass are sorted by length (least padding). Under DDP every process
 computes a share of the batches and the shares are summed across processes, so the pass is split
@@ -79,9 +80,11 @@ def cache_fits(needed_per_process: int, processes_on_node: int, fraction: float 
     """Whether the caches of all processes on this machine fit in `fraction` of its available memory, and why."""
     total = needed_per_process * processes_on_node
     available = available_memory_bytes()
-    gib = 1024 ** 3
-    why = (f"the Stage I feature cache needs {total / gib:.2f} GiB ({processes_on_node} process(es) x "
-           f"{needed_per_process / gib:.2f} GiB)")
+    gib = 1024**3
+    why = (
+        f"the Stage I feature cache needs {total / gib:.2f} GiB ({processes_on_node} process(es) x "
+        f"{needed_per_process / gib:.2f} GiB)"
+    )
     if available is None:
         return True, why + "; available memory unknown"
     return total <= fraction * available, why + f" of {available / gib:.2f} GiB available"
@@ -93,23 +96,33 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def first_token_features(backbone: torch.nn.Module, dataset, layers: list[int], tokenizer, device: torch.device,
-                         batch_size: int = 64, autocast_dtype: Optional[torch.dtype] = None) -> CachedFeatures:
+def first_token_features(
+    backbone: torch.nn.Module,
+    dataset,
+    layers: list[int],
+    tokenizer,
+    device: torch.device,
+    batch_size: int = 64,
+    autocast_dtype: Optional[torch.dtype] = None,
+) -> CachedFeatures:
     """Token 0 of `hidden_states[i + 1]` for every selected layer i, for every row of a tokenized dataset."""
     n = len(dataset)
     inputs_present = [k for k in INPUT_KEYS if k in dataset.column_names]
     labels = torch.tensor(dataset["labels"])
     lengths = [len(ids) for ids in dataset["input_ids"]]
     order = sorted(range(n), key=lengths.__getitem__)
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     rank, world = _dist()
     hidden_size = backbone.config.hidden_size
     store_dtype = autocast_dtype if autocast_dtype == torch.bfloat16 else torch.float32
     features = torch.zeros(n, len(layers), hidden_size, dtype=store_dtype)
     was_training = backbone.training
     backbone.eval()
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else torch.autocast(device.type, enabled=False))
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else torch.autocast(device.type, enabled=False)
+    )
     try:
         with autocast:
             for b, index in enumerate(batches):
@@ -129,7 +142,7 @@ def first_token_features(backbone: torch.nn.Module, dataset, layers: list[int], 
         # Each row was computed by exactly one process (zeros elsewhere): a sum gathers them all.
         reduce_device = device if torch.distributed.get_backend() != "gloo" else torch.device("cpu")
         for start in range(0, n, _REDUCE_ROWS):
-            chunk = features[start:start + _REDUCE_ROWS].to(reduce_device)
+            chunk = features[start : start + _REDUCE_ROWS].to(reduce_device)
             torch.distributed.all_reduce(chunk)
-            features[start:start + _REDUCE_ROWS] = chunk.cpu()
+            features[start : start + _REDUCE_ROWS] = chunk.cpu()
     return CachedFeatures(features, labels)

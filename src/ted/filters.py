@@ -109,7 +109,7 @@ class TaskAwareFilters(nn.Module):
         (folder / FILTERS_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "TaskAwareFilters":
+    def load(cls, folder: str | Path) -> TaskAwareFilters:
         folder = Path(folder)
         if not (folder / FILTERS_CONFIG).is_file():
             raise TedInputError(f"{folder} holds no filters ({FILTERS_CONFIG} is missing).")
@@ -123,8 +123,14 @@ def has_filters(folder: str | Path) -> bool:
     return (Path(folder) / FILTERS_CONFIG).is_file()
 
 
-def new_filters(model_config, layers: list[int], output_dim: Optional[int], nonlinear: bool,
-                interval: Optional[int] = None, role: str = "filter") -> TaskAwareFilters:
+def new_filters(
+    model_config,
+    layers: list[int],
+    output_dim: Optional[int],
+    nonlinear: bool,
+    interval: Optional[int] = None,
+    role: str = "filter",
+) -> TaskAwareFilters:
     """Fresh filters for a Hugging Face model config."""
     hidden = model_config.hidden_size
     return TaskAwareFilters(
@@ -141,8 +147,9 @@ def new_filters(model_config, layers: list[int], output_dim: Optional[int], nonl
     )
 
 
-def check_filters_match(filters: TaskAwareFilters, layers: list[int], output_dim: Optional[int],
-                        nonlinear: bool, where: str) -> None:
+def check_filters_match(
+    filters: TaskAwareFilters, layers: list[int], output_dim: Optional[int], nonlinear: bool, where: str
+) -> None:
     """A saved filter set must be the one the run asks for; silent re-initialisation is never an option."""
     cfg = filters.config
     problems = []

@@ -77,7 +77,7 @@ class StageOneHeads(nn.Module):
         (folder / HEADS_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "StageOneHeads":
+    def load(cls, folder: str | Path) -> StageOneHeads:
         folder = Path(folder)
         module = cls(HeadsConfig(**json.loads((folder / HEADS_CONFIG).read_text())))
         module.load_state_dict(load_file(str(folder / HEADS_WEIGHTS)))
@@ -87,8 +87,15 @@ class StageOneHeads(nn.Module):
 def new_heads(kind: str, num_heads: int, input_dim: int, num_labels: int, model_config) -> StageOneHeads:
     """Heads for one filter set; dropouts come from the model config as in the paper's pooler."""
     classifier_dropout = next(
-        (v for v in (getattr(model_config, "cls_dropout", None), getattr(model_config, "classifier_dropout", None),
-                     getattr(model_config, "hidden_dropout_prob", None)) if v is not None),
+        (
+            v
+            for v in (
+                getattr(model_config, "cls_dropout", None),
+                getattr(model_config, "classifier_dropout", None),
+                getattr(model_config, "hidden_dropout_prob", None),
+            )
+            if v is not None
+        ),
         0.0,
     )
     return StageOneHeads(

@@ -18,8 +18,13 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smooth
     # Sum over kept rows / their count, with no boolean indexing and no branch on a tensor value: no host-device
     # synchronisation per step. An all-ignored batch gives 0, still connected to the graph, so backward works
     # (a crash in the paper's code).
-    total = F.cross_entropy(logits.view(labels.shape[0], -1).float(), labels.masked_fill(~keep, -100),
-                            ignore_index=-100, reduction="sum", label_smoothing=label_smoothing)
+    total = F.cross_entropy(
+        logits.view(labels.shape[0], -1).float(),
+        labels.masked_fill(~keep, -100),
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
     return total / keep.sum().clamp_min(1)
 
 
@@ -27,14 +32,21 @@ def regression_loss(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return F.mse_loss(predictions.view(-1).float(), labels.view(-1).float())
 
 
-def span_loss(start_logits: torch.Tensor, end_logits: torch.Tensor,
-              start_positions: torch.Tensor, end_positions: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def span_loss(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    start_positions: torch.Tensor,
+    end_positions: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """(CE(start) + CE(end)) / 2; positions beyond the sequence are clamped to its length and ignored."""
     length = start_logits.size(1)
     start = start_positions.view(-1).clamp(0, length)
     end = end_positions.view(-1).clamp(0, length)
-    return (F.cross_entropy(start_logits.float(), start, ignore_index=length, label_smoothing=label_smoothing)
-            + F.cross_entropy(end_logits.float(), end, ignore_index=length, label_smoothing=label_smoothing)) / 2
+    return (
+        F.cross_entropy(start_logits.float(), start, ignore_index=length, label_smoothing=label_smoothing)
+        + F.cross_entropy(end_logits.float(), end, ignore_index=length, label_smoothing=label_smoothing)
+    ) / 2
 
 
 def task_loss(head: str, outputs, labels, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -48,8 +60,9 @@ def task_loss(head: str, outputs, labels, label_smoothing: float = 0.0) -> torch
     return span_loss(outputs[0], outputs[1], labels[0], labels[1], label_smoothing)
 
 
-def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def kl_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """T^2 * KL(softmax(t / T) || softmax(s / T)) over the last dim, summed, divided by the batch size.
 
     `mask` (same shape as the logits, 1 = keep) removes positions from both softmaxes.
@@ -73,14 +86,16 @@ def regression_distillation(student_predictions: torch.Tensor, teacher_predictio
     return F.mse_loss(student_predictions.view(-1).float(), teacher_predictions.detach().view(-1).float())
 
 
-def regression_kl_paper(student_predictions: torch.Tensor, teacher_predictions: torch.Tensor,
-                        temperature: float) -> torch.Tensor:
+def regression_kl_paper(
+    student_predictions: torch.Tensor, teacher_predictions: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """The original code's regression KL: a softmax across the batch of flattened predictions."""
     return kl_divergence(student_predictions.view(-1), teacher_predictions.view(-1), temperature)
 
 
-def layer_mse(student_state: torch.Tensor, teacher_state: torch.Tensor,
-              attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def layer_mse(
+    student_state: torch.Tensor, teacher_state: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Mean squared difference per element; with a mask, over real tokens only.
 
     The teacher state may be an inference tensor (the teacher runs under `torch.inference_mode()`): it is

@@ -15,10 +15,28 @@ from typing import Optional
 from . import artifacts
 from .reporting import count_parameters, mean_std
 
-HYPERPARAMETERS = ("method", "kl_alpha", "mse_alpha", "temperature", "paper_compat", "filter_interval",
-                   "teacher_filter_interval", "filter_output_dim", "filter_nonlinear", "learning_rate",
-                   "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps",
-                   "weight_decay", "max_seq_length", "max_train_samples", "fp16", "bf16", "seed")
+HYPERPARAMETERS = (
+    "method",
+    "kl_alpha",
+    "mse_alpha",
+    "temperature",
+    "paper_compat",
+    "filter_interval",
+    "teacher_filter_interval",
+    "filter_output_dim",
+    "filter_nonlinear",
+    "learning_rate",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "warmup_steps",
+    "weight_decay",
+    "max_seq_length",
+    "max_train_samples",
+    "fp16",
+    "bf16",
+    "seed",
+)
 DATASETS = {"squad_v2": "rajpurkar/squad_v2", "squad": "rajpurkar/squad"}
 HIDDEN_METRICS = ("runtime", "per_second", "_loss", "preparation_time", "_total")
 # Every card says this: `ted export --overwrite_output_dir` replaces only a folder whose card has it.
@@ -54,16 +72,25 @@ def dataset_id(stage: dict) -> Optional[str]:
 
 
 def shown_metrics(metrics: dict) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))
-            and not k.endswith(HIDDEN_METRICS) and not k.startswith(("eval_HasAns", "eval_NoAns", "eval_best"))}
+    return {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith("eval_")
+        and isinstance(v, (int, float))
+        and not k.endswith(HIDDEN_METRICS)
+        and not k.startswith(("eval_HasAns", "eval_NoAns", "eval_best"))
+    }
 
 
 def seed_folders(stage_dir: Path, stage: dict) -> list[Path]:
     """The same stage in every seed of a `ted pipeline` run (OUTPUT/<task>/seed<k>/<stage>)."""
     if not (stage.get("pipeline") or stage_dir.parent.name.startswith("seed")):
         return [stage_dir]
-    found = [p for p in sorted(stage_dir.parent.parent.glob(f"seed*/{stage_dir.name}"))
-             if (p / artifacts.EVAL_RESULTS).is_file()]
+    found = [
+        p
+        for p in sorted(stage_dir.parent.parent.glob(f"seed*/{stage_dir.name}"))
+        if (p / artifacts.EVAL_RESULTS).is_file()
+    ]
     return found or [stage_dir]
 
 
@@ -92,8 +119,13 @@ def _results(stage_dir: Path, stage: dict, metrics: dict) -> list[str]:
     lines += [f"| {k[5:]} | {v:.4f} |" for k, v in shown_metrics(metrics).items()]
     if len(folders) > 1:
         seeds = ", ".join(f.parent.name.replace("seed", "") for f in folders)
-        lines += ["", f"The same recipe over {len(folders)} seeds ({seeds}), mean ± sample std:", "",
-                  "| metric | mean ± std | n |", "|---|---:|---:|"]
+        lines += [
+            "",
+            f"The same recipe over {len(folders)} seeds ({seeds}), mean ± sample std:",
+            "",
+            "| metric | mean ± std | n |",
+            "|---|---:|---:|",
+        ]
         for key in shown_metrics(metrics):
             values = [artifacts.read_json(f / artifacts.EVAL_RESULTS).get(key) for f in folders]
             values = [float(v) for v in values if isinstance(v, (int, float))]
@@ -102,8 +134,12 @@ def _results(stage_dir: Path, stage: dict, metrics: dict) -> list[str]:
 
 
 def _speed(stage_dir: Path, teacher: Optional[str], speed_rows: Optional[list[dict]]) -> list[str]:
-    lines = ["## Size and speed", "", "| model | parameters | device | batch × seq len | latency (ms / batch) | "
-             "throughput (seq / s) |", "|---|---:|---|---|---:|---:|"]
+    lines = [
+        "## Size and speed",
+        "",
+        "| model | parameters | device | batch × seq len | latency (ms / batch) | throughput (seq / s) |",
+        "|---|---:|---|---|---:|---:|",
+    ]
     sizes = {"student": count_parameters(stage_dir)}
     if teacher and Path(teacher).is_dir():
         sizes["teacher"] = count_parameters(teacher)
@@ -112,15 +148,24 @@ def _speed(stage_dir: Path, teacher: Optional[str], speed_rows: Optional[list[di
         return lines + ["", "Speed not measured (`ted export --no_speed`, or the teacher is not a local folder).", ""]
     for r in speed_rows:
         device = f"CPU ({r['threads']} threads)" if r["device"] == "cpu" else r["device"]
-        lines.append(f"| {r['role']} | {sizes.get(r['role'], 0):,} | {device} | {r['batch_size']} × {r['seq_len']} | "
-                     f"{r['latency_ms']:.1f} | {r['throughput']:.1f} |")
+        lines.append(
+            f"| {r['role']} | {sizes.get(r['role'], 0):,} | {device} | {r['batch_size']} × {r['seq_len']} | "
+            f"{r['latency_ms']:.1f} | {r['throughput']:.1f} |"
+        )
     by_role = {(r["role"], r["device"]): r["latency_ms"] for r in speed_rows}
-    ratios = [f"{by_role[('teacher', d)] / by_role[('student', d)]:.2f}× faster on {d}"
-              for (role, d) in by_role if role == "student" and ("teacher", d) in by_role]
+    ratios = [
+        f"{by_role[('teacher', d)] / by_role[('student', d)]:.2f}× faster on {d}"
+        for (role, d) in by_role
+        if role == "student" and ("teacher", d) in by_role
+    ]
     if "teacher" in sizes:
         ratios.insert(0, f"{sizes['student'] / max(sizes['teacher'], 1):.0%} of the teacher's parameters")
-    lines += ["", "Student vs teacher: " + "; ".join(ratios) + ". Random token ids, no padding, eval mode, median of "
-              "timed calls (teacher and student alternating), measured when this card was written.", ""]
+    lines += [
+        "",
+        "Student vs teacher: " + "; ".join(ratios) + ". Random token ids, no padding, eval mode, median of "
+        "timed calls (teacher and student alternating), measured when this card was written.",
+        "",
+    ]
     return lines
 
 
@@ -140,21 +185,50 @@ def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Opt
     start = lineage.get("student") or lineage.get("model") or lineage.get("imported_from")
     bases = [b for b in dict.fromkeys([root_model(start), root_model(teacher)]) if b]
     lines = _header(stage, bases, metrics)
-    lines += [f"# {task.get('name', 'task')} {_made(stage)}", "",
-              SIGNATURE + "https://arxiv.org/abs/2210.01351) (task-aware layer-wise distillation, TED, "
-              "ICML 2023). Filters and Stage I heads were stripped: this is a stock Hugging Face model.", "",
-              "## Models", "", "| role | model |", "|---|---|",
-              f"| student initialised from | `{start}` (base: `{root_model(start)}`) |"]
+    lines += [
+        f"# {task.get('name', 'task')} {_made(stage)}",
+        "",
+        SIGNATURE + "https://arxiv.org/abs/2210.01351) (task-aware layer-wise distillation, TED, "
+        "ICML 2023). Filters and Stage I heads were stripped: this is a stock Hugging Face model.",
+        "",
+        "## Models",
+        "",
+        "| role | model |",
+        "|---|---|",
+        f"| student initialised from | `{start}` (base: `{root_model(start)}`) |",
+    ]
     if teacher:
         lines.append(f"| teacher | `{teacher}` (base: `{root_model(teacher)}`) |")
-    lines += ["", "## Training", "", f"Task `{task.get('name')}` ({task.get('head')}), selection metric "
-              f"`{task.get('selection_metric')}`; method **{method}**.", "", "| setting | value |", "|---|---|"]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"Task `{task.get('name')}` ({task.get('head')}), selection metric "
+        f"`{task.get('selection_metric')}`; method **{method}**.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {args[k]} |" for k in HYPERPARAMETERS if args.get(k) is not None]
     lines += [""] + _results(stage_dir, stage, metrics) + _speed(stage_dir, teacher, speed_rows)
     head = "AutoModelForQuestionAnswering" if task.get("head") == "span" else "AutoModelForSequenceClassification"
-    lines += ["## Use", "", "```python", f"from transformers import AutoTokenizer, {head}", "",
-              f'model = {head}.from_pretrained("PATH")', 'tokenizer = AutoTokenizer.from_pretrained("PATH")', "```",
-              "", "## Citation", "", "```bibtex", CITATION, "```", ""]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        f"from transformers import AutoTokenizer, {head}",
+        "",
+        f'model = {head}.from_pretrained("PATH")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+        "```",
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

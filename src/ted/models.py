@@ -27,8 +27,11 @@ _HEAD_CLASSES = {
     "regression": AutoModelForSequenceClassification,
     "span": AutoModelForQuestionAnswering,
 }
-_HEAD_SUFFIX = {"classification": "ForSequenceClassification", "regression": "ForSequenceClassification",
-                "span": "ForQuestionAnswering"}
+_HEAD_SUFFIX = {
+    "classification": "ForSequenceClassification",
+    "regression": "ForSequenceClassification",
+    "span": "ForQuestionAnswering",
+}
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -47,8 +50,10 @@ def check_model_source(name_or_path: Optional[str]) -> None:
             raise TedInputError(f"Model folder {name_or_path} does not exist. Check the path (or pass a hub id).")
         return  # a hub id: transformers resolves it (or says why it cannot)
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise TedInputError(f"{name_or_path} is not a model folder: it has no config.json. Pass the folder a "
-                            "stage or `save_pretrained` wrote.")
+        raise TedInputError(
+            f"{name_or_path} is not a model folder: it has no config.json. Pass the folder a "
+            "stage or `save_pretrained` wrote."
+        )
     check_weight_files(path)
 
 
@@ -61,8 +66,10 @@ def check_weight_files(folder: Path) -> None:
             with safe_open(str(file), framework="pt"):
                 pass
         except (SafetensorError, OSError) as err:
-            raise TedInputError(f"Weights file {file} is damaged ({file.stat().st_size:,} bytes: {err}). Re-run the "
-                                "stage that wrote it, or copy the file again.") from None
+            raise TedInputError(
+                f"Weights file {file} is damaged ({file.stat().st_size:,} bytes: {err}). Re-run the "
+                "stage that wrote it, or copy the file again."
+            ) from None
 
 
 def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
@@ -130,8 +137,10 @@ def dropout_key(config, option: str, name: str) -> str:
     if option in config.to_dict():
         return option
     known = sorted(k for k in config.to_dict() if "dropout" in k)
-    raise TedInputError(f"--{option} does not apply to {name} ({config.model_type}): its config has no {option!r}. "
-                        f"Its dropout settings are {known or 'none'}; remove --{option}.")
+    raise TedInputError(
+        f"--{option} does not apply to {name} ({config.model_type}): its config has no {option!r}. "
+        f"Its dropout settings are {known or 'none'}; remove --{option}."
+    )
 
 
 # Models whose position ids start after the padding index (RoBERTa family): fewer usable positions.
@@ -141,8 +150,10 @@ _POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "data2vec-text
 def position_limit(config) -> Optional[int]:
     """The longest input a model's absolute position embeddings cover; None for relative positions."""
     limit = getattr(config, "max_position_embeddings", None)
-    relative = (getattr(config, "position_biased_input", True) is False  # DeBERTa-v3
-                or getattr(config, "position_embedding_type", "absolute") not in ("absolute", None))
+    relative = (
+        getattr(config, "position_biased_input", True) is False  # DeBERTa-v3
+        or getattr(config, "position_embedding_type", "absolute") not in ("absolute", None)
+    )
     if not limit or relative:
         return None
     if config.model_type in _POSITION_OFFSET_MODELS:
@@ -158,8 +169,10 @@ def check_sequence_length(name_or_path: str, data_args, cache_dir: Optional[str]
     max_seq_length = data_args.max_seq_length or (SQUAD_MAX_SEQ_LENGTH if squad else DEFAULT_MAX_SEQ_LENGTH)
     limit = position_limit(load_config(name_or_path, cache_dir))
     if limit is not None and max_seq_length > limit:
-        raise TedInputError(f"--max_seq_length {max_seq_length} is longer than {name_or_path} can read (its position "
-                            f"embeddings cover {limit} tokens). Pass --max_seq_length {limit} or less.")
+        raise TedInputError(
+            f"--max_seq_length {max_seq_length} is longer than {name_or_path} can read (its position "
+            f"embeddings cover {limit} tokens). Pass --max_seq_length {limit} or less."
+        )
 
 
 def load_task_model(name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides) -> PreTrainedModel:

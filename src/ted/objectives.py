@@ -79,8 +79,9 @@ class TaskObjective:
 class FilterLearner(nn.Module):
     """Stage I module: a frozen backbone, trainable filters and one head per filter."""
 
-    def __init__(self, backbone: nn.Module, filters: TaskAwareFilters, heads: StageOneHeads,
-                 backbone_mode: str = "train"):
+    def __init__(
+        self, backbone: nn.Module, filters: TaskAwareFilters, heads: StageOneHeads, backbone_mode: str = "train"
+    ):
         super().__init__()
         if backbone_mode not in ("train", "eval"):
             raise ValueError(f"backbone_mode must be 'train' or 'eval', got {backbone_mode!r}")
@@ -119,7 +120,7 @@ class CachedFilterLearner(nn.Module):
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
         features = features.to(self.heads.filter_head[0].weight.dtype)
         # Indexed like HF hidden states (layer i -> i + 1), one position each: what the heads read.
-        hidden = {layer + 1: features[:, k:k + 1] for k, layer in enumerate(self.filters.layers)}
+        hidden = {layer + 1: features[:, k : k + 1] for k, layer in enumerate(self.filters.layers)}
         return self.heads(self.filters(hidden))
 
 
@@ -244,8 +245,10 @@ class DistillObjective:
                 return losses.regression_kl_paper(s_preds, t_preds, T)
             return losses.regression_distillation(s_preds, t_preds)
         mask = None if self.w.paper_compat else attention_mask
-        return (losses.kl_divergence(s_preds[0], t_preds[0], T, mask)
-                + losses.kl_divergence(s_preds[1], t_preds[1], T, mask)) / 2
+        return (
+            losses.kl_divergence(s_preds[0], t_preds[0], T, mask)
+            + losses.kl_divergence(s_preds[1], t_preds[1], T, mask)
+        ) / 2
 
     def __call__(self, model: DistillStudent, inputs):
         model_inputs, labels = split_labels(self.head, inputs)

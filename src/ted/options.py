@@ -89,9 +89,7 @@ class FilterArguments:
     filter_interval: int = field(
         default=1, metadata={"help": "Filter on layer i (0-based) when i+1 is a multiple of filter_interval (student)."}
     )
-    teacher_filter_interval: int = field(
-        default=1, metadata={"help": "The same rule for the teacher in Stage II."}
-    )
+    teacher_filter_interval: int = field(default=1, metadata={"help": "The same rule for the teacher in Stage II."})
     filter_output_dim: Optional[int] = field(
         default=None, metadata={"help": "Output width of every filter (default: the model's hidden size)."}
     )
@@ -103,9 +101,11 @@ class FilterArguments:
     )
     stage1_backbone_mode: str = field(
         default="eval",
-        metadata={"help": "Stage I frozen backbone in 'eval' mode (default: dropout off; for classification and "
-                          "regression token 0 of each selected layer is computed once and cached) or 'train' mode "
-                          "(the paper: dropout on, backbone run on every batch). See README 'Speed and scale'."},
+        metadata={
+            "help": "Stage I frozen backbone in 'eval' mode (default: dropout off; for classification and "
+            "regression token 0 of each selected layer is computed once and cached) or 'train' mode "
+            "(the paper: dropout on, backbone run on every batch). See README 'Speed and scale'."
+        },
     )
 
 
@@ -158,8 +158,10 @@ class TedTrainingOptions:
     )
     logging_nan_inf_filter: bool = field(
         default=False,
-        metadata={"help": "Replace nan/inf step losses in the logged loss (the Trainer's default). Off here: the "
-                          "check reads the loss on the host every step (a device sync), and a nan should be seen."},
+        metadata={
+            "help": "Replace nan/inf step losses in the logged loss (the Trainer's default). Off here: the "
+            "check reads the loss on the host every step (a device sync), and a nan should be seen."
+        },
     )
 
 

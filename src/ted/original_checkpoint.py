@@ -28,8 +28,16 @@ logger = logging.getLogger(__name__)
 TED_FIELDS = ("train_filters", "filter_interval", "filter_output_dim", "filter_nonlinear", "filter_disabled")
 FILTER_KEY = re.compile(r"^deberta\.encoder\.layer\.(\d+)\.filter\.(.+)$")
 HEAD_PREFIXES = ("filter_pooler.", "filter_head.")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spm.model", "vocab.txt",
-                   "added_tokens.json", "merges.txt", "vocab.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "spm.model",
+    "vocab.txt",
+    "added_tokens.json",
+    "merges.txt",
+    "vocab.json",
+)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -56,8 +64,9 @@ def read_weights(folder: Path) -> dict:
         return load_file(str(folder / "model.safetensors"))
     if (folder / "pytorch_model.bin").is_file():
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise TedInputError(f"{folder} has no weights: expected one of {', '.join(WEIGHT_FILES)} "
-                        "(sharded checkpoints are not supported).")
+    raise TedInputError(
+        f"{folder} has no weights: expected one of {', '.join(WEIGHT_FILES)} (sharded checkpoints are not supported)."
+    )
 
 
 def split_weights(state: dict) -> tuple[dict, dict, dict]:
@@ -84,8 +93,9 @@ def head_kind(config: dict) -> str:
     archs = " ".join(config.get("architectures") or [])
     if "QuestionAnswering" in archs:
         return "span"
-    return "regression" if int(config.get("num_labels", len(config.get("id2label") or {}) or 2)) == 1 else \
-        "classification"
+    return (
+        "regression" if int(config.get("num_labels", len(config.get("id2label") or {}) or 2)) == 1 else "classification"
+    )
 
 
 def build_model(config: dict, weights: dict, kind: str, where: Path):
@@ -99,8 +109,10 @@ def build_model(config: dict, weights: dict, kind: str, where: Path):
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise TedInputError(f"{where}: the weights do not fit a stock {cls.__name__[4:]} DeBERTa-v2 model "
-                            f"(missing {missing[:5]}, unexpected {unexpected[:5]}).")
+        raise TedInputError(
+            f"{where}: the weights do not fit a stock {cls.__name__[4:]} DeBERTa-v2 model "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})."
+        )
     return model
 
 
@@ -113,26 +125,42 @@ def filter_config(config: dict, filters: dict, num_layers: int, role: str = "fil
     interval = int(config.get("filter_interval") or 1)
     expected = select_layers(num_layers, interval) if num_layers % interval == 0 else None
     if expected != layers:
-        raise TedInputError(f"Filters found on layers {layers}, but filter_interval {interval} of a "
-                            f"{num_layers}-layer model puts them on {expected}: the checkpoint is inconsistent.")
+        raise TedInputError(
+            f"Filters found on layers {layers}, but filter_interval {interval} of a "
+            f"{num_layers}-layer model puts them on {expected}: the checkpoint is inconsistent."
+        )
     act = config.get("hidden_act", "gelu")
-    return FilterConfig(layers=layers, hidden_size=int(config["hidden_size"]), output_dim=int(last.shape[0]),
-                        nonlinear=nonlinear, activation=act if isinstance(act, str) else "gelu", interval=interval,
-                        initializer_range=float(config.get("initializer_range", 0.02)), role=role)
+    return FilterConfig(
+        layers=layers,
+        hidden_size=int(config["hidden_size"]),
+        output_dim=int(last.shape[0]),
+        nonlinear=nonlinear,
+        activation=act if isinstance(act, str) else "gelu",
+        interval=interval,
+        initializer_range=float(config.get("initializer_range", 0.02)),
+        role=role,
+    )
 
 
 def heads_config(config: dict, heads: dict, kind: str, output_dim: int):
     from .heads import HeadsConfig
 
     count = len({k.split(".")[1] for k in heads if k.startswith("filter_head.")})
-    dropout = next((config[k] for k in ("cls_dropout", "classifier_dropout", "hidden_dropout_prob")
-                    if config.get(k) is not None), 0.0)
+    dropout = next(
+        (config[k] for k in ("cls_dropout", "classifier_dropout", "hidden_dropout_prob") if config.get(k) is not None),
+        0.0,
+    )
     num_labels = 2 if kind == "span" else int(config.get("num_labels") or len(config["id2label"]))
-    return HeadsConfig(kind=kind, num_heads=count, input_dim=output_dim, num_labels=num_labels,
-                       activation=config.get("pooler_hidden_act", "gelu") or "gelu",
-                       pooler_dropout=float(config.get("pooler_dropout", 0.0) or 0.0),
-                       classifier_dropout=float(dropout),
-                       initializer_range=float(config.get("initializer_range", 0.02)))
+    return HeadsConfig(
+        kind=kind,
+        num_heads=count,
+        input_dim=output_dim,
+        num_labels=num_labels,
+        activation=config.get("pooler_hidden_act", "gelu") or "gelu",
+        pooler_dropout=float(config.get("pooler_dropout", 0.0) or 0.0),
+        classifier_dropout=float(dropout),
+        initializer_range=float(config.get("initializer_range", 0.02)),
+    )
 
 
 def describe_task(task_name: Optional[str], kind: str, config: dict):
@@ -144,15 +172,26 @@ def describe_task(task_name: Optional[str], kind: str, config: dict):
             return task_from_name(task_name)
         except TedInputError:
             logger.info("Task %r is not a built-in task; recording it by name only.", task_name)
-    labels = [config["id2label"][str(i)] if str(i) in config.get("id2label", {}) else config["id2label"][i]
-              for i in range(len(config.get("id2label") or {}))] if kind == "classification" else None
+    labels = (
+        [
+            config["id2label"][str(i)] if str(i) in config.get("id2label", {}) else config["id2label"][i]
+            for i in range(len(config.get("id2label") or {}))
+        ]
+        if kind == "classification"
+        else None
+    )
     metric = {"span": "f1", "regression": "spearmanr"}.get(kind, "accuracy")
-    return SimpleNamespace(name=task_name or config.get("finetuning_task") or "unknown", head=kind,
-                           label_list=labels, selection_metric=metric)
+    return SimpleNamespace(
+        name=task_name or config.get("finetuning_task") or "unknown",
+        head=kind,
+        label_list=labels,
+        selection_metric=metric,
+    )
 
 
-def import_original(path: str, output_dir: str, task_name: Optional[str] = None, method: Optional[str] = None,
-                    overwrite: bool = False) -> Path:
+def import_original(
+    path: str, output_dir: str, task_name: Optional[str] = None, method: Optional[str] = None, overwrite: bool = False
+) -> Path:
     """Convert the checkpoint folder `path`; returns the stage folder written at `output_dir`."""
     from .filters import TaskAwareFilters
     from .heads import StageOneHeads
@@ -188,27 +227,40 @@ def import_original(path: str, output_dir: str, task_name: Optional[str] = None,
             heads.save(tmp)
         ted_fields = {k: original[k] for k in TED_FIELDS if k in original}
         description = artifacts.describe_stage(
-            "learn_filters" if stage1 else "distill", describe_task(task_name, kind, original),
+            "learn_filters" if stage1 else "distill",
+            describe_task(task_name, kind, original),
             {"imported": ted_fields},
             lineage={"imported_from": str(src.resolve())},
             method=None if stage1 else (method or ("kd" if filters is None else None)),
         )
         artifacts.write_json(tmp / artifacts.STAGE_FILE, description)
-    logger.info("Imported %s -> %s (%s%s%s)", src, dst, "Stage I" if stage1 else "Stage II",
-                f", filters on layers {filters.config.layers}" if filters else "", ", Stage I heads" if heads else "")
+    logger.info(
+        "Imported %s -> %s (%s%s%s)",
+        src,
+        dst,
+        "Stage I" if stage1 else "Stage II",
+        f", filters on layers {filters.config.layers}" if filters else "",
+        ", Stage I heads" if heads else "",
+    )
     return dst
 
 
 def run_import_original_cli(argv: list[str]) -> Path:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="ted import-original", allow_abbrev=False,
-                                     description="Convert a checkpoint of the paper's original code to a ted stage.")
+    parser = argparse.ArgumentParser(
+        prog="ted import-original",
+        allow_abbrev=False,
+        description="Convert a checkpoint of the paper's original code to a ted stage.",
+    )
     parser.add_argument("path", help="folder with config.json (model_type ted-deberta-v2) and the weights")
     parser.add_argument("--output_dir", required=True, help="the stage folder to write")
     parser.add_argument("--task_name", help="the task it was trained on (recorded in ted_stage.json)")
-    parser.add_argument("--method", choices=("ted", "kd", "lwd"),
-                        help="Stage II checkpoints: which method made it (the checkpoint cannot tell TED from LWD)")
+    parser.add_argument(
+        "--method",
+        choices=("ted", "kd", "lwd"),
+        help="Stage II checkpoints: which method made it (the checkpoint cannot tell TED from LWD)",
+    )
     parser.add_argument("--overwrite_output_dir", action="store_true")
     args = parser.parse_args(argv)
     out = import_original(args.path, args.output_dir, args.task_name, args.method, args.overwrite_output_dir)

@@ -38,12 +38,34 @@ from .errors import TedInputError
 
 STAGE_SECTIONS = ("teacher_finetune", "student_finetune", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
 SECTIONS = ("common",) + STAGE_SECTIONS
-TOP_KEYS = {"preset", "description", "shared_dir", "task", "tasks", "seeds", "teacher", "student", "baseline_init",
-            "methods", "output_dir", "paper_results"}
+TOP_KEYS = {
+    "preset",
+    "description",
+    "shared_dir",
+    "task",
+    "tasks",
+    "seeds",
+    "teacher",
+    "student",
+    "baseline_init",
+    "methods",
+    "output_dir",
+    "paper_results",
+}
 # Set by the pipeline itself for every stage; a section may not set them.
 PIPELINE_KEYS = {"model_name_or_path", "teacher_model_name_or_path", "output_dir", "seed", "overwrite_output_dir"}
-PATH_KEYS = {"shared_dir", "teacher", "student", "output_dir", "data_dir", "train_file", "validation_file",
-             "tokenizer_name", "cache_dir", "logging_dir"}
+PATH_KEYS = {
+    "shared_dir",
+    "teacher",
+    "student",
+    "output_dir",
+    "data_dir",
+    "train_file",
+    "validation_file",
+    "tokenizer_name",
+    "cache_dir",
+    "logging_dir",
+}
 METHODS = ("ted", "kd", "lwd")
 BASELINE_INITS = ("pretrained", "finetuned")
 
@@ -80,7 +102,7 @@ def expand(text: str, lookup) -> str:
             end += 1
         if depth:
             raise TedInputError(f"Unclosed '${{' in config value {text!r}.")
-        body = text[start + 2:end - 1]
+        body = text[start + 2 : end - 1]
         name, _, default = body.partition(":-")
         value = lookup(name.strip())
         if value in (None, ""):

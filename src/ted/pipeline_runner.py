@@ -41,10 +41,18 @@ from .pipeline_config import (
 logger = logging.getLogger(__name__)
 
 ROLES = ("teacher", "student", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
-ROLE_SECTION = dict(zip(ROLES, ("teacher_finetune", "student_finetune", "teacher_stage1", "student_stage1",
-                                "ted", "kd", "lwd")))
-ROLE_COMMAND = {"teacher": "finetune", "student": "finetune", "teacher_stage1": "learn-filters",
-                "student_stage1": "learn-filters", "ted": "distill", "kd": "distill", "lwd": "distill"}
+ROLE_SECTION = dict(
+    zip(ROLES, ("teacher_finetune", "student_finetune", "teacher_stage1", "student_stage1", "ted", "kd", "lwd"))
+)
+ROLE_COMMAND = {
+    "teacher": "finetune",
+    "student": "finetune",
+    "teacher_stage1": "learn-filters",
+    "student_stage1": "learn-filters",
+    "ted": "distill",
+    "kd": "distill",
+    "lwd": "distill",
+}
 RUNNERS = {"finetune": api.finetune, "learn-filters": api.learn_filters, "distill": api.distill}
 # Left out of fingerprints: where things go and how they are watched, not what is computed.
 UNFINGERPRINTED = {"output_dir", "overwrite_output_dir", "report_to", "logging_dir", "run_name", "disable_tqdm"}
@@ -109,11 +117,14 @@ def _check_top(cfg: dict) -> None:
         if not cfg.get(key):
             raise TedInputError(f"{cfg['config_file']}: set `{key}:` (a model folder or hub id).")
         if str(cfg[key]).startswith(("/", ".")) and not Path(cfg[key]).exists():
-            raise TedInputError(f"The {key} {cfg[key]!r} does not exist. Fix `{key}:` or pass --{key} PATH "
-                                "(presets find the shared models through TED_SHARED_DIR or shared_dir).")
+            raise TedInputError(
+                f"The {key} {cfg[key]!r} does not exist. Fix `{key}:` or pass --{key} PATH "
+                "(presets find the shared models through TED_SHARED_DIR or shared_dir)."
+            )
     if cfg.get("baseline_init", "pretrained") not in BASELINE_INITS:
-        raise TedInputError(f"--baseline_init must be one of {', '.join(BASELINE_INITS)}, "
-                            f"got {cfg['baseline_init']!r}.")
+        raise TedInputError(
+            f"--baseline_init must be one of {', '.join(BASELINE_INITS)}, got {cfg['baseline_init']!r}."
+        )
     unknown = set(cfg.get("methods") or METHODS) - set(METHODS)
     if unknown:
         raise TedInputError(f"Unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}.")
@@ -124,13 +135,13 @@ def _stage_kwargs(cfg: dict, role: str, task: str) -> dict[str, Any]:
     command, section = ROLE_COMMAND[role], ROLE_SECTION[role]
     types = field_types(api.COMMAND_ARGS[command])
     merged: dict[str, Any] = {"task_name": task}
-    layers = ((cfg["common"], False), (cfg[section], True), (cfg["cli"]["common"], False),
-              (cfg["cli"][section], True))
+    layers = ((cfg["common"], False), (cfg[section], True), (cfg["cli"]["common"], False), (cfg["cli"][section], True))
     for layer, strict in layers:
         for key, value in layer.items():
             if key in PIPELINE_KEYS:
-                raise TedInputError(f"`{key}` is set by the pipeline for every stage; use teacher/student/seeds/"
-                                    "output_dir instead.")
+                raise TedInputError(
+                    f"`{key}` is set by the pipeline for every stage; use teacher/student/seeds/output_dir instead."
+                )
             if key not in types:
                 if strict:
                     raise TedInputError(f"Section `{section}` sets `{key}`, which `ted {command}` does not take.")
@@ -178,10 +189,14 @@ def model_inputs(role: str, cfg: dict) -> dict[str, Source]:
         "student": {"model_name_or_path": Source(path=cfg["student"])},
         "teacher_stage1": {"model_name_or_path": Source(role="teacher")},
         "student_stage1": {"model_name_or_path": Source(role="student")},
-        "ted": {"model_name_or_path": Source(role="student_stage1"),
-                "teacher_model_name_or_path": Source(role="teacher_stage1")},
-        "kd": {"model_name_or_path": Source(path=cfg["student"]) if pretrained else Source(role="student"),
-               "teacher_model_name_or_path": Source(role="teacher")},
+        "ted": {
+            "model_name_or_path": Source(role="student_stage1"),
+            "teacher_model_name_or_path": Source(role="teacher_stage1"),
+        },
+        "kd": {
+            "model_name_or_path": Source(path=cfg["student"]) if pretrained else Source(role="student"),
+            "teacher_model_name_or_path": Source(role="teacher"),
+        },
     }[role if role != "lwd" else "kd"]
 
 
@@ -202,8 +217,10 @@ def plan_seed(task: str, cfg: dict, seed: int, seed_dir: Path) -> list[StageSpec
 def stage_fingerprint(spec: StageSpec, parents: dict[str, str]) -> str:
     """Settings, data (by content) and inputs: another stage of this seed by its fingerprint, an outside model
     folder by its content (artifacts.path_identity), so a moved or copied run folder is still reused."""
-    inputs = {key: {"stage": parents[src.role]} if src.role else artifacts.path_identity(src.path)
-              for key, src in spec.inputs.items()}
+    inputs = {
+        key: {"stage": parents[src.role]} if src.role else artifacts.path_identity(src.path)
+        for key, src in spec.inputs.items()
+    }
     args = {k: v for k, v in sorted(spec.kwargs.items()) if k not in UNFINGERPRINTED}
     payload = {"command": spec.command, "args": args, "inputs": inputs, "data": artifacts.data_identity(spec.kwargs)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -264,8 +281,10 @@ def validate(specs: list[StageSpec]) -> None:
     for spec in specs:
         data_dir = spec.kwargs.get("data_dir")
         if data_dir and not Path(data_dir).is_dir():
-            raise TedInputError(f"data_dir {data_dir!r} does not exist (set common.data_dir, --data_dir, or "
-                                "TED_SHARED_DIR for the presets).")
+            raise TedInputError(
+                f"data_dir {data_dir!r} does not exist (set common.data_dir, --data_dir, or "
+                "TED_SHARED_DIR for the presets)."
+            )
         api.parse_kwargs(spec.command, _stage_call_kwargs(spec, spec.folder.parent))
 
 
@@ -351,12 +370,15 @@ def summary(runs: list[StageRun]) -> str:
         shown = f"{score:.4f}" if isinstance(score, float) else "-"
         lines.append(f"{r.task:<6} {r.seed:<5} {r.role:<15} {r.status:<8} {r.seconds:7.1f}  {shown:>9}  {r.folder}")
     trained = sum(r.status == "trained" for r in runs)
-    lines.append(f"{trained} stage(s) trained, {len(runs) - trained} reused. Next: ted report "
-                 f"{Path(runs[0].folder).parents[2] if runs else 'RUN_DIR'}")
+    lines.append(
+        f"{trained} stage(s) trained, {len(runs) - trained} reused. Next: ted report "
+        f"{Path(runs[0].folder).parents[2] if runs else 'RUN_DIR'}"
+    )
     return "\n".join(lines)
 
 
-CLI_HELP = """usage: ted pipeline --config FILE.yaml [FILE2.yaml ...] [options]
+CLI_HELP = (
+    """usage: ted pipeline --config FILE.yaml [FILE2.yaml ...] [options]
 
   --output_dir DIR              run folder: DIR/<task>/seed<k>/<stage>
   --seeds S1 S2 ...             one full run per seed (default: the file's `seeds`, else 42)
@@ -367,6 +389,9 @@ CLI_HELP = """usage: ted pipeline --config FILE.yaml [FILE2.yaml ...] [options]
   --teacher PATH --student PATH --shared_dir PATH --tasks T1 T2
   --KEY VALUE                   any stage option, for every stage that takes it
                                 (--max_train_samples 100, --num_train_epochs 1, --report_to tensorboard)
-  --SECTION.KEY VALUE           one stage only; SECTION is one of """ + ", ".join(STAGE_SECTIONS) + """
+  --SECTION.KEY VALUE           one stage only; SECTION is one of """
+    + ", ".join(STAGE_SECTIONS)
+    + """
 
 Re-running the same command reuses every finished stage and resumes a cut-off one."""
+)

@@ -77,15 +77,41 @@ def plot_loss_terms(runs: dict[str, str | Path], path: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 PIPELINE_ROLES = ("teacher", "student", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
-RESULT_ROWS = (("teacher", "teacher (fine-tuned)"), ("student", "student (fine-tuned)"), ("kd", "student + KD"),
-               ("lwd", "student + LWD"), ("ted", "student + TED"))
-METHOD_COLORS = {"teacher": "#444444", "student": "#8c564b", "kd": "#1f77b4", "lwd": "#ff7f0e", "ted": "#2ca02c",
-                 "teacher_stage1": "#444444", "student_stage1": "#2ca02c"}
+RESULT_ROWS = (
+    ("teacher", "teacher (fine-tuned)"),
+    ("student", "student (fine-tuned)"),
+    ("kd", "student + KD"),
+    ("lwd", "student + LWD"),
+    ("ted", "student + TED"),
+)
+METHOD_COLORS = {
+    "teacher": "#444444",
+    "student": "#8c564b",
+    "kd": "#1f77b4",
+    "lwd": "#ff7f0e",
+    "ted": "#2ca02c",
+    "teacher_stage1": "#444444",
+    "student_stage1": "#2ca02c",
+}
 # Metrics shown beside the selection metric when a task reports them (SQuAD: exact and f1).
-SHOWN_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "exact",
-                 "validation_mismatched_accuracy")
-METRIC_NAMES = {"accuracy": "acc", "f1": "F1", "matthews_correlation": "MCC", "pearson": "Pearson",
-                "spearmanr": "Spearman", "exact": "EM", "validation_mismatched_accuracy": "acc (mm)"}
+SHOWN_METRICS = (
+    "accuracy",
+    "f1",
+    "matthews_correlation",
+    "pearson",
+    "spearmanr",
+    "exact",
+    "validation_mismatched_accuracy",
+)
+METRIC_NAMES = {
+    "accuracy": "acc",
+    "f1": "F1",
+    "matthews_correlation": "MCC",
+    "pearson": "Pearson",
+    "spearmanr": "Spearman",
+    "exact": "EM",
+    "validation_mismatched_accuracy": "acc (mm)",
+}
 
 
 class TaskRuns:
@@ -133,8 +159,9 @@ def find_runs(run_dirs: list[str | Path]) -> dict[str, TaskRuns]:
             if not entry.pipeline and pipeline_file.is_file():
                 entry.pipeline = artifacts.read_json(pipeline_file)
     if not runs:
-        raise TedInputError(f"No pipeline stage folders under {', '.join(map(str, run_dirs))} "
-                            "(run `ted pipeline` first).")
+        raise TedInputError(
+            f"No pipeline stage folders under {', '.join(map(str, run_dirs))} (run `ted pipeline` first)."
+        )
     return runs
 
 
@@ -233,8 +260,14 @@ def plot_task_losses(runs: TaskRuns, path: Path) -> Optional[Path]:
     if not methods:
         return None
     fig, axes = _figure(figsize=(4 * len(LOSS_TERMS), 3.2), ncols=len(LOSS_TERMS))
-    draw_loss_terms(axes, [(METHOD_COLORS[m], m.upper() if i == 0 else None, folder)
-                           for m in methods for i, folder in enumerate(runs.folders(m))])
+    draw_loss_terms(
+        axes,
+        [
+            (METHOD_COLORS[m], m.upper() if i == 0 else None, folder)
+            for m in methods
+            for i, folder in enumerate(runs.folders(m))
+        ],
+    )
     fig.suptitle(f"{runs.task}: Stage II loss terms (one line per seed)")
     return _save(fig, path)
 
@@ -260,8 +293,15 @@ def plot_stage1_layers(runs: TaskRuns, metric: str, path: Path, scale: float) ->
         layers = sorted(per_layer)
         means = [statistics.fmean(per_layer[x]) for x in layers]
         stds = [statistics.stdev(per_layer[x]) if len(per_layer[x]) > 1 else 0.0 for x in layers]
-        ax.errorbar(layers, means, yerr=stds, marker="o", capsize=3, color=METHOD_COLORS[role],
-                    label=role.replace("_stage1", ""))
+        ax.errorbar(
+            layers,
+            means,
+            yerr=stds,
+            marker="o",
+            capsize=3,
+            color=METHOD_COLORS[role],
+            label=role.replace("_stage1", ""),
+        )
     ax.set_xlabel("layer (1-based) carrying the filter")
     ax.set_ylabel(f"dev {METRIC_NAMES.get(metric, metric)}")
     ax.set_title(f"{runs.task}: Stage I filter heads, dev score per layer")
@@ -290,8 +330,14 @@ def plot_dev_curves(runs: TaskRuns, metric: str, path: Path, scale: float) -> Op
             points = eval_curve(artifacts.read_json(folder / artifacts.LOG_HISTORY), f"eval_{metric}")
             if points:
                 epochs, values = zip(*points)
-                ax.plot(epochs, [scale * v for v in values], marker="o", alpha=0.8, color=METHOD_COLORS[role],
-                        label=name if i == 0 else None)
+                ax.plot(
+                    epochs,
+                    [scale * v for v in values],
+                    marker="o",
+                    alpha=0.8,
+                    color=METHOD_COLORS[role],
+                    label=name if i == 0 else None,
+                )
                 drawn = True
     if not drawn:
         return None
@@ -312,16 +358,32 @@ def speed_table(runs: TaskRuns, batch_size: int, seq_len: int, iterations: int) 
 
     teacher = next(iter(runs.folders("teacher")), None)
     student = next(iter(runs.folders("ted") or runs.folders("student") or runs.folders("kd")), None)
-    header = ["model", "parameters", "device", "batch × seq len", "latency (ms / batch)", "throughput (seq / s)",
-              "speed-up"]
+    header = [
+        "model",
+        "parameters",
+        "device",
+        "batch × seq len",
+        "latency (ms / batch)",
+        "throughput (seq / s)",
+        "speed-up",
+    ]
     rows, base = [], {}
     for r in compare(student, teacher, batch_size, seq_len, iterations):
         folder = teacher if r["role"] == "teacher" else student
         base.setdefault(r["device"], r["latency_ms"] if r["role"] == "teacher" else None)
         speedup = f"{base[r['device']] / r['latency_ms']:.2f}×" if base.get(r["device"]) else "—"
         device = f"CPU ({r['threads']} threads)" if r["device"] == "cpu" else r["device"]
-        rows.append([r["role"], f"{count_parameters(folder):,}", device, f"{r['batch_size']} × {r['seq_len']}",
-                     f"{r['latency_ms']:.1f}", f"{r['throughput']:.1f}", speedup])
+        rows.append(
+            [
+                r["role"],
+                f"{count_parameters(folder):,}",
+                device,
+                f"{r['batch_size']} × {r['seq_len']}",
+                f"{r['latency_ms']:.1f}",
+                f"{r['throughput']:.1f}",
+                speedup,
+            ]
+        )
     return header, rows
 
 
@@ -361,14 +423,21 @@ def render(blocks: list[tuple], out: Path) -> tuple[Path, Path]:
             path, caption = rest
             md.append(f"![{caption}]({path.relative_to(out).as_posix()})")
             data = base64.b64encode(path.read_bytes()).decode()
-            page.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}figcaption{color:#555}")
+            page.append(
+                f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}figcaption{color:#555}"
+    )
     artifacts.atomic_write(out / "report.md", "\n\n".join(md) + "\n")
-    artifacts.atomic_write(out / "report.html", f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ted "
-                           f"report</title><style>{style}</style></head><body>{''.join(page)}</body></html>\n")
+    artifacts.atomic_write(
+        out / "report.html",
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ted "
+        f"report</title><style>{style}</style></head><body>{''.join(page)}</body></html>\n",
+    )
     return out / "report.md", out / "report.html"
 
 
@@ -376,29 +445,51 @@ def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict]) -> list[tupl
     keys, scale = metric_keys(runs), metric_scale(runs)
     pipe = runs.pipeline
     blocks: list[tuple] = [("h2", f"Task: {runs.task}")]
-    about = [f"teacher `{pipe['teacher']}`, student `{pipe['student']}`" if pipe.get("teacher") else "",
-             f"preset `{pipe['preset']}`" if pipe.get("preset") else "",
-             f"KD/LWD start from the {pipe.get('baseline_init', 'pretrained')} student" if pipe else ""]
+    about = [
+        f"teacher `{pipe['teacher']}`, student `{pipe['student']}`" if pipe.get("teacher") else "",
+        f"preset `{pipe['preset']}`" if pipe.get("preset") else "",
+        f"KD/LWD start from the {pipe.get('baseline_init', 'pretrained')} student" if pipe else "",
+    ]
     if any(about):
         blocks.append(("p", "; ".join(a for a in about if a) + "."))
     blocks.append(("table", *task_results_table(runs)))
-    blocks.append(("p", "Dev scores of the kept checkpoint (best epoch on dev, as in the paper; Stage I keeps its "
-                        "last epoch), in percent; mean ± sample standard deviation over seeds."
-                   + (" 'paper': the numbers published with the original code (DeBERTaV3-base → DeBERTaV3-xsmall, "
-                      "one seed)." if pipe.get("paper_results") else "")))
-    plots = [(plot_task_losses(runs, files / f"{runs.task}_loss_terms.png"), "Stage II loss terms per method"),
-             (plot_stage1_layers(runs, keys[0], files / f"{runs.task}_stage1_layers.png", scale),
-              "Stage I: dev score of each filter's own head, per layer"),
-             (plot_dev_curves(runs, keys[0], files / f"{runs.task}_dev_per_epoch.png", scale),
-              "Dev score per epoch, per model")]
+    blocks.append(
+        (
+            "p",
+            "Dev scores of the kept checkpoint (best epoch on dev, as in the paper; Stage I keeps its "
+            "last epoch), in percent; mean ± sample standard deviation over seeds."
+            + (
+                " 'paper': the numbers published with the original code (DeBERTaV3-base → DeBERTaV3-xsmall, one seed)."
+                if pipe.get("paper_results")
+                else ""
+            ),
+        )
+    )
+    plots = [
+        (plot_task_losses(runs, files / f"{runs.task}_loss_terms.png"), "Stage II loss terms per method"),
+        (
+            plot_stage1_layers(runs, keys[0], files / f"{runs.task}_stage1_layers.png", scale),
+            "Stage I: dev score of each filter's own head, per layer",
+        ),
+        (
+            plot_dev_curves(runs, keys[0], files / f"{runs.task}_dev_per_epoch.png", scale),
+            "Dev score per epoch, per model",
+        ),
+    ]
     blocks += [("img", path, caption) for path, caption in plots if path is not None]
     if speed is not None:
         header, rows = speed_table(runs, **speed)
-        blocks += [("h2", f"{runs.task}: size and speed"), ("table", header, rows),
-                   ("p", f"Inference of one batch of {speed['batch_size']} random sequences of {speed['seq_len']} "
-                         f"tokens (capped at the models' maximum length; no padding), eval mode, median of "
-                         f"{speed['iterations']} timed calls after 2 warm-up calls, teacher and student alternating; "
-                         "parameters of the stock model (filters excluded).")]
+        blocks += [
+            ("h2", f"{runs.task}: size and speed"),
+            ("table", header, rows),
+            (
+                "p",
+                f"Inference of one batch of {speed['batch_size']} random sequences of {speed['seq_len']} "
+                f"tokens (capped at the models' maximum length; no padding), eval mode, median of "
+                f"{speed['iterations']} timed calls after 2 warm-up calls, teacher and student alternating; "
+                "parameters of the stock model (filters excluded).",
+            ),
+        ]
     return blocks
 
 
@@ -410,8 +501,9 @@ def drop_stale_temp(out: Path, files: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def write_report(run_dirs: list[str | Path], output: Optional[str | Path] = None,
-                 speed: Optional[dict] = None) -> tuple[Path, Path]:
+def write_report(
+    run_dirs: list[str | Path], output: Optional[str | Path] = None, speed: Optional[dict] = None
+) -> tuple[Path, Path]:
     """report.md and report.html (plots embedded) for pipeline runs; `speed=None` skips timing."""
     import time
 
@@ -420,9 +512,17 @@ def write_report(run_dirs: list[str | Path], output: Optional[str | Path] = None
     files = out / "report_files"
     files.mkdir(parents=True, exist_ok=True)
     drop_stale_temp(out, files)
-    blocks: list[tuple] = [("h1", "ted report: TED vs KD vs LWD"),
-                           ("p", "Runs: " + ", ".join(f"`{d}`" for d in run_dirs) + ". Written "
-                                 + time.strftime("%Y-%m-%d %H:%M") + " by `ted report`.")]
+    blocks: list[tuple] = [
+        ("h1", "ted report: TED vs KD vs LWD"),
+        (
+            "p",
+            "Runs: "
+            + ", ".join(f"`{d}`" for d in run_dirs)
+            + ". Written "
+            + time.strftime("%Y-%m-%d %H:%M")
+            + " by `ted report`.",
+        ),
+    ]
     for task in sorted(runs):
         blocks += task_blocks(runs[task], files, speed)
     return render(blocks, out)
@@ -431,8 +531,9 @@ def write_report(run_dirs: list[str | Path], output: Optional[str | Path] = None
 def run_report_cli(argv: list[str]) -> tuple[Path, Path]:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="ted report", allow_abbrev=False,
-                                     description="Results table, plots and speed of pipeline runs.")
+    parser = argparse.ArgumentParser(
+        prog="ted report", allow_abbrev=False, description="Results table, plots and speed of pipeline runs."
+    )
     parser.add_argument("run_dirs", nargs="+", help="output folders of `ted pipeline`")
     parser.add_argument("--output", help="where report.md / report.html go (default: the first RUN_DIR)")
     parser.add_argument("--no_speed", action="store_true", help="skip the latency / throughput measurement")
@@ -440,8 +541,11 @@ def run_report_cli(argv: list[str]) -> tuple[Path, Path]:
     parser.add_argument("--speed_seq_len", type=int, default=128)
     parser.add_argument("--speed_iterations", type=int, default=10)
     args = parser.parse_args(argv)
-    speed = None if args.no_speed else {"batch_size": args.speed_batch_size, "seq_len": args.speed_seq_len,
-                                        "iterations": args.speed_iterations}
+    speed = (
+        None
+        if args.no_speed
+        else {"batch_size": args.speed_batch_size, "seq_len": args.speed_seq_len, "iterations": args.speed_iterations}
+    )
     md, page = write_report(args.run_dirs, args.output, speed)
     print(f"wrote {md} and {page}")
     return md, page

@@ -41,8 +41,13 @@ def load_for_inference(folder: str | Path):
 
     config = AutoConfig.from_pretrained(folder)
     archs = " ".join(config.architectures or [])
-    cls = (AutoModelForQuestionAnswering if "QuestionAnswering" in archs
-           else AutoModelForSequenceClassification if "SequenceClassification" in archs else AutoModel)
+    cls = (
+        AutoModelForQuestionAnswering
+        if "QuestionAnswering" in archs
+        else AutoModelForSequenceClassification
+        if "SequenceClassification" in archs
+        else AutoModel
+    )
     return cls.from_pretrained(folder).eval()
 
 
@@ -54,8 +59,14 @@ def _batch(model, batch_size: int, seq_len: int, device: str) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
 
-def measure_many(folders: dict[str, str | Path], batch_size: int = 8, seq_len: int = 128, device: str = "cpu",
-                 iterations: int = 10, warmup: int = 2) -> dict[str, Speed]:
+def measure_many(
+    folders: dict[str, str | Path],
+    batch_size: int = 8,
+    seq_len: int = 128,
+    device: str = "cpu",
+    iterations: int = 10,
+    warmup: int = 2,
+) -> dict[str, Speed]:
     """Several models timed in interleaved rounds, so a busy shared machine slows them alike."""
     import torch
 
@@ -78,18 +89,27 @@ def measure_many(folders: dict[str, str | Path], batch_size: int = 8, seq_len: i
     out = {}
     for name, values in times.items():
         latency = statistics.median(values)
-        out[name] = Speed(device=label, batch_size=batch_size, seq_len=seq_len, latency_ms=1000 * latency,
-                          throughput=batch_size / latency, iterations=iterations, threads=torch.get_num_threads())
+        out[name] = Speed(
+            device=label,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            latency_ms=1000 * latency,
+            throughput=batch_size / latency,
+            iterations=iterations,
+            threads=torch.get_num_threads(),
+        )
     return out
 
 
-def measure(folder: str | Path, batch_size: int = 8, seq_len: int = 128, device: str = "cpu",
-            iterations: int = 10) -> Speed:
+def measure(
+    folder: str | Path, batch_size: int = 8, seq_len: int = 128, device: str = "cpu", iterations: int = 10
+) -> Speed:
     return measure_many({"model": folder}, batch_size, seq_len, device, iterations)["model"]
 
 
-def compare(student: str | Path, teacher: Optional[str | Path], batch_size: int = 8, seq_len: int = 128,
-            iterations: int = 10) -> list[dict]:
+def compare(
+    student: str | Path, teacher: Optional[str | Path], batch_size: int = 8, seq_len: int = 128, iterations: int = 10
+) -> list[dict]:
     """Teacher and student on every available device (rows for a table: role, device, latency, ...)."""
     folders = {"teacher": teacher, "student": student} if teacher is not None else {"student": student}
     rows = []

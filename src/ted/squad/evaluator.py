@@ -22,13 +22,24 @@ class SquadEvaluator:
     "labels" are the windows' feature indices. Scores are in percent, like the official script.
     """
 
-    def __init__(self, examples, features, version_2_with_negative: bool, n_best_size: int = 20,
-                 max_answer_length: int = 30, null_score_diff_threshold: float = 0.0,
-                 layers: Optional[list[int]] = None):
+    def __init__(
+        self,
+        examples,
+        features,
+        version_2_with_negative: bool,
+        n_best_size: int = 20,
+        max_answer_length: int = 30,
+        null_score_diff_threshold: float = 0.0,
+        layers: Optional[list[int]] = None,
+    ):
         self.examples = examples
         self.features = features.select_columns(["example_id", "offset_mapping"])
-        self.options = dict(version_2_with_negative=version_2_with_negative, n_best_size=n_best_size,
-                            max_answer_length=max_answer_length, null_score_diff_threshold=null_score_diff_threshold)
+        self.options = dict(
+            version_2_with_negative=version_2_with_negative,
+            n_best_size=n_best_size,
+            max_answer_length=max_answer_length,
+            null_score_diff_threshold=null_score_diff_threshold,
+        )
         self.layers = layers
         self.last_predictions = None
         self._processors = None
@@ -62,8 +73,11 @@ class SquadEvaluator:
             prefix = f"layer{self.layers[k]}_" if self.layers is not None else ""
             metrics.update({f"{prefix}{key}": float(value) for key, value in scores.items()})
             if self.layers is None:
-                self.last_predictions = (predictions, nbest, null_odds if self.options["version_2_with_negative"]
-                                         else None)
+                self.last_predictions = (
+                    predictions,
+                    nbest,
+                    null_odds if self.options["version_2_with_negative"] else None,
+                )
         return metrics
 
 

@@ -18,7 +18,8 @@ import os
 import re
 import string
 import sys
-from typing import Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Optional
 
 from ted.errors import TedInputError
 
@@ -67,7 +68,7 @@ def gold_answer_texts(texts: Iterable[str]) -> list[str]:
 # the official script: the raw answers list is non-empty (even if every text normalises to "").
 
 
-def _gold_from_articles(dataset) -> "collections.OrderedDict[str, tuple[list[str], bool]]":
+def _gold_from_articles(dataset) -> collections.OrderedDict[str, tuple[list[str], bool]]:
     if isinstance(dataset, Mapping) and "data" in dataset:  # whole JSON file given
         dataset = dataset["data"]
     gold = collections.OrderedDict()
@@ -85,7 +86,7 @@ def _gold_from_articles(dataset) -> "collections.OrderedDict[str, tuple[list[str
     return gold
 
 
-def _gold_from_rows(examples) -> "collections.OrderedDict[str, tuple[list[str], bool]]":
+def _gold_from_rows(examples) -> collections.OrderedDict[str, tuple[list[str], bool]]:
     gold = collections.OrderedDict()
     for row in examples:
         texts = list(row["answers"]["text"])
@@ -117,7 +118,7 @@ def _apply_threshold(scores, na_probs, has_ans, predicted, thresh):
     return out
 
 
-def _summary(exact, f1, qids: Sequence[str]) -> "collections.OrderedDict[str, float]":
+def _summary(exact, f1, qids: Sequence[str]) -> collections.OrderedDict[str, float]:
     total = len(qids)
     return collections.OrderedDict(
         [
@@ -178,7 +179,7 @@ def evaluate_squad(
     predictions: Mapping[str, str],
     na_probs: Optional[Mapping[str, float]] = None,
     na_prob_thresh: float = 1.0,
-) -> "collections.OrderedDict[str, float]":
+) -> collections.OrderedDict[str, float]:
     """Score predictions (qid -> answer text) against the JSON's "data" list of articles.
 
     Returns the official keys, scores in percent: exact, f1, total, HasAns_*, NoAns_* and, when
@@ -192,7 +193,7 @@ def evaluate_squad_rows(
     predictions: Mapping[str, str],
     na_probs: Optional[Mapping[str, float]] = None,
     na_prob_thresh: float = 1.0,
-) -> "collections.OrderedDict[str, float]":
+) -> collections.OrderedDict[str, float]:
     """Same as evaluate_squad for flat rows in the HF squad schema (id, answers{"text": [...]})."""
     return _evaluate(_gold_from_rows(examples), predictions, na_probs, na_prob_thresh)
 
@@ -209,14 +210,21 @@ def _load_json(path: str, what: str):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="score-squad", allow_abbrev=False,
+        prog="score-squad",
+        allow_abbrev=False,
         description="Official-style SQuAD 2.0 scoring (scores in percent).",
     )
     parser.add_argument("data_file", help="SQuAD JSON file (official schema).")
     parser.add_argument("pred_file", help="JSON file mapping question id to predicted answer text.")
-    parser.add_argument("--na_prob_file", "--na-prob-file", "-n", help="JSON file: question id -> no-answer probability.")
     parser.add_argument(
-        "--na_prob_thresh", "--na-prob-thresh", "-t", type=float, default=1.0,
+        "--na_prob_file", "--na-prob-file", "-n", help="JSON file: question id -> no-answer probability."
+    )
+    parser.add_argument(
+        "--na_prob_thresh",
+        "--na-prob-thresh",
+        "-t",
+        type=float,
+        default=1.0,
         help="Predict the empty answer when the no-answer probability exceeds this (default 1.0).",
     )
     parser.add_argument("--out_file", "--out-file", "-o", help="Also write the scores as JSON here.")
@@ -226,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not isinstance(data, dict) or "data" not in data:
         raise TedInputError(f"{args.data_file} is not a SQuAD file: expected a JSON object with a 'data' list.")
     preds = _load_json(args.pred_file, "Prediction")
-    _check_values(preds, args.pred_file, lambda v: isinstance(v, str), "the answer text (a string; \"\" for no answer)")
+    _check_values(preds, args.pred_file, lambda v: isinstance(v, str), 'the answer text (a string; "" for no answer)')
     na_probs = _load_json(args.na_prob_file, "No-answer probability") if args.na_prob_file else None
     if na_probs is not None:
         _check_values(na_probs, args.na_prob_file, _is_probability, "a number (the no-answer probability)")
@@ -248,9 +256,7 @@ def _check_values(table, path: str, valid, expected: str) -> None:
         raise TedInputError(f"{path} must hold a JSON object mapping question id to {expected}.")
     for qid, value in table.items():
         if not valid(value):
-            raise TedInputError(
-                f"{path}: the value for question {qid!r} is {json.dumps(value)}; expected {expected}."
-            )
+            raise TedInputError(f"{path}: the value for question {qid!r} is {json.dumps(value)}; expected {expected}.")
 
 
 def _print(text: str) -> int:

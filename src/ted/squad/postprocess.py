@@ -18,7 +18,8 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
 
 import numpy as np
 
@@ -78,7 +79,9 @@ class SpanPostprocessor:
         cls_index: int = 0,
     ):
         if n_best_size < 1 or max_answer_length < 1:
-            raise TedInputError(f"n_best_size and max_answer_length must be >= 1, got {n_best_size}, {max_answer_length}.")
+            raise TedInputError(
+                f"n_best_size and max_answer_length must be >= 1, got {n_best_size}, {max_answer_length}."
+            )
         self.v2 = bool(version_2_with_negative)
         self.n_best = int(n_best_size)
         self.max_answer_length = int(max_answer_length)
@@ -299,7 +302,13 @@ def postprocess_predictions(
     iterables of per-batch arrays in feature order. Files are written when output_dir is given.
     """
     proc = SpanPostprocessor(
-        examples, features, version_2_with_negative, n_best_size, max_answer_length, null_score_diff_threshold, cls_index
+        examples,
+        features,
+        version_2_with_negative,
+        n_best_size,
+        max_answer_length,
+        null_score_diff_threshold,
+        cls_index,
     )
     for s, e in zip(_logit_batches(start_logits_iter), _logit_batches(end_logits_iter)):
         proc.add_next(s, e)

@@ -23,7 +23,9 @@ def _require_fast(tokenizer) -> None:
         )
 
 
-def _tokenize_windows(examples: dict[str, list], tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length: bool):
+def _tokenize_windows(
+    examples: dict[str, list], tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length: bool
+):
     """Tokenize (question, context) pairs into windows; returns (encoding, context sequence id)."""
     _require_fast(tokenizer)
     questions = [q.lstrip() for q in examples["question"]]  # leading spaces waste window room
@@ -152,8 +154,8 @@ def _check_answers(path: str, qid: str, context: str, texts: list[str], starts: 
     for text, start in zip(texts, starts):
         if start < 0 or start + len(text) > len(context):
             problem = f"reaches past the end of its context ({len(context)} characters)"
-        elif context[start:start + len(text)] != text:
-            problem = f"does not match the context there, which reads {context[start:start + len(text)]!r}"
+        elif context[start : start + len(text)] != text:
+            problem = f"does not match the context there, which reads {context[start : start + len(text)]!r}"
         else:
             continue
         raise TedInputError(
@@ -172,7 +174,10 @@ def squad_rows_from_json(path: str | os.PathLike) -> list[dict[str, Any]]:
             raw = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TedInputError(f"SQuAD file {path} is not valid JSON: {exc}") from None
-    expected = "expected the official schema data[].paragraphs[].{context, qas[].{id, question, answers[].{text, answer_start}}}"
+    expected = (
+        "expected the official schema "
+        "data[].paragraphs[].{context, qas[].{id, question, answers[].{text, answer_start}}}"
+    )
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
         raise TedInputError(f"{path} is not a SQuAD file: no top-level 'data' list; {expected}.")
     rows = []

@@ -8,8 +8,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 from transformers import DataCollatorWithPadding, TrainerCallback, set_seed
@@ -27,8 +28,15 @@ from ..training import TedTrainer
 
 logger = logging.getLogger(__name__)
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions",
-                "feature_index")
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "labels",
+    "start_positions",
+    "end_positions",
+    "feature_index",
+)
 
 
 def model_columns(dataset):
@@ -51,11 +59,15 @@ def load_training_task(data_args, tokenizer, training_args):
     """`load_task` for a stage that trains: it needs training rows (custom data without --train_file has none)."""
     task, data = load_task(data_args, tokenizer)
     if len(data.train) == 0:
-        raise TedInputError("No training examples: this stage trains, so pass --train_file (custom data) or a "
-                            "task whose training split is not empty.")
+        raise TedInputError(
+            "No training examples: this stage trains, so pass --train_file (custom data) or a "
+            "task whose training split is not empty."
+        )
     if training_args.label_smoothing_factor and task.is_regression:
-        raise TedInputError(f"--label_smoothing_factor {training_args.label_smoothing_factor} has no meaning for "
-                            f"the regression task {task.name!r} (there are no classes to smooth over); remove it.")
+        raise TedInputError(
+            f"--label_smoothing_factor {training_args.label_smoothing_factor} has no meaning for "
+            f"the regression task {task.name!r} (there are no classes to smooth over); remove it."
+        )
     return task, data
 
 
@@ -74,8 +86,9 @@ def start_model_stage(model_args, data_args, training_args, run_args: dict[str, 
 def open_output(training_args, run_args: dict[str, Any]) -> Path:
     """Every check of the output folder and of a cut-off run's checkpoints, before any model loads."""
     inputs = tuple(run_args.get(k) for k in (*MODEL_PATH_ARGS, *DATA_PATH_ARGS))
-    output_dir = artifacts.check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
-                                            training_args.output_dir_given, inputs=inputs)
+    output_dir = artifacts.check_output_dir(
+        training_args.output_dir, training_args.overwrite_output_dir, training_args.output_dir_given, inputs=inputs
+    )
     check_resumable(output_dir, fingerprint(run_args), training_args.overwrite_output_dir)
     return output_dir
 
@@ -94,8 +107,15 @@ def args_dict(*groups) -> dict[str, Any]:
 # is moved or copied (with its inputs) still resumes. Data files are identified together (artifacts.data_identity).
 MODEL_PATH_ARGS = ("model_name_or_path", "teacher_model_name_or_path", "tokenizer_name")
 DATA_PATH_ARGS = ("train_file", "validation_file", "data_dir")
-UNFINGERPRINTED = {"output_dir", "logging_dir", "overwrite_output_dir", "report_to", "disable_tqdm", "run_name",
-                   "cache_dir"}
+UNFINGERPRINTED = {
+    "output_dir",
+    "logging_dir",
+    "overwrite_output_dir",
+    "report_to",
+    "disable_tqdm",
+    "run_name",
+    "cache_dir",
+}
 
 
 def fingerprint(args: dict[str, Any]) -> str:
@@ -113,14 +133,14 @@ def last_complete_checkpoint(work: Path, remove_partial: bool = True) -> Optiona
     One cut off mid-write by a kill has no mark and is removed, so a resume never loads half a checkpoint."""
     complete = []
     for path in work.glob("checkpoint-*"):
-        if not (path.is_dir() and path.name[len("checkpoint-"):].isdigit()):
+        if not (path.is_dir() and path.name[len("checkpoint-") :].isdigit()):
             continue
         if artifacts.checkpoint_is_complete(path):
             complete.append(path)
         elif remove_partial:
             logger.warning("Removing %s: it was cut off while being written.", path)
             shutil.rmtree(path, ignore_errors=True)
-    return str(max(complete, key=lambda p: int(p.name[len("checkpoint-"):]))) if complete else None
+    return str(max(complete, key=lambda p: int(p.name[len("checkpoint-") :]))) if complete else None
 
 
 def _other_run(output_dir: Path, run_fingerprint: str) -> Optional[Path]:
@@ -143,8 +163,9 @@ def check_resumable(output_dir: Path, run_fingerprint: str, overwrite: bool) -> 
         )
 
 
-def prepare_work_dir(output_dir: Path, run_fingerprint: str, overwrite: bool,
-                     main_process: bool = True) -> tuple[Path, Optional[str]]:
+def prepare_work_dir(
+    output_dir: Path, run_fingerprint: str, overwrite: bool, main_process: bool = True
+) -> tuple[Path, Optional[str]]:
     """Checkpoint folder of this run and the checkpoint to resume from, if an identical run was cut off.
 
     Under torchrun / accelerate only the main process creates or clears the folder; the others (which run
@@ -252,17 +273,33 @@ def make_collator(tokenizer, training_args):
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
 
-def run_trainer(*, module, objective, tokenizer, task: Task, data: TaskData, training_args, output_dir: Path,
-                run_args: dict[str, Any], compute_metrics: Callable, selection_metric: Optional[str],
-                teacher=None, data_collator=None) -> tuple[TedTrainer, dict[str, float], dict[str, float]]:
+def run_trainer(
+    *,
+    module,
+    objective,
+    tokenizer,
+    task: Task,
+    data: TaskData,
+    training_args,
+    output_dir: Path,
+    run_args: dict[str, Any],
+    compute_metrics: Callable,
+    selection_metric: Optional[str],
+    teacher=None,
+    data_collator=None,
+) -> tuple[TedTrainer, dict[str, float], dict[str, float]]:
     """Train `module` with `objective`, keep the best epoch, score every eval set.
 
     `data_collator` defaults to dynamic padding of tokenized rows (cached Stage I passes its own).
     """
     with training_args.main_process_first(local=False, desc="preparing the checkpoint folder"):
         run_fingerprint = fingerprint(run_args)
-        work, resume = prepare_work_dir(output_dir, run_fingerprint, training_args.overwrite_output_dir,
-                                        main_process=training_args.process_index == 0)
+        work, resume = prepare_work_dir(
+            output_dir,
+            run_fingerprint,
+            training_args.overwrite_output_dir,
+            main_process=training_args.process_index == 0,
+        )
     args = training_arguments(training_args, work, selection_metric, task.head)
     eval_sets = {name: model_columns(ds) for name, ds in data.eval_sets.items()}
     first_eval = next(iter(eval_sets.values())) if eval_sets else None
@@ -321,7 +358,8 @@ def logged_score_of_kept_model(trainer: TedTrainer) -> Optional[dict[str, float]
     if not kept:
         return None
     if hasattr(trainer.compute_metrics, "last_predictions") and (
-            trainer.compute_metrics.last_predictions is None or evaluations[-1] is not kept[-1]):
+        trainer.compute_metrics.last_predictions is None or evaluations[-1] is not kept[-1]
+    ):
         return None
     scores = {k: v for k, v in kept[-1].items() if k != "step"}
     scores["epoch"] = state.epoch  # what a final evaluate() reports: the epochs trained
@@ -343,12 +381,13 @@ def trained_state(trainer: TedTrainer) -> dict:
 def sub_state(state: dict, prefix: str) -> Optional[dict]:
     """The entries of `state` under `prefix.`, with the prefix removed (None when there are none)."""
     prefix = prefix + "."
-    found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    found = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return found or None
 
 
-def write_stage(tmp: Path, *, stage_description: dict, trainer: TedTrainer, train_metrics: dict,
-                eval_metrics: dict) -> None:
+def write_stage(
+    tmp: Path, *, stage_description: dict, trainer: TedTrainer, train_metrics: dict, eval_metrics: dict
+) -> None:
     write_predictions(tmp, trainer.compute_metrics)
     stage_description = {**stage_description, "run_fingerprint": getattr(trainer, "ted_run_fingerprint", None)}
     artifacts.write_json(tmp / artifacts.STAGE_FILE, stage_description)
@@ -371,9 +410,15 @@ def write_predictions(folder: Path, compute_metrics) -> None:
 
 def squad_evaluator(task: Task, data: TaskData, data_args, layers: Optional[list[int]] = None) -> SquadEvaluator:
     name = next(iter(data.eval_sets))
-    return SquadEvaluator(data.eval_examples[name], data.eval_sets[name], version_2(task),
-                          n_best_size=data_args.n_best_size, max_answer_length=data_args.max_answer_length,
-                          null_score_diff_threshold=data_args.null_score_diff_threshold, layers=layers)
+    return SquadEvaluator(
+        data.eval_examples[name],
+        data.eval_sets[name],
+        version_2(task),
+        n_best_size=data_args.n_best_size,
+        max_answer_length=data_args.max_answer_length,
+        null_score_diff_threshold=data_args.null_score_diff_threshold,
+        layers=layers,
+    )
 
 
 def task_metrics(task: Task, data: TaskData, data_args) -> Callable:

@@ -16,8 +16,8 @@ from ..filters import TaskAwareFilters, check_filters_match, has_filters, match_
 from ..models import (
     check_same_vocabulary,
     check_sequence_length,
-    load_config,
     has_trained_head,
+    load_config,
     load_task_model,
     load_tokenizer,
     num_layers,
@@ -61,11 +61,16 @@ def resolve_method(method: Optional[str], filter_disabled: bool, mse_alpha: floa
 
 def warn_no_ops(method: str, head: str, weights: DistillWeights, batch_size: int) -> None:
     if weights.kl_alpha == 0 and weights.mse_alpha == 0:
-        warnings.warn("kl_alpha and mse_alpha are both 0: this run is plain fine-tuning of the student, "
-                      "no distillation.", stacklevel=2)
+        warnings.warn(
+            "kl_alpha and mse_alpha are both 0: this run is plain fine-tuning of the student, no distillation.",
+            stacklevel=2,
+        )
     if weights.kl_alpha and head == "regression" and weights.paper_compat:
-        warnings.warn("--paper_compat regression KL is a softmax across the examples of each batch (the original "
-                      "code's behaviour): it depends on batch composition.", stacklevel=2)
+        warnings.warn(
+            "--paper_compat regression KL is a softmax across the examples of each batch (the original "
+            "code's behaviour): it depends on batch composition.",
+            stacklevel=2,
+        )
         if batch_size < 2:
             warnings.warn("With batch size 1 the paper-compatible regression KL is identically 0.", stacklevel=2)
 
@@ -83,9 +88,11 @@ def check_deepspeed_stage(deepspeed) -> None:
         except (OSError, ValueError) as err:
             raise TedInputError(f"Cannot read the DeepSpeed config {deepspeed}: {err}") from None
     if int((config.get("zero_optimization") or {}).get("stage", 0) or 0) == 3:
-        raise TedInputError("Stage II does not support DeepSpeed ZeRO-3: the teacher would be partitioned and never "
-                            "gathered. Use ZeRO-2 (configs/deepspeed/zero2.json) or FSDP "
-                            "(configs/accelerate/fsdp.yaml) for Stage II.")
+        raise TedInputError(
+            "Stage II does not support DeepSpeed ZeRO-3: the teacher would be partitioned and never "
+            "gathered. Use ZeRO-2 (configs/deepspeed/zero2.json) or FSDP "
+            "(configs/accelerate/fsdp.yaml) for Stage II."
+        )
 
 
 def check_projector_width(filter_output_dim: Optional[int], teacher_path: str, cache_dir: Optional[str]) -> None:
@@ -93,8 +100,10 @@ def check_projector_width(filter_output_dim: Optional[int], teacher_path: str, c
     teacher's hidden size (the original code forces it); a different --filter_output_dim cannot apply."""
     hidden = load_config(teacher_path, cache_dir).hidden_size
     if filter_output_dim is not None and filter_output_dim != hidden:
-        raise TedInputError(f"LWD matches the teacher's raw hidden states ({hidden} wide), so --filter_output_dim "
-                            f"{filter_output_dim} cannot apply. Drop --filter_output_dim (or pass {hidden}).")
+        raise TedInputError(
+            f"LWD matches the teacher's raw hidden states ({hidden} wide), so --filter_output_dim "
+            f"{filter_output_dim} cannot apply. Drop --filter_output_dim (or pass {hidden})."
+        )
 
 
 def load_filters(path: str, layers: list[int], output_dim: Optional[int], nonlinear: bool, who: str):
@@ -121,8 +130,9 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     if method == "lwd":
         check_projector_width(filter_args.filter_output_dim, teacher_path, model_args.cache_dir)
     output_dir = open_output(training_args, run_args)
-    weights = DistillWeights(distill_args.kl_alpha, distill_args.mse_alpha, distill_args.temperature,
-                             distill_args.paper_compat)
+    weights = DistillWeights(
+        distill_args.kl_alpha, distill_args.mse_alpha, distill_args.temperature, distill_args.paper_compat
+    )
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or student_path, model_args.cache_dir)
     check_same_vocabulary(load_tokenizer(teacher_path, model_args.cache_dir), tokenizer, teacher_path, student_path)
@@ -130,7 +140,9 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     warn_no_ops(method, task.head, weights, training_args.per_device_train_batch_size)
     teacher_model = load_task_model(teacher_path, task, model_args.cache_dir)
     if not has_trained_head(teacher_model.config, task):
-        raise TedInputError(f"Teacher {teacher_path!r} has no fine-tuned task head. Fine-tune it first (`ted finetune`).")
+        raise TedInputError(
+            f"Teacher {teacher_path!r} has no fine-tuned task head. Fine-tune it first (`ted finetune`)."
+        )
     student = load_task_model(student_path, task, model_args.cache_dir, **dropout_overrides(model_args))
     # Label order: load_task_model has checked each fine-tuned head against the task's label list.
 
@@ -141,10 +153,12 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
         pairs = match_layers(s_layers, t_layers)
     teacher_filters = student_filters = None
     if method == "ted":
-        teacher_filters = load_filters(teacher_path, t_layers, filter_args.filter_output_dim,
-                                       filter_args.filter_nonlinear, "teacher")
-        student_filters = load_filters(student_path, s_layers, filter_args.filter_output_dim,
-                                       filter_args.filter_nonlinear, "student")
+        teacher_filters = load_filters(
+            teacher_path, t_layers, filter_args.filter_output_dim, filter_args.filter_nonlinear, "teacher"
+        )
+        student_filters = load_filters(
+            student_path, s_layers, filter_args.filter_output_dim, filter_args.filter_nonlinear, "student"
+        )
         if teacher_filters.config.output_dim != student_filters.config.output_dim:
             raise TedInputError(
                 f"Teacher filters output {teacher_filters.config.output_dim} features but student filters output "
@@ -152,14 +166,28 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
             )
     elif method == "lwd":
         # LWD: raw teacher layers as targets, a fresh student-side projector to the teacher's width.
-        student_filters = new_filters(student.config, s_layers, teacher_model.config.hidden_size, nonlinear=False,
-                                      interval=filter_args.filter_interval, role="projector")
+        student_filters = new_filters(
+            student.config,
+            s_layers,
+            teacher_model.config.hidden_size,
+            nonlinear=False,
+            interval=filter_args.filter_interval,
+            role="projector",
+        )
     teacher = Teacher(teacher_model, teacher_filters, t_layers, task.head)
     module = DistillStudent(student, student_filters)
     trainer, train_metrics, eval_metrics = run_trainer(
-        module=module, objective=DistillObjective(task.head, teacher, weights), tokenizer=tokenizer, task=task,
-        data=data, training_args=training_args, output_dir=output_dir, run_args=run_args,
-        compute_metrics=task_metrics(task, data, data_args), selection_metric=task.selection_metric, teacher=teacher,
+        module=module,
+        objective=DistillObjective(task.head, teacher, weights),
+        tokenizer=tokenizer,
+        task=task,
+        data=data,
+        training_args=training_args,
+        output_dir=output_dir,
+        run_args=run_args,
+        compute_metrics=task_metrics(task, data, data_args),
+        selection_metric=task.selection_metric,
+        teacher=teacher,
     )
     state = trained_state(trainer)  # DistillStudent keys: model.*, filters.*
     if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
@@ -168,13 +196,17 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
             tokenizer.save_pretrained(tmp)
             if student_filters is not None:
                 student_filters.save(tmp, sub_state(state, "filters"))
-            lineage = {"student": student_path, "teacher": teacher_path,
-                       "layer_pairs": [list(p) for p in pairs]}
+            lineage = {"student": student_path, "teacher": teacher_path, "layer_pairs": [list(p) for p in pairs]}
             description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
             if distill_args.paper_compat:  # explicit flags that won over the paper's settings (config.py)
                 description["paper_compat_overrides"] = getattr(distill_args, "paper_compat_overrides", {})
-            write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
-                        eval_metrics=eval_metrics)
+            write_stage(
+                tmp,
+                stage_description=description,
+                trainer=trainer,
+                train_metrics=train_metrics,
+                eval_metrics=eval_metrics,
+            )
         finish(output_dir)
     trainer.accelerator.wait_for_everyone()
     return StageResult(str(output_dir), eval_metrics, {"method": method, "layer_pairs": pairs})

@@ -21,9 +21,18 @@ logger = logging.getLogger(__name__)
 
 # Data settings a stage folder remembers (the "args" of its ted_stage.json). Scoring it reuses them, so the
 # columns, sequence length and SQuAD windows match training; the data files themselves are the user's choice.
-REMEMBERED_SETTINGS = ("text_columns", "label_column", "label_list", "task_type", "max_seq_length",
-                       "pad_to_max_length", "doc_stride", "n_best_size", "max_answer_length",
-                       "null_score_diff_threshold")
+REMEMBERED_SETTINGS = (
+    "text_columns",
+    "label_column",
+    "label_list",
+    "task_type",
+    "max_seq_length",
+    "pad_to_max_length",
+    "doc_stride",
+    "n_best_size",
+    "max_answer_length",
+    "null_score_diff_threshold",
+)
 
 
 def _stage_task_name(info: dict, data_args) -> str | None:
@@ -47,16 +56,19 @@ def with_stage_settings(data_args, model_path: str | None):
         return data_args
     saved = info.get("args") or {}
     defaults = {f.name: f.default for f in dataclasses.fields(DataArguments)}
-    changes = {name: saved[name] for name in REMEMBERED_SETTINGS
-               if saved.get(name) is not None and getattr(data_args, name) == defaults[name]
-               and saved[name] != defaults[name]}
+    changes = {
+        name: saved[name]
+        for name in REMEMBERED_SETTINGS
+        if saved.get(name) is not None and getattr(data_args, name) == defaults[name] and saved[name] != defaults[name]
+    }
     if not data_args.task_name and _stage_task_name(info, data_args):
         changes["task_name"] = _stage_task_name(info, data_args)
     if (info.get("task") or {}).get("head") == "regression" and not data_args.task_type:
         changes["task_type"] = "regression"  # whole-number dev scores must not be read as classes
     if changes:
-        logger.info("Settings taken from %s: %s (flags override them)", Path(model_path) / artifacts.STAGE_FILE,
-                    changes)
+        logger.info(
+            "Settings taken from %s: %s (flags override them)", Path(model_path) / artifacts.STAGE_FILE, changes
+        )
     return dataclasses.replace(data_args, **changes)
 
 
@@ -70,11 +82,23 @@ def run_evaluate(model_args, data_args, training_args) -> StageResult:
     model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir)
     with tempfile.TemporaryDirectory() as scratch:
         # SQuAD streams each batch's logits into post-processing (as the stages do) instead of gathering them all.
-        args = dataclasses.replace(training_args, output_dir=scratch, remove_unused_columns=False, eval_strategy="no",
-                                   load_best_model_at_end=False, report_to=[], batch_eval_metrics=task.head == "span")
-        trainer = TedTrainer(model=model, args=args, objective=TaskObjective(task.head),
-                             data_collator=make_collator(tokenizer, training_args), processing_class=tokenizer,
-                             compute_metrics=task_metrics(task, data, data_args))
+        args = dataclasses.replace(
+            training_args,
+            output_dir=scratch,
+            remove_unused_columns=False,
+            eval_strategy="no",
+            load_best_model_at_end=False,
+            report_to=[],
+            batch_eval_metrics=task.head == "span",
+        )
+        trainer = TedTrainer(
+            model=model,
+            args=args,
+            objective=TaskObjective(task.head),
+            data_collator=make_collator(tokenizer, training_args),
+            processing_class=tokenizer,
+            compute_metrics=task_metrics(task, data, data_args),
+        )
         metrics: dict[str, float] = {}
         for i, (name, dataset) in enumerate(data.eval_sets.items()):
             prefix = "eval" if i == 0 else f"eval_{name}"

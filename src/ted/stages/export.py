@@ -30,23 +30,32 @@ def check_source(src: Path) -> dict:
         if stage is not None and not isinstance(stage, dict):
             raise ValueError("not a JSON object")
     except ValueError as err:
-        raise TedInputError(f"{src / artifacts.STAGE_FILE} is damaged ({err}): re-run the stage that wrote "
-                            f"{src}.") from None
+        raise TedInputError(
+            f"{src / artifacts.STAGE_FILE} is damaged ({err}): re-run the stage that wrote {src}."
+        ) from None
     if stage is None and (src / "config.json").is_file():
-        raise TedInputError(f"{src} is a plain Hugging Face model folder (no {artifacts.STAGE_FILE}): a stock model "
-                            "needs no export, use it as it is. `ted export` takes the output folder of `ted distill` "
-                            "or `ted finetune`.")
+        raise TedInputError(
+            f"{src} is a plain Hugging Face model folder (no {artifacts.STAGE_FILE}): a stock model "
+            "needs no export, use it as it is. `ted export` takes the output folder of `ted distill` "
+            "or `ted finetune`."
+        )
     if stage is None:
-        raise TedInputError(f"{src} is not a ted stage folder (no {artifacts.STAGE_FILE}, no config.json). Pass the "
-                            "output folder of `ted distill` or `ted finetune`.")
+        raise TedInputError(
+            f"{src} is not a ted stage folder (no {artifacts.STAGE_FILE}, no config.json). Pass the "
+            "output folder of `ted distill` or `ted finetune`."
+        )
     kind = stage.get("stage")
     if kind == "learn_filters":
-        raise TedInputError(f"{src} is a Stage I folder (`ted learn-filters`): its model is the one it started "
-                            f"from ({stage.get('lineage', {}).get('model')}) plus filters. Export the Stage II "
-                            "folder that `ted distill` wrote from it, or the fine-tuned model it started from.")
+        raise TedInputError(
+            f"{src} is a Stage I folder (`ted learn-filters`): its model is the one it started "
+            f"from ({stage.get('lineage', {}).get('model')}) plus filters. Export the Stage II "
+            "folder that `ted distill` wrote from it, or the fine-tuned model it started from."
+        )
     if kind not in EXPORTABLE:
-        raise TedInputError(f"{src}: {artifacts.STAGE_FILE} names stage {kind!r}; `ted export` takes the output "
-                            "folder of `ted distill` or `ted finetune`.")
+        raise TedInputError(
+            f"{src}: {artifacts.STAGE_FILE} names stage {kind!r}; `ted export` takes the output "
+            "folder of `ted distill` or `ted finetune`."
+        )
     return stage
 
 
@@ -60,8 +69,10 @@ def replaceable(folder: Path) -> bool:
     """--overwrite_output_dir replaces a previous export only (raises to say so in export's own words)."""
     if is_export(folder):
         return True
-    raise TedInputError(f"{folder} holds files `ted export` did not write; --overwrite_output_dir only replaces a "
-                        "previous export. Choose a new or empty --output_dir, or move its files away yourself.")
+    raise TedInputError(
+        f"{folder} holds files `ted export` did not write; --overwrite_output_dir only replaces a "
+        "previous export. Choose a new or empty --output_dir, or move its files away yourself."
+    )
 
 
 def is_export(folder: Path) -> bool:
@@ -73,8 +84,12 @@ def is_export(folder: Path) -> bool:
 
 
 def only_export_files(folder: Path) -> bool:
-    return all(p.is_file() and not p.is_symlink() and (p.name == CARD or any(
-        fnmatch.fnmatch(p.name, pattern) for pattern in artifacts._EXPORT_PATTERNS)) for p in folder.iterdir())
+    return all(
+        p.is_file()
+        and not p.is_symlink()
+        and (p.name == CARD or any(fnmatch.fnmatch(p.name, pattern) for pattern in artifacts._EXPORT_PATTERNS))
+        for p in folder.iterdir()
+    )
 
 
 def weights_files(folder: Path) -> list[Path]:
@@ -88,8 +103,9 @@ def weights_files(folder: Path) -> list[Path]:
         return [folder / name for name in shards]
     if (folder / "model.safetensors").is_file():
         return [folder / "model.safetensors"]
-    raise TedInputError(f"{folder} has no model.safetensors (nor {INDEX_FILE}): nothing to export. "
-                        "Re-run the stage that wrote it.")
+    raise TedInputError(
+        f"{folder} has no model.safetensors (nor {INDEX_FILE}): nothing to export. Re-run the stage that wrote it."
+    )
 
 
 def check_weights(folder: Path) -> None:
@@ -105,8 +121,9 @@ def check_weights(folder: Path) -> None:
             with safe_open(str(file), "pt") as f:
                 f.keys()
         except Exception as err:  # SafetensorError and friends: the header or the data is incomplete
-            raise TedInputError(f"weights file {file} is damaged ({file.stat().st_size} bytes: {err}). "
-                                "Re-run the stage that wrote it.") from None
+            raise TedInputError(
+                f"weights file {file} is damaged ({file.stat().st_size} bytes: {err}). Re-run the stage that wrote it."
+            ) from None
 
 
 def verify_copy(src: Path, copy: Path) -> None:
@@ -114,8 +131,10 @@ def verify_copy(src: Path, copy: Path) -> None:
     check_weights(copy)
     for file in weights_files(copy):
         if file.stat().st_size != (src / file.name).stat().st_size:
-            raise TedInputError(f"copying {src / file.name} gave {file.stat().st_size} bytes instead of "
-                                f"{(src / file.name).stat().st_size}: nothing was written. Check free disk space.")
+            raise TedInputError(
+                f"copying {src / file.name} gave {file.stat().st_size} bytes instead of "
+                f"{(src / file.name).stat().st_size}: nothing was written. Check free disk space."
+            )
 
 
 def drop_leftovers(dst: Path) -> None:
@@ -133,8 +152,9 @@ def run_export(stage_dir: str, output_dir: str, overwrite: bool = False, measure
     src, dst = Path(stage_dir), Path(output_dir)
     stage = check_source(src)
     # Refuse an output that is, contains or is inside an input, or a folder `ted export` did not write.
-    artifacts.check_output_dir(str(dst), overwrite, inputs=tuple(map(str, inputs_of(src, stage))),
-                               replaceable=replaceable)
+    artifacts.check_output_dir(
+        str(dst), overwrite, inputs=tuple(map(str, inputs_of(src, stage))), replaceable=replaceable
+    )
     check_weights(src)  # fail before timing anything
     metrics_path = src / artifacts.EVAL_RESULTS
     metrics = artifacts.read_json(metrics_path) if metrics_path.is_file() else {}

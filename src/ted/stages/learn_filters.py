@@ -10,10 +10,10 @@ import torch
 from transformers import default_data_collator
 
 from .. import artifacts
+from ..feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, first_token_features
 from ..filters import new_filters, select_layers
 from ..heads import new_heads
 from ..models import has_trained_head, num_layers
-from ..feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, first_token_features
 from ..objectives import CachedFilterLearner, FilterLearner, FilterObjective
 from ..tasks.base import TaskData
 from .common import (
@@ -36,7 +36,7 @@ def layer_scores(eval_metrics: dict, layers: list[int]) -> dict[str, dict[str, f
     scores: dict[str, dict[str, float]] = {}
     for layer in layers:
         prefix = f"eval_layer{layer}_"
-        scores[str(layer)] = {k[len(prefix):]: v for k, v in eval_metrics.items() if k.startswith(prefix)}
+        scores[str(layer)] = {k[len(prefix) :]: v for k, v in eval_metrics.items() if k.startswith(prefix)}
     return scores
 
 
@@ -47,8 +47,9 @@ def without_checkpointing(training_args):
     names = [n for n in ("activation_checkpointing", "gradient_checkpointing") if getattr(training_args, n, None)]
     if not names:
         return training_args
-    logger.warning("--gradient_checkpointing has no effect on Stage I (the backbone runs without gradients); "
-                   "ignoring it.")
+    logger.warning(
+        "--gradient_checkpointing has no effect on Stage I (the backbone runs without gradients); ignoring it."
+    )
     return dataclasses.replace(training_args, **{n: False for n in names})
 
 
@@ -77,8 +78,11 @@ def cache_affordable(model, data: TaskData, layers: list[int], training_args) ->
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     fits, why = cache_fits(cache_bytes(rows, len(layers), model.config.hidden_size, dtype), local_processes)
     if not fits:
-        logger.warning("Not caching Stage I features: %s (more than half). The eval-mode backbone runs on every "
-                       "batch instead: same results, slower.", why)
+        logger.warning(
+            "Not caching Stage I features: %s (more than half). The eval-mode backbone runs on every "
+            "batch instead: same results, slower.",
+            why,
+        )
     return fits
 
 
@@ -87,18 +91,28 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
     output_dir, tokenizer, task, data, model = start_model_stage(model_args, data_args, training_args, run_args)
     training_args = without_checkpointing(training_args)
     if not has_trained_head(model.config, task):
-        logger.warning("%s has no fine-tuned task head; Stage I expects a model fine-tuned on the task.",
-                       model_args.model_name_or_path)
+        logger.warning(
+            "%s has no fine-tuned task head; Stage I expects a model fine-tuned on the task.",
+            model_args.model_name_or_path,
+        )
     layers = select_layers(num_layers(model.config), filter_args.filter_interval)
-    filters = new_filters(model.config, layers, filter_args.filter_output_dim, filter_args.filter_nonlinear,
-                          interval=filter_args.filter_interval)
+    filters = new_filters(
+        model.config,
+        layers,
+        filter_args.filter_output_dim,
+        filter_args.filter_nonlinear,
+        interval=filter_args.filter_interval,
+    )
     heads = new_heads(task.head, len(layers), filters.config.output_dim, task.num_labels, model.config)
     # Every trainable parameter (filters, heads) feeds the loss: DDP need not search for unused ones.
     if training_args.ddp_find_unused_parameters is None:
         training_args = dataclasses.replace(training_args, ddp_find_unused_parameters=False)
     collator = None
-    use_cache = (filter_args.stage1_backbone_mode == "eval" and task.head != "span"
-                 and cache_affordable(model, data, layers, training_args))
+    use_cache = (
+        filter_args.stage1_backbone_mode == "eval"
+        and task.head != "span"
+        and cache_affordable(model, data, layers, training_args)
+    )
     if use_cache:
         # Eval-mode backbone + heads reading token 0: compute token 0 of each selected layer once and train
         # the filters and heads on it (see ted.feature_cache); same logits as the uncached eval-mode learner.
@@ -114,9 +128,16 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
         learner = FilterLearner(model, filters, heads, backbone_mode=filter_args.stage1_backbone_mode)
     # The paper keeps the last epoch (no selection); every epoch still scores each filter head on dev.
     trainer, train_metrics, eval_metrics = run_trainer(
-        module=learner, objective=FilterObjective(task.head), tokenizer=tokenizer, task=task, data=data,
-        training_args=training_args, output_dir=output_dir, run_args=run_args,
-        compute_metrics=per_filter_metrics(task, layers, data, data_args), selection_metric=None,
+        module=learner,
+        objective=FilterObjective(task.head),
+        tokenizer=tokenizer,
+        task=task,
+        data=data,
+        training_args=training_args,
+        output_dir=output_dir,
+        run_args=run_args,
+        compute_metrics=per_filter_metrics(task, layers, data, data_args),
+        selection_metric=None,
         data_collator=collator,
     )
     scores = layer_scores(eval_metrics, layers)
@@ -134,8 +155,13 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
             description["stage1_feature_cache"] = use_cache  # eval-mode runs can fall back (memory)
             if use_cache:
                 description["stage1_feature_cache_dtype"] = str(cache_dtype(training_args) or torch.float32)[6:]
-            write_stage(tmp, stage_description=description, trainer=trainer, train_metrics=train_metrics,
-                        eval_metrics=eval_metrics)
+            write_stage(
+                tmp,
+                stage_description=description,
+                trainer=trainer,
+                train_metrics=train_metrics,
+                eval_metrics=eval_metrics,
+            )
         finish(output_dir)
     trainer.accelerator.wait_for_everyone()
     return StageResult(str(output_dir), eval_metrics, {"layer_scores": scores})

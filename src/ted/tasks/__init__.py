@@ -6,7 +6,8 @@ GLUE names (and aliases like "SST-2") go to `glue.py`, "custom" (or no name with
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
 from ..errors import TedInputError
 from .base import Task, TaskData

@@ -7,8 +7,9 @@ this interface, so GLUE, SQuAD and user data share one training path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 

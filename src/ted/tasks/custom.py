@@ -42,16 +42,12 @@ class _File(NamedTuple):
 
 def _read_file(path: Optional[str], flag: str) -> _File:
     if not path:
-        raise TedInputError(
-            f"Custom data needs both --train_file and --validation_file; {flag} is missing."
-        )
+        raise TedInputError(f"Custom data needs both --train_file and --validation_file; {flag} is missing.")
     if not os.path.isfile(path):
         raise TedInputError(f"{flag} {path} does not exist.")
     ext = os.path.splitext(path)[1].lower()
     if ext not in _BUILDERS:
-        raise TedInputError(
-            f"{flag} {path}: unsupported extension {ext!r}; use one of {', '.join(_BUILDERS)}."
-        )
+        raise TedInputError(f"{flag} {path}: unsupported extension {ext!r}; use one of {', '.join(_BUILDERS)}.")
     rows = scan_file(path, f"{flag} {path}", ext)
     kwargs = {}
     if _BUILDERS[ext] == "csv":
@@ -62,9 +58,7 @@ def _read_file(path: Optional[str], flag: str) -> _File:
     try:
         data = datasets.load_dataset(_BUILDERS[ext], data_files=path, split="train", **kwargs)
     except Exception as err:  # what the first pass missed (pandas / pyarrow): one line, the file named
-        raise TedInputError(
-            f"{flag} {path} could not be read as {ext[1:].upper()}: {root_cause(err)}"
-        ) from err
+        raise TedInputError(f"{flag} {path} could not be read as {ext[1:].upper()}: {root_cause(err)}") from err
     if len(data) == 0:
         raise TedInputError(f"{flag} {path} holds no data rows.")
     return _File(data, path, rows.matches(len(data)))
@@ -92,9 +86,7 @@ def _check_columns(file: _File, text_columns: list[str], label_column: str) -> N
     missing = [c for c in text_columns + [label_column] if c not in ds.column_names]
     if missing:
         hint = " Set --label_column." if label_column in missing else ""
-        raise TedInputError(
-            f"{file.path}: column(s) {missing} not found; available columns: {ds.column_names}.{hint}"
-        )
+        raise TedInputError(f"{file.path}: column(s) {missing} not found; available columns: {ds.column_names}.{hint}")
     for col in text_columns + [label_column]:
         for i, value in enumerate(ds[col]):
             if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -30,7 +30,7 @@ class RowLines:
             return f"line {self.lines[i]}"
         return f"record {i + 1}"
 
-    def matches(self, n_rows: int) -> "RowLines":
+    def matches(self, n_rows: int) -> RowLines:
         """Keep the line numbers only when this pass saw the same rows as the library (never name a wrong line)."""
         return self if self.lines is not None and len(self.lines) == n_rows else RowLines()
 
@@ -106,7 +106,7 @@ def _scan_json_lines(path: str, name: str) -> RowLines:
             if not isinstance(record, dict):
                 raise TedInputError(
                     f"{name}, line {number}: a JSON {type(record).__name__}, expected one object per line "
-                    f"like {{\"text\": ..., \"label\": ...}}."
+                    f'like {{"text": ..., "label": ...}}.'
                 )
             lines.append(number)
     return RowLines(lines)

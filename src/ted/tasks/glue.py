@@ -49,27 +49,50 @@ class GlueTask:
 
 GLUE_TASKS: dict[str, GlueTask] = {
     "cola": GlueTask(
-        ["unacceptable", "acceptable"], ("sentence",), "matthews_correlation", "CoLA",
-        tsv_fields=(3, 1), tsv_header=False, tsv_int_labels=True,
+        ["unacceptable", "acceptable"],
+        ("sentence",),
+        "matthews_correlation",
+        "CoLA",
+        tsv_fields=(3, 1),
+        tsv_header=False,
+        tsv_int_labels=True,
     ),
     "sst2": GlueTask(
-        ["negative", "positive"], ("sentence",), "accuracy", "SST-2",
-        tsv_fields=("sentence", "label"), tsv_int_labels=True,
+        ["negative", "positive"],
+        ("sentence",),
+        "accuracy",
+        "SST-2",
+        tsv_fields=("sentence", "label"),
+        tsv_int_labels=True,
     ),
     "mrpc": GlueTask(
-        ["not_equivalent", "equivalent"], ("sentence1", "sentence2"), "f1", "MRPC",
-        tsv_fields=("#1 String", "#2 String", "Quality"), tsv_int_labels=True,
+        ["not_equivalent", "equivalent"],
+        ("sentence1", "sentence2"),
+        "f1",
+        "MRPC",
+        tsv_fields=("#1 String", "#2 String", "Quality"),
+        tsv_int_labels=True,
     ),
     "stsb": GlueTask(
-        None, ("sentence1", "sentence2"), "spearmanr", "STS-B",
+        None,
+        ("sentence1", "sentence2"),
+        "spearmanr",
+        "STS-B",
         tsv_fields=("sentence1", "sentence2", "score"),
     ),
     "qqp": GlueTask(
-        ["not_duplicate", "duplicate"], ("question1", "question2"), "f1", "QQP",
-        tsv_fields=("question1", "question2", "is_duplicate"), tsv_int_labels=True,
+        ["not_duplicate", "duplicate"],
+        ("question1", "question2"),
+        "f1",
+        "QQP",
+        tsv_fields=("question1", "question2", "is_duplicate"),
+        tsv_int_labels=True,
     ),
     "mnli": GlueTask(
-        ["entailment", "neutral", "contradiction"], ("premise", "hypothesis"), "accuracy", "MNLI",
+        ["entailment", "neutral", "contradiction"],
+        ("premise", "hypothesis"),
+        "accuracy",
+        "MNLI",
         tsv_fields=("sentence1", "sentence2", "gold_label"),
         eval_files=(
             ("validation_matched", "dev_matched.tsv"),
@@ -77,16 +100,26 @@ GLUE_TASKS: dict[str, GlueTask] = {
         ),
     ),
     "qnli": GlueTask(
-        ["entailment", "not_entailment"], ("question", "sentence"), "accuracy", "QNLI",
+        ["entailment", "not_entailment"],
+        ("question", "sentence"),
+        "accuracy",
+        "QNLI",
         tsv_fields=("question", "sentence", "label"),
     ),
     "rte": GlueTask(
-        ["entailment", "not_entailment"], ("sentence1", "sentence2"), "accuracy", "RTE",
+        ["entailment", "not_entailment"],
+        ("sentence1", "sentence2"),
+        "accuracy",
+        "RTE",
         tsv_fields=("sentence1", "sentence2", "label"),
     ),
     "wnli": GlueTask(
-        ["not_entailment", "entailment"], ("sentence1", "sentence2"), "accuracy", "WNLI",
-        tsv_fields=("sentence1", "sentence2", "label"), tsv_int_labels=True,
+        ["not_entailment", "entailment"],
+        ("sentence1", "sentence2"),
+        "accuracy",
+        "WNLI",
+        tsv_fields=("sentence1", "sentence2", "label"),
+        tsv_int_labels=True,
     ),
 }
 
@@ -193,8 +226,7 @@ def _parse_label(raw: str, label_ids: Optional[dict[str, int]], path: str, line:
             ) from None
     if raw not in label_ids:
         raise TedInputError(
-            f"{path}, line {line}: label {raw!r} is not a GLUE {task} label; allowed values: "
-            f"{', '.join(label_ids)}."
+            f"{path}, line {line}: label {raw!r} is not a GLUE {task} label; allowed values: {', '.join(label_ids)}."
         )
     return label_ids[raw]
 
@@ -249,8 +281,7 @@ def _load_hub(key: str, dataset_name: Optional[str]) -> DatasetDict:
         if spec.label_list is not None and isinstance(label, ClassLabel) and label.names != spec.label_list:
             # Ids would silently mean other labels (and metrics like f1 pick class 1).
             raise TedInputError(
-                f"Hub dataset {name!r} ({key}) labels are {label.names}, "
-                f"expected {spec.label_list} in this order."
+                f"Hub dataset {name!r} ({key}) labels are {label.names}, expected {spec.label_list} in this order."
             )
         out[split] = ds.select_columns(wanted)
     return DatasetDict(out)

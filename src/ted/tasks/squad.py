@@ -27,12 +27,15 @@ def version_2(task: Task) -> bool:
 
 def _raw_splits(name: str, data_args):
     if data_args.data_dir:
-        raise TedInputError("--data_dir holds GLUE TSV folders; give SQuAD JSON files with "
-                            "--train_file/--validation_file, or nothing to use the hub.")
+        raise TedInputError(
+            "--data_dir holds GLUE TSV folders; give SQuAD JSON files with "
+            "--train_file/--validation_file, or nothing to use the hub."
+        )
     if data_args.train_file or data_args.validation_file:
         if not data_args.validation_file:
-            raise TedInputError("--train_file needs a --validation_file too (SQuAD JSON schema): the dev set "
-                                "scores every epoch.")
+            raise TedInputError(
+                "--train_file needs a --validation_file too (SQuAD JSON schema): the dev set scores every epoch."
+            )
         dev = squad_examples_from_json(data_args.validation_file)
         # Scoring needs the dev file alone; the training stages refuse the empty train split.
         train = squad_examples_from_json(data_args.train_file) if data_args.train_file else dev.select([])
@@ -55,16 +58,30 @@ def load_squad(data_args, tokenizer) -> tuple[Task, TaskData]:
     eval_raw = _first(eval_raw, data_args.max_eval_samples)
     if not version_2(task) and any(len(a["text"]) == 0 for a in eval_raw["answers"]):
         raise TedInputError("The data has unanswerable questions: use --task_name squad_v2 for SQuAD 2.0 data.")
-    window = dict(tokenizer=tokenizer, max_seq_length=data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
-                  doc_stride=data_args.doc_stride, pad_to_max_length=data_args.pad_to_max_length)
+    window = dict(
+        tokenizer=tokenizer,
+        max_seq_length=data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
+        doc_stride=data_args.doc_stride,
+        pad_to_max_length=data_args.pad_to_max_length,
+    )
     if data_args.doc_stride >= window["max_seq_length"]:
-        raise TedInputError(f"--doc_stride {data_args.doc_stride} must be smaller than --max_seq_length "
-                            f"{window['max_seq_length']}.")
-    train = train_raw.map(prepare_train_features, batched=True, remove_columns=train_raw.column_names,
-                          fn_kwargs=window, desc="windows (train)")
-    features = eval_raw.map(prepare_eval_features, batched=True, remove_columns=eval_raw.column_names,
-                            fn_kwargs=window, desc="windows (dev)")
+        raise TedInputError(
+            f"--doc_stride {data_args.doc_stride} must be smaller than --max_seq_length {window['max_seq_length']}."
+        )
+    train = train_raw.map(
+        prepare_train_features,
+        batched=True,
+        remove_columns=train_raw.column_names,
+        fn_kwargs=window,
+        desc="windows (train)",
+    )
+    features = eval_raw.map(
+        prepare_eval_features,
+        batched=True,
+        remove_columns=eval_raw.column_names,
+        fn_kwargs=window,
+        desc="windows (dev)",
+    )
     # The Trainer hands each batch's feature indices to the streaming post-processor.
     features = features.add_column("feature_index", list(range(len(features))))
-    return task, TaskData(train=train, eval_sets={"validation": features},
-                          eval_examples={"validation": eval_raw})
+    return task, TaskData(train=train, eval_sets={"validation": features}, eval_examples={"validation": eval_raw})

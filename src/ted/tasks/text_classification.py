@@ -6,7 +6,8 @@ plus a `label` column of ids (int) or scores (float), already validated.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from datasets import DatasetDict
