@@ -11,7 +11,7 @@ import tiny
 from ted.cli import main
 from ted.errors import TedInputError
 from ted.filters import new_filters
-from ted.stages.distill import resolve_method
+from ted.methods import resolve_method
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

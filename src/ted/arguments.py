@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import TedInputError
+from .methods import resolve_method
 
 STAGE_COMMANDS = ("finetune", "learn-filters", "distill", "evaluate")
 TRAINING_COMMANDS = ("finetune", "learn-filters", "distill")
@@ -341,6 +342,14 @@ def check_values(command: str, values: Mapping[str, Any]) -> None:
         )
     _check_seq_length(command, values)
     _check_label_list(values.get("label_list"))
+    if command == "distill":
+        _check_distill(values)
+
+
+def _check_distill(values: Mapping[str, Any]) -> None:
+    """--method must agree with the paper's flags (see ted.methods)."""
+    if "mse_alpha" in values:
+        resolve_method(values.get("method"), bool(values.get("filter_disabled")), values["mse_alpha"])
 
 
 def _check_seq_length(command: str, values: Mapping[str, Any]) -> None:

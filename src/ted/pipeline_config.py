@@ -66,7 +66,6 @@ PATH_KEYS = {
     "cache_dir",
     "logging_dir",
 }
-METHODS = ("ted", "kd", "lwd")
 BASELINE_INITS = ("pretrained", "finetuned")
 
 

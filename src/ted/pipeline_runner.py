@@ -26,9 +26,9 @@ from typing import Any, Optional
 
 from . import api, artifacts
 from .errors import TedInputError
+from .methods import METHODS
 from .pipeline_config import (
     BASELINE_INITS,
-    METHODS,
     PIPELINE_KEYS,
     SECTIONS,
     STAGE_SECTIONS,
