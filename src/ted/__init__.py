@@ -4,7 +4,18 @@ __version__ = "0.1.0"
 
 # The public functions of `ted.api`. No submodule of ted carries one of these names: importing a submodule
 # binds it on the package, which would shadow the function (`ted.demo` was once the module ted/demo.py).
-_API = ("finetune", "learn_filters", "distill", "evaluate", "export", "demo", "pipeline", "report", "import_original")
+_API = (
+    "finetune",
+    "learn_filters",
+    "distill",
+    "doctor",
+    "evaluate",
+    "export",
+    "demo",
+    "pipeline",
+    "report",
+    "import_original",
+)
 
 
 def __getattr__(name):

@@ -26,6 +26,8 @@ def runner(command: str):
         from .stages.learn_filters import run_learn_filters as run
     elif command == "distill":
         from .stages.distill import run_distill as run
+    elif command == "doctor":
+        from .doctor_checks import run_doctor as run
     else:
         from .stages.evaluate import run_evaluate as run
     return run
@@ -49,6 +51,12 @@ def learn_filters(**kwargs):
 def distill(**kwargs):
     """Stage II: TED, KD or LWD (see `method`, `kl_alpha`, `mse_alpha`, `filter_disabled`)."""
     return run_command("distill", parse_kwargs("distill", kwargs))
+
+
+def doctor(**kwargs):
+    """`ted doctor`: checks before a Stage II run, with `distill`'s arguments (plus json=, doctor_eval_samples=,
+    doctor_batches=). Returns the Findings (`.as_json()`, `.warnings`, `.verdict()`)."""
+    return run_command("doctor", parse_kwargs("doctor", kwargs))
 
 
 def evaluate(**kwargs):

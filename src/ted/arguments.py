@@ -21,7 +21,7 @@ from typing import Any, Optional
 from .errors import TedInputError
 from .methods import resolve_method
 
-STAGE_COMMANDS = ("finetune", "learn-filters", "distill", "evaluate")
+STAGE_COMMANDS = ("finetune", "learn-filters", "distill", "evaluate", "doctor")
 TRAINING_COMMANDS = ("finetune", "learn-filters", "distill")
 SQUAD_TASKS = ("squad", "squad_v2")
 
@@ -288,6 +288,8 @@ HINTS = {
     "filter_interval": "1 puts a filter on every layer, 2 on every second one",
     "teacher_filter_interval": "1 puts a filter on every layer, 2 on every second one",
     "filter_output_dim": "leave it out to use the model's hidden size",
+    "balance_kl_ratio": "1 makes the weighted KL term equal to the task loss at step 0",
+    "balance_mse_ratio": "1 makes the weighted layer term equal to the task loss at step 0",
 }
 AT_LEAST_ONE = {
     "all": (
@@ -299,6 +301,8 @@ AT_LEAST_ONE = {
         "doc_stride",
         "n_best_size",
         "max_answer_length",
+        "doctor_eval_samples",
+        "doctor_batches",
     ),
     "train": ("per_device_train_batch_size", "gradient_accumulation_steps", "max_train_samples"),
 }
@@ -333,6 +337,7 @@ def check_values(command: str, values: Mapping[str, Any]) -> None:
             _fail(name, "a probability in [0, 1)", values[name])
     if values.get("temperature") is not None and values["temperature"] <= 0:
         _fail("temperature", "positive (the paper uses 2)", values["temperature"])
+    _check_balance(values)
     # max_steps is a Trainer option, so precheck cannot see it: this rule waits for the full parse.
     epochs, steps = values.get("num_train_epochs"), values.get("max_steps")
     if command in TRAINING_COMMANDS and epochs is not None and steps is not None and epochs <= 0 and steps <= 0:
@@ -350,6 +355,18 @@ def _check_distill(values: Mapping[str, Any]) -> None:
     """--method must agree with the paper's flags (see ted.methods)."""
     if "mse_alpha" in values:
         resolve_method(values.get("method"), bool(values.get("filter_disabled")), values["mse_alpha"])
+
+
+def _check_balance(values: Mapping[str, Any]) -> None:
+    """--balance_losses ratios, and a balance with nothing to balance."""
+    for name in ("balance_kl_ratio", "balance_mse_ratio"):
+        if values.get(name) is not None and not values[name] > 0:
+            _fail(name, "positive", values[name])
+    if values.get("balance_losses") and not (values.get("kl_alpha") or values.get("mse_alpha")):
+        raise TedInputError(
+            "--balance_losses scales the distillation terms that are on, but --kl_alpha and --mse_alpha are both 0. "
+            "Give a positive --kl_alpha and/or --mse_alpha (their values are then replaced), or drop --balance_losses."
+        )
 
 
 def _check_seq_length(command: str, values: Mapping[str, Any]) -> None:

@@ -18,6 +18,7 @@ COMMANDS = {
     "finetune": "Stage 0: fine-tune a teacher or a student on a task",
     "learn-filters": "Stage I: learn task-aware filters on a frozen fine-tuned model",
     "distill": "Stage II: TED, or the KD / LWD baselines",
+    "doctor": "minutes of checks before a Stage II run: teacher, filters, loss weights",
     "evaluate": "score a model folder on a task's dev set(s)",
     "export": "write a stage's student as a stock Hugging Face model",
     "demo": "the whole method offline on a built-in synthetic task",
@@ -132,6 +133,11 @@ def run_main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("transformers").setLevel(logging.WARNING)
     try:
+        if command == "doctor" and any(t.split("=", 1)[0] == "--pipeline_config" for t in rest):
+            from .doctor_checks import run_pipeline_doctor
+
+            run_pipeline_doctor(rest)
+            return 0
         if command in STAGE_COMMANDS:
             result = run_stage(command, rest)
         elif command == "export":

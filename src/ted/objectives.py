@@ -224,6 +224,23 @@ class DistillWeights:
     mse_alpha: float
     temperature: float = 2.0
     paper_compat: bool = False
+    # --balance_losses: each term that is on gets weight ratio * task loss / term, measured on the first
+    # training batch (or on every batch with every_step); kl_alpha / mse_alpha then only switch terms on.
+    balance: bool = False
+    kl_ratio: float = 1.0
+    mse_ratio: float = 1.0
+    every_step: bool = False
+
+    def alpha(self, name: str) -> float:
+        return self.kl_alpha if name == "kl" else self.mse_alpha
+
+    def ratio(self, name: str) -> float:
+        return self.kl_ratio if name == "kl" else self.mse_ratio
+
+
+def balanced_alpha(ratio: float, task_loss: float, term: float) -> Optional[float]:
+    """The weight that makes `weight * term == ratio * task_loss`; None when the term is 0 (nothing to scale)."""
+    return ratio * task_loss / term if term > 0 else None
 
 
 class DistillObjective:
@@ -235,6 +252,40 @@ class DistillObjective:
         self.head = head
         self.teacher = teacher
         self.w = weights
+        self.balanced: dict[str, float] = {}  # --balance_losses: the weights fixed on the first batch
+        self.step0: dict[str, float] = {}  # ... and the raw terms they came from
+
+    def weight(self, name: str, term: torch.Tensor, task_loss: torch.Tensor, terms: dict):
+        """The weight of distillation term `name` (kl or mse) for this batch."""
+        if not self.w.balance:
+            return self.w.alpha(name)
+        if self.w.every_step:  # stays on the device: no host sync per step
+            ratio = self.w.ratio(name) * task_loss.detach() / term.detach().clamp_min(1e-12)
+            terms[f"weight_{name}"] = ratio
+            return ratio
+        if name not in self.balanced:  # one host read of two scalars, on the first training batch only
+            task0, term0 = float(task_loss.detach()), float(term.detach())
+            found = balanced_alpha(self.w.ratio(name), task0, term0)
+            self.balanced[name] = self.w.alpha(name) if found is None else found
+            self.step0.update({"pred": task0, name: term0})
+        return self.balanced[name]
+
+    def weighted_terms(self, averages: dict[str, float]) -> dict[str, float]:
+        """Logged term means -> each distillation term times its weight (for the training guard)."""
+        out = {}
+        for name in ("kl", "mse"):
+            if name in averages:
+                weight = averages.get(f"weight_{name}", self.balanced.get(name, self.w.alpha(name)))
+                out[name] = weight * averages[name]
+        return out
+
+    def balance_record(self) -> Optional[dict]:
+        """What --balance_losses chose, for ted_stage.json."""
+        if not self.w.balance:
+            return None
+        mode = "every_step" if self.w.every_step else "step0"
+        ratios = {n: self.w.ratio(n) for n in ("kl", "mse") if self.w.alpha(n)}
+        return {"mode": mode, "ratios": ratios, "alphas": dict(self.balanced), "step0_terms": dict(self.step0)}
 
     def kd_term(self, s_preds, t_preds, attention_mask) -> torch.Tensor:
         T = self.w.temperature
@@ -274,7 +325,7 @@ class DistillObjective:
         total = terms["pred"]
         if self.w.kl_alpha:
             terms["kl"] = self.kd_term(s_preds, t_preds, model_inputs.get("attention_mask"))
-            total = total + self.w.kl_alpha * terms["kl"]
+            total = total + self.weight("kl", terms["kl"], terms["pred"], terms) * terms["kl"]
         if need_states:
             if token_index is not None:
                 mask = None  # the states hold real tokens only
@@ -282,5 +333,5 @@ class DistillObjective:
             terms["mse"] = torch.stack(per_layer).mean()
             for layer, value in zip(unwrap(model).filters.layers, per_layer):
                 terms[f"mse_layer{layer}"] = value
-            total = total + self.w.mse_alpha * terms["mse"]
+            total = total + self.weight("mse", terms["mse"], terms["pred"], terms) * terms["mse"]
         return total, terms, stack_predictions(self.head, s_preds)

@@ -133,6 +133,25 @@ class DistillArguments:
             "regression KL as a softmax across the batch."
         },
     )
+    # Loss balancing (ted doctor, issue 14): the paper's weights were tuned for DeBERTa on full data sets; with
+    # another pair or less data a weighted term can swamp the task loss. Off by default (no evidence yet).
+    balance_losses: bool = field(
+        default=False,
+        metadata={
+            "help": "Scale each distillation term that is on (alpha > 0) to a fixed ratio of the task loss, "
+            "from their magnitudes on the first training batch; kl_alpha / mse_alpha then only switch terms on."
+        },
+    )
+    balance_kl_ratio: float = field(
+        default=1.0, metadata={"help": "--balance_losses: weighted KL term / task loss at step 0."}
+    )
+    balance_mse_ratio: float = field(
+        default=1.0, metadata={"help": "--balance_losses: weighted layer MSE term / task loss at step 0."}
+    )
+    balance_every_step: bool = field(
+        default=False,
+        metadata={"help": "--balance_losses: re-balance on every batch (as NVIDIA ModelOpt does) instead of once."},
+    )
 
 
 @dataclass
@@ -165,6 +184,17 @@ class TedTrainingOptions:
     )
 
 
+@dataclass
+class DoctorArguments:
+    _argument_group_name = "doctor options"
+
+    doctor_eval_samples: int = field(
+        default=256, metadata={"help": "Score the teacher and the Stage I heads on at most N dev examples."}
+    )
+    doctor_batches: int = field(default=4, metadata={"help": "Training batches that measure the step-0 loss terms."})
+    json: Optional[str] = field(default=None, metadata={"help": "Also write the findings to this JSON file."})
+
+
 # Which option groups each stage command takes, in the order its runner expects them (config.COMMAND_ARGS
 # is this with the Trainer's options added).
 COMMAND_OPTIONS = {
@@ -172,4 +202,6 @@ COMMAND_OPTIONS = {
     "learn-filters": (ModelArguments, DataArguments, FilterArguments, TedTrainingOptions),
     "distill": (ModelArguments, DataArguments, FilterArguments, DistillArguments, TedTrainingOptions),
     "evaluate": (ModelArguments, DataArguments, TedTrainingOptions),
+    # ted doctor takes everything ted distill takes, plus its own options.
+    "doctor": (ModelArguments, DataArguments, FilterArguments, DistillArguments, DoctorArguments, TedTrainingOptions),
 }

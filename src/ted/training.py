@@ -7,12 +7,58 @@ selection, progress bars and `report_to` trackers all come from the Hugging Face
 from __future__ import annotations
 
 import logging
+import statistics
 import warnings
+from typing import Optional
 
 import torch
 from transformers import Trainer
 
 logger = logging.getLogger(__name__)
+
+# The training guard (issue 14): the task loss this much above its early value while a weighted distillation
+# term is this many times the task loss means the student is being pulled away from the task.
+GUARD_RISE = 1.10
+GUARD_DOMINANCE = 5.0
+GUARD_WINDOW = 3  # logging intervals averaged at the start and at the end (fewer on short runs)
+FLAGS = {"kl": "--kl_alpha", "mse": "--mse_alpha"}
+
+
+def collapse_check(pred: list[float], weighted: list[dict[str, float]]) -> Optional[dict]:
+    """The guard's rule on per-interval means of the task loss and of the weighted distillation terms.
+
+    Returns the numbers when the task loss has risen by GUARD_RISE while a weighted term dominates, else None.
+    """
+    window = min(GUARD_WINDOW, len(pred) // 2)
+    if window < 2 or not weighted[-1]:
+        return None
+    early, recent = statistics.fmean(pred[:window]), statistics.fmean(pred[-window:])
+    names = list(weighted[-1])
+    term = {n: statistics.fmean(w.get(n, 0.0) for w in weighted[-window:]) for n in names}
+    name = max(term, key=term.get)
+    if recent <= early * GUARD_RISE or term[name] < GUARD_DOMINANCE * recent:
+        return None
+    return {
+        "task_loss_early": early,
+        "task_loss_now": recent,
+        "term": name,
+        "weighted_term": term[name],
+        "times_task_loss": term[name] / recent,
+        "logging_intervals": len(pred),
+    }
+
+
+def guard_message(found: dict, alpha: Optional[float]) -> str:
+    flag = FLAGS.get(found["term"], found["term"])
+    lower = ""
+    if alpha:  # the alpha that would make the weighted term equal to the task loss now
+        lower = f" (about {alpha * found['task_loss_now'] / found['weighted_term']:.3g} puts it at the task loss)"
+    return (
+        f"Training guard: the task loss rose from {found['task_loss_early']:.3f} (early) to "
+        f"{found['task_loss_now']:.3f} while the weighted {found['term']} term ({found['weighted_term']:.3g}) is "
+        f"{found['times_task_loss']:.0f}x the task loss: the student is pulled towards the teacher at the cost of "
+        f"the task. Lower {flag}{lower} or pass --balance_losses; `ted doctor` checks this before training."
+    )
 
 
 class TedTrainer(Trainer):
@@ -44,6 +90,10 @@ class TedTrainer(Trainer):
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
         self._checked_terms = False
+        # Training guard: per-interval task loss and weighted distillation terms; its finding, once.
+        self._guard_pred: list[float] = []
+        self._guard_weighted: list[dict[str, float]] = []
+        self.guard_report: Optional[dict] = None
 
     def _teacher_autocast_dtype(self):
         if self.args.bf16:
@@ -91,8 +141,25 @@ class TedTrainer(Trainer):
             averages = dict(zip(names, means.tolist()))
             logs.update({f"loss_{name}": value for name, value in averages.items()})
             self._warn_degenerate(averages)
+            self._guard(averages)
             self._term_sums, self._term_steps = {}, 0
         super().log(logs, start_time)
+
+    def _guard(self, averages: dict[str, float]) -> None:
+        weigh = getattr(self.objective, "weighted_terms", None)
+        if self.guard_report is not None or weigh is None or "pred" not in averages:
+            return
+        self._guard_pred.append(averages["pred"])
+        self._guard_weighted.append(weigh(averages))
+        found = collapse_check(self._guard_pred, self._guard_weighted)
+        if found is None:
+            return
+        weights = getattr(self.objective, "w", None)
+        alpha = weights.alpha(found["term"]) if weights is not None and not weights.balance else None
+        message = guard_message(found, alpha)
+        self.guard_report = {**found, "step": self.state.global_step, "message": message}
+        if self.is_world_process_zero():
+            warnings.warn(message, stacklevel=2)
 
     def _warn_degenerate(self, averages: dict[str, float]) -> None:
         # A weighted term that is exactly zero teaches nothing: say so once instead of staying silent.

@@ -11,6 +11,7 @@ from typing import Optional
 from transformers import set_seed
 
 from .. import artifacts
+from ..doctor_checks import distill_weights, preflight
 from ..errors import TedInputError
 from ..filters import TaskAwareFilters, check_filters_match, has_filters, match_layers, new_filters, select_layers
 from ..methods import resolve_method
@@ -112,9 +113,7 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     if method == "lwd":
         check_projector_width(filter_args.filter_output_dim, teacher_path, model_args.cache_dir)
     output_dir = open_output(training_args, run_args)
-    weights = DistillWeights(
-        distill_args.kl_alpha, distill_args.mse_alpha, distill_args.temperature, distill_args.paper_compat
-    )
+    weights = distill_weights(distill_args)  # the alphas, or --balance_losses
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or student_path, model_args.cache_dir)
     check_same_vocabulary(load_tokenizer(teacher_path, model_args.cache_dir), tokenizer, teacher_path, student_path)
@@ -158,6 +157,24 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
         )
     teacher = Teacher(teacher_model, teacher_filters, t_layers, task.head)
     module = DistillStudent(student, student_filters)
+    # ted doctor's cheap checks (128 dev examples, 2 batches): warnings printed before training, never a stop.
+    checked = preflight(
+        dict(
+            task=task,
+            data=data,
+            tokenizer=tokenizer,
+            teacher_model=teacher_model,
+            student=student,
+            teacher=teacher,
+            module=module,
+            weights=weights,
+            pairs=pairs,
+            method=method,
+            teacher_path=teacher_path,
+            student_path=student_path,
+            training_args=training_args,
+        )
+    )
     trainer, train_metrics, eval_metrics = run_trainer(
         module=module,
         objective=DistillObjective(task.head, teacher, weights),
@@ -182,6 +199,9 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
             description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
             if distill_args.paper_compat:  # explicit flags that won over the paper's settings (config.py)
                 description["paper_compat_overrides"] = getattr(distill_args, "paper_compat_overrides", {})
+            description["preflight_warnings"] = checked.warnings
+            description["training_guard"] = trainer.guard_report  # None: it never fired
+            description["loss_balance"] = trainer.objective.balance_record()
             write_stage(
                 tmp,
                 stage_description=description,
