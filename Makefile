@@ -10,7 +10,7 @@ MIN_TRANSFORMERS ?= transformers==5.6.0
 MIN_VENV ?= .venv-min
 SMOKE_TESTS ?= tests/test_cli_stages.py tests/test_training_math.py tests/test_stage1_cache.py tests/test_golden_parity.py
 
-.PHONY: install demo test test-fast test-min lint format clean
+.PHONY: install demo test test-fast test-min lint format docs clean
 
 install: $(VENV)/.installed
 
@@ -47,5 +47,9 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
+# The documentation site (docs/ -> site/); warnings (a broken link or anchor) fail the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) $(MIN_VENV) ted-demo
+	rm -rf $(VENV) $(MIN_VENV) ted-demo site
