@@ -8,7 +8,6 @@ the teacher (`ted.speed`, the same helper `ted report` uses).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -95,21 +94,21 @@ def seed_folders(stage_dir: Path, stage: dict) -> list[Path]:
 
 
 def _header(stage: dict, bases: list[str], metrics: dict) -> list[str]:
+    """The metadata block the Hub reads, built and serialised by huggingface_hub itself."""
+    from huggingface_hub import ModelCardData
+
     task, method = stage.get("task", {}), stage.get("method") or stage.get("stage", "model")
     kind = ["fine-tuned"] if stage.get("stage") == "finetune" else ["distillation", "knowledge-distillation", method]
-    tags = list(dict.fromkeys(["ted", *kind, task.get("name", "task")]))
-    lines = ["---", "library_name: transformers"]
-    if bases:
-        lines += ["base_model:", *[f"- {json.dumps(b)}" for b in bases]]
-    lines += ["tags:", *[f"- {json.dumps(t)}" for t in tags]]
-    if dataset_id(stage):
-        lines += ["datasets:", f"- {dataset_id(stage)}"]
-    names = [k[5:] for k in shown_metrics(metrics)]
-    if names:
-        lines += ["metrics:", *[f"- {n}" for n in names]]
-    if task.get("head"):
-        lines.append("pipeline_tag: " + ("question-answering" if task["head"] == "span" else "text-classification"))
-    return lines + ["---", ""]
+    head = task.get("head")
+    data = ModelCardData(
+        library_name="transformers",
+        base_model=bases or None,
+        tags=list(dict.fromkeys(["ted", *kind, task.get("name", "task")])),
+        datasets=[dataset_id(stage)] if dataset_id(stage) else None,
+        metrics=[k[5:] for k in shown_metrics(metrics)] or None,
+        pipeline_tag=("question-answering" if head == "span" else "text-classification") if head else None,
+    )
+    return ["---", data.to_yaml(), "---", ""]
 
 
 def _results(stage_dir: Path, stage: dict, metrics: dict) -> list[str]:

@@ -8,7 +8,6 @@ Used by `ted report` and by the model card `ted export` writes, so both state th
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -69,22 +68,24 @@ def measure_many(
 ) -> dict[str, Speed]:
     """Several models timed in interleaved rounds, so a busy shared machine slows them alike."""
     import torch
+    from torch.utils.benchmark import Timer
 
     models = {name: load_for_inference(folder).to(device) for name, folder in folders.items()}
     for model in models.values():
         seq_len = min(seq_len, getattr(model.config, "max_position_embeddings", None) or seq_len)
-    batches = {name: _batch(model, batch_size, seq_len, device) for name, model in models.items()}
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    # torch's Timer synchronises CUDA around each call; one call per model per round keeps the rounds
+    # interleaved (torch's own autorange would time each model in one block).
+    timers = {
+        name: Timer("model(**batch)", globals={"model": model, "batch": _batch(model, batch_size, seq_len, device)})
+        for name, model in models.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for i in range(warmup + iterations):
-            for name, model in models.items():
-                sync()
-                start = time.perf_counter()
-                model(**batches[name])
-                sync()
+            for name, timer in timers.items():
+                seconds = timer.timeit(1).mean
                 if i >= warmup:
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(seconds)
     label = "cpu" if device == "cpu" else torch.cuda.get_device_name(0)
     out = {}
     for name, values in times.items():
@@ -99,12 +100,6 @@ def measure_many(
             threads=torch.get_num_threads(),
         )
     return out
-
-
-def measure(
-    folder: str | Path, batch_size: int = 8, seq_len: int = 128, device: str = "cpu", iterations: int = 10
-) -> Speed:
-    return measure_many({"model": folder}, batch_size, seq_len, device, iterations)["model"]
 
 
 def compare(
