@@ -19,6 +19,13 @@ one process, measured side by side:
 * `dynamic_padding_speedup`: fine-tuning samples/s on SST-2 training data with dynamic padding and
   length-grouped batches (`train_sampling_strategy=group_by_length`) divided by samples/s with every batch
   padded to max_seq_length 128. `dynamic_padding_only_speedup` is the same without length grouping.
+* `teacher_cache_speedup` (`{"E3": .., "E6": ..}`): wall time of Stage II TED over E epochs with the teacher
+  online divided by the same with `ted.teacher_cache` (float32), *including* building the cache; epochs of the two
+  runs alternate (online epoch, cached epoch, ...) and each epoch's time includes collating its batches (the
+  cached collator gathers the teacher rows from the memory-mapped files). `cached_step_ratio`: median time of a
+  cached TED training step divided by a plain fine-tuning step of the student on the same batch (interleaved).
+  Also `teacher_cache.bytes_per_example`, `build_seconds`, and the peak memory of an online and a cached epoch
+  (`stage2_online_teacher`, `stage2_cached_teacher`; the cached one is measured after the build, teacher freed).
 * peak memory of every configuration: on GPU `torch.cuda.max_memory_allocated`, reset before each one. On CPU
   (full run, or `--memory process`) the peak RSS of a fresh process that loads only what that configuration
   needs and runs it briefly (Stage II: two steps; Stage I: one epoch; padding: two batches);
@@ -55,6 +62,8 @@ SETTINGS = {
         padding_examples=1024,
         padding_batch=32,
         padded_steps=5,
+        cache_examples=96,
+        cache_batch=16,
     ),
     "quick": dict(
         stage2_batch=8,
@@ -64,10 +73,13 @@ SETTINGS = {
         padding_examples=96,
         padding_batch=16,
         padded_steps=2,
+        cache_examples=24,
+        cache_batch=8,
     ),
 }
 STAGE1_EPOCHS, STAGE1_BATCH = 3, 32
-PARTS = ("stage2", "stage1", "padding")
+PARTS = ("stage2", "stage1", "padding", "teacher_cache")
+CACHE_EPOCHS = (3, 6)
 STAGE2_CONFIGS = ("finetune", "ted", "kd", "lwd", "teacher_forward")
 CONFIG_PART = {
     **{name: "stage2" for name in STAGE2_CONFIGS},
@@ -76,6 +88,8 @@ CONFIG_PART = {
     "finetune_pad_to_max": "padding",
     "finetune_dynamic": "padding",
     "finetune_dynamic_grouped": "padding",
+    "stage2_online_teacher": "teacher_cache",
+    "stage2_cached_teacher": "teacher_cache",
 }
 MAX_SEQ_LENGTH = 128
 
@@ -354,6 +368,140 @@ def bench_stage2(opts, size, device, meter, tokenizer, task, data, select=None):
     }
 
 
+# ---------------------------------------------------------------------------------------------- teacher cache
+
+
+def bench_teacher_cache(opts, size, device, meter, tokenizer, task, data, select=None):
+    """Stage II TED over E epochs, online teacher against `ted.teacher_cache` (built inside the timing)."""
+    import gc
+
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    from ted import teacher_cache as tc
+    from ted.filters import new_filters, select_layers
+    from ted.models import config_for_task, load_task_model, num_layers
+    from ted.objectives import DistillObjective, DistillStudent, DistillWeights, TaskObjective, Teacher
+
+    teacher_path, student_path = opts.model_pair
+    t_config, s_config = config_for_task(teacher_path, task), config_for_task(student_path, task)
+    wanted = {"stage2_online_teacher", "stage2_cached_teacher"} if select is None else set(select)
+    torch.manual_seed(opts.seed)
+    s_layers = select_layers(num_layers(s_config), 1)
+    interval = opts.teacher_filter_interval or num_layers(t_config) // num_layers(s_config)
+    t_layers = select_layers(num_layers(t_config), interval)
+    dim = t_config.hidden_size
+    teacher = Teacher(
+        load_task_model(teacher_path, task),
+        new_filters(t_config, t_layers, dim, False, interval=interval),
+        t_layers,
+        task.head,
+    )
+    student = load_task_model(student_path, task)
+    s_filters = new_filters(s_config, s_layers, dim, False, interval=1)
+    weights = DistillWeights(kl_alpha=20, mse_alpha=50)
+    train = columns(data.train).select(range(min(size["cache_examples"], len(data.train))))
+    train = train.add_column(tc.EXAMPLE_INDEX, list(range(len(train))))
+    rows = [train[i] for i in range(len(train))]
+    plain_collator = DataCollatorWithPadding(tokenizer)
+    batch_size = size["cache_batch"]
+
+    def plain(features):
+        return plain_collator([{k: v for k, v in f.items() if k != tc.EXAMPLE_INDEX} for f in features])
+
+    def epoch_batches(epoch):
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(epoch)).tolist()
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = training_args(tmp, device, opts.bf16)
+
+        def trainer_for(objective_teacher):
+            module = DistillStudent(copy.deepcopy(student), copy.deepcopy(s_filters))
+            objective = DistillObjective(task.head, objective_teacher, weights)
+            return make_trainer(module, objective, args, teacher=objective_teacher)
+
+        def run_epoch(trainer, collate, epoch):
+            for index in epoch_batches(epoch):
+                batch = collate([rows[i] for i in index])
+                train_step(trainer, {k: v.to(device) for k, v in batch.items()})
+
+        components = tc.plan_components(
+            head=task.head,
+            teacher=teacher,
+            need_logits=True,
+            need_states=True,
+            dataset=train,
+            compute_dtype=torch.bfloat16 if opts.bf16 else None,
+            store_dtype="bfloat16" if opts.bf16 else "float32",
+        )
+        teacher.autocast_dtype = torch.bfloat16 if opts.bf16 else None
+        online = trainer_for(teacher) if "stage2_online_teacher" in wanted else None
+        build_seconds = 0.0
+        if "stage2_cached_teacher" in wanted:
+            with meter.track("teacher_cache_build"):
+                build_seconds = timed(
+                    lambda: tc.build(Path(tmp), components, teacher, train, tokenizer, device, batch_size=64), device
+                )
+            stores = {c.name: tc.Store(Path(tmp) / c.folder_name, c) for c in components}
+            cached_collate = tc.CachedSignalCollator(plain_collator, stores, flat_states=device.type == "cpu")
+            cached = trainer_for(tc.CachedTeacher(task.head, t_layers))
+        if select is not None:  # a memory run: one epoch of one configuration
+            if "stage2_cached_teacher" in wanted:
+                del teacher  # a cached run holds no teacher after the build
+                gc.collect()
+                _reset_rss_peak()
+                run_epoch(cached, cached_collate, 0)
+            else:
+                run_epoch(online, plain, 0)
+            return {}
+        times = {"online": [], "cached": []}
+        for epoch in range(max(CACHE_EPOCHS)):  # alternate: load changes hit both runs alike
+            with meter.track("stage2_online_teacher"):
+                times["online"].append(timed(lambda e=epoch: run_epoch(online, plain, e), device))
+            with meter.track("stage2_cached_teacher"):
+                times["cached"].append(timed(lambda e=epoch: run_epoch(cached, cached_collate, e), device))
+
+        # One batch, side by side: a cached TED step against a plain student step (collation outside the timing).
+        index = list(range(min(batch_size, len(rows))))
+        cached_batch = {k: v.to(device) for k, v in cached_collate([rows[i] for i in index]).items()}
+        plain_batch = {k: v.to(device) for k, v in plain([rows[i] for i in index]).items()}
+        finetune = make_trainer(copy.deepcopy(student), TaskObjective(task.head), args)
+        steps = {
+            "finetune": lambda: train_step(finetune, plain_batch),
+            "cached": lambda: train_step(cached, cached_batch),
+        }
+        step_times: dict[str, list[float]] = {name: [] for name in steps}
+        for round_ in range(size["stage2_warmup"] + size["stage2_reps"]):
+            for name in list(steps)[round_ % 2 :] + list(steps)[: round_ % 2]:
+                elapsed = timed(steps[name], device)
+                if round_ >= size["stage2_warmup"]:
+                    step_times[name].append(elapsed)
+        nbytes = sum((Path(tmp) / c.folder_name / "values.npy").stat().st_size for c in components)
+    med = {name: statistics.median(v) for name, v in step_times.items()}
+    speedup = {
+        f"E{e}": round(sum(times["online"][:e]) / (build_seconds + sum(times["cached"][:e])), 3) for e in CACHE_EPOCHS
+    }
+    n = len(rows)
+    return {
+        "teacher_cache_speedup": speedup,
+        "cached_step_ratio": round(med["cached"] / med["finetune"], 4),
+        "teacher_cache": {
+            "examples": n,
+            "batch": batch_size,
+            "epoch_seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
+            "build_seconds": round(build_seconds, 3),
+            "bytes_per_example": round(nbytes / n, 1),
+            "dtype": components[1].dtype,
+            "step_ms_median": {k: round(v * 1000, 1) for k, v in med.items()},
+        },
+        "samples_per_second": {
+            "stage2_online_teacher": round(n / statistics.median(times["online"]), 2),
+            "stage2_cached_teacher": round(n / statistics.median(times["cached"]), 2),
+        },
+    }
+
+
 # ---------------------------------------------------------------------------------------------- Stage I
 
 
@@ -576,15 +724,15 @@ def main(argv=None) -> dict:
     meter = Meter(device)
     tokenizer = load_tokenizer(opts.model_pair[1])
     check_same_vocabulary(load_tokenizer(opts.model_pair[0]), tokenizer, *opts.model_pair)
-    task, data = load_data(
-        opts.task, opts.data_dir, tokenizer, max(size["stage1_examples"], size["stage2_batch"]), opts.max_seq_length
-    )
+    n_train = max(size["stage1_examples"], size["stage2_batch"], size["cache_examples"])
+    task, data = load_data(opts.task, opts.data_dir, tokenizer, n_train, opts.max_seq_length)
 
     select = None if opts.memory_of is None else {opts.memory_of}
     benches = {
         "stage2": lambda: bench_stage2(opts, size, device, meter, tokenizer, task, data, select),
         "stage1": lambda: bench_stage1(opts, size, device, meter, tokenizer, task, data, select),
         "padding": lambda: bench_padding(opts, size, device, meter, tokenizer, select),
+        "teacher_cache": lambda: bench_teacher_cache(opts, size, device, meter, tokenizer, task, data, select),
     }
     if opts.memory_of:  # internal: run one configuration briefly, report this fresh process's peak RSS
         with contextlib.redirect_stdout(sys.stderr):
@@ -611,7 +759,11 @@ def main(argv=None) -> dict:
         ("stage2_overhead_ratio", "<=", 1.10),
         ("stage1_cache_speedup", ">=", 5),
         ("dynamic_padding_speedup", ">", 2),
+        ("teacher_cache_speedup_E6", ">=", 1.4),
+        ("cached_step_ratio", "<=", 1.10),
     )
+    if "teacher_cache_speedup" in result:
+        result["teacher_cache_speedup_E6"] = result["teacher_cache_speedup"]["E6"]
     result["targets"] = {
         f"{key}{op}{bound}": (
             result[key] <= bound if op == "<=" else result[key] >= bound if op == ">=" else result[key] > bound

@@ -349,6 +349,7 @@ def check_values(command: str, values: Mapping[str, Any]) -> None:
     _check_label_list(values.get("label_list"))
     if command == "distill":
         _check_distill(values)
+    _check_teacher_cache(values)
 
 
 def _check_distill(values: Mapping[str, Any]) -> None:
@@ -366,6 +367,36 @@ def _check_balance(values: Mapping[str, Any]) -> None:
         raise TedInputError(
             "--balance_losses scales the distillation terms that are on, but --kl_alpha and --mse_alpha are both 0. "
             "Give a positive --kl_alpha and/or --mse_alpha (their values are then replaced), or drop --balance_losses."
+        )
+
+
+TEACHER_CACHE_DTYPES = ("auto", "float32", "float16", "bfloat16")  # teacher_cache.DTYPE_CHOICES (no torch here)
+
+
+def _check_teacher_cache(values: Mapping[str, Any]) -> None:
+    """--teacher_cache auto|off|DIR and its settings (docs/teacher-cache.md)."""
+    option, dtype = values.get("teacher_cache"), values.get("teacher_cache_dtype")
+    if option is not None and not str(option).strip():
+        _fail("teacher_cache", "auto, off or a folder", option)
+    if dtype is not None and dtype not in TEACHER_CACHE_DTYPES:
+        _fail("teacher_cache_dtype", "one of " + ", ".join(TEACHER_CACHE_DTYPES), dtype)
+    if values.get("teacher_cache_max_gb") is not None and not values["teacher_cache_max_gb"] > 0:
+        _fail("teacher_cache_max_gb", "a positive number of GB", values["teacher_cache_max_gb"])
+    if values.get("teacher_cache_topk") is not None:
+        raise TedInputError(
+            "--teacher_cache_topk caches a causal language model's top-k next-token probabilities, and ted has no "
+            "causal-LM task yet; remove it (classification, regression and SQuAD caches are exact without it)."
+        )
+    if option in (None, "auto", "off"):
+        return
+    folder = Path(str(option)).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise TedInputError(f"--teacher_cache {option} is a file; pass a folder (or auto / off).")
+    out = values.get("output_dir")
+    if out and (folder.resolve() == Path(out).resolve() or Path(out).resolve() in folder.resolve().parents):
+        raise TedInputError(
+            f"--teacher_cache {option} is inside --output_dir {out}, which is replaced when the stage is written; "
+            "pass a folder outside it."
         )
 
 

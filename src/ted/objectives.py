@@ -16,6 +16,7 @@ from torch import nn
 from . import losses
 from .filters import TaskAwareFilters
 from .heads import StageOneHeads
+from .teacher_cache import strip_batch_keys
 
 LABEL_KEYS = {"classification": ("labels",), "regression": ("labels",), "span": ("start_positions", "end_positions")}
 
@@ -165,6 +166,7 @@ class DistillStudent(nn.Module):
 
     def forward(self, with_states: bool = False, token_index: Optional[torch.Tensor] = None, **inputs):
         """`token_index` (flat indices of the real tokens): filter only those, see `DistillObjective`."""
+        inputs = strip_batch_keys(inputs)  # the cached teacher signal rides in the batch (ted.teacher_cache)
         outputs = self.model(**inputs, output_hidden_states=with_states)
         states = None
         if with_states and self.filters is not None:

@@ -126,6 +126,34 @@ class DistillArguments:
     kl_alpha: float = field(default=0.0, metadata={"help": "Weight of the T^2-scaled KL term."})
     mse_alpha: float = field(default=0.0, metadata={"help": "Weight of the layer-averaged MSE term."})
     temperature: float = field(default=2.0, metadata={"help": "KD temperature T (the paper uses 2)."})
+    # Teacher-signal cache (ted.teacher_cache, docs/teacher-cache.md): the teacher runs once, not every epoch.
+    teacher_cache: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | off | DIR. Store the teacher's logits / filtered states per training example once and "
+            "train without the teacher after that. auto: when the run has more than one epoch and the cache fits "
+            "--teacher_cache_max_gb (kept beside the output folder until the stage is written; a pipeline "
+            "shares one per task); DIR: always, there, kept."
+        },
+    )
+    teacher_cache_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | float32 | float16 | bfloat16: how cached layer states are stored (auto: the run's "
+            "precision, so a float32 run reproduces the online teacher exactly). Logits are always float32."
+        },
+    )
+    teacher_cache_max_gb: Optional[float] = field(
+        default=None,
+        metadata={"help": "Budget of --teacher_cache auto in GB (default: half of the free disk where it goes)."},
+    )
+    teacher_cache_topk: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Reserved for causal-LM teachers (top-k next-token log-probabilities + tail mass); "
+            "not available yet."
+        },
+    )
     paper_compat: bool = field(
         default=False,
         metadata={

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import api, artifacts
+from . import api, artifacts, teacher_cache
 from .errors import TedInputError
 from .methods import METHODS
 from .pipeline_config import (
@@ -57,6 +57,7 @@ RUNNERS = {"finetune": api.finetune, "learn-filters": api.learn_filters, "distil
 # Left out of fingerprints: where things go and how they are watched, not what is computed.
 UNFINGERPRINTED = {"output_dir", "overwrite_output_dir", "report_to", "logging_dir", "run_name", "disable_tqdm"}
 PIPELINE_FILE = "pipeline.json"
+TEACHER_CACHE_FOLDER = "teacher_cache"  # OUTPUT/<task>/teacher_cache: Stage II teacher signals of every seed
 
 
 @dataclass
@@ -266,7 +267,10 @@ def run_stage(spec: StageSpec, fp: str, task: str, seed: int) -> StageRun:
     # resumes those of the same settings, and refuses to replace a folder ted did not write).
     kwargs["overwrite_output_dir"] = True
     logger.info("%s: ted %s -> %s", label, spec.command, spec.folder)
-    with artifacts.stage_extras(fingerprint=fp, pipeline={"task": task, "seed": seed, "role": spec.role}):
+    # `--teacher_cache auto` of every Stage II run of a task shares one folder: KD and TED seeds read the same
+    # entries wherever the teacher signal is the same (entries are keyed by content, see ted.teacher_cache).
+    shared = teacher_cache.shared_root(spec.folder.parent.parent / TEACHER_CACHE_FOLDER)
+    with artifacts.stage_extras(fingerprint=fp, pipeline={"task": task, "seed": seed, "role": spec.role}), shared:
         RUNNERS[spec.command](**kwargs)
     return StageRun(task, seed, spec.role, str(spec.folder), "trained", fp, time.time() - start, _metrics(spec))
 

@@ -37,6 +37,7 @@ MODEL_INPUTS = (
     "end_positions",
     "feature_index",
 )
+    "ted_example_index",  # teacher_cache.EXAMPLE_INDEX: which cached teacher rows a training row reads
 
 
 def model_columns(dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -10,7 +11,7 @@ from typing import Optional
 
 from transformers import set_seed
 
-from .. import artifacts
+from .. import artifacts, teacher_cache
 from ..doctor_checks import distill_weights, preflight
 from ..errors import TedInputError
 from ..filters import TaskAwareFilters, check_filters_match, has_filters, match_layers, new_filters, select_layers
@@ -31,6 +32,7 @@ from .common import (
     dropout_overrides,
     finish,
     load_training_task,
+    make_collator,
     open_output,
     run_trainer,
     sub_state,
@@ -119,6 +121,9 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     check_same_vocabulary(load_tokenizer(teacher_path, model_args.cache_dir), tokenizer, teacher_path, student_path)
     task, data = load_training_task(data_args, tokenizer, training_args)
     warn_no_ops(method, task.head, weights, training_args.per_device_train_batch_size)
+    teacher_cache.check_before_loading(
+        distill_args.teacher_cache, task.head, distill_args.paper_compat, distill_args.kl_alpha, distill_args.mse_alpha
+    )
     teacher_model = load_task_model(teacher_path, task, model_args.cache_dir)
     if not has_trained_head(teacher_model.config, task):
         raise TedInputError(
@@ -175,12 +180,25 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
             training_args=training_args,
         )
     )
+    cache = teacher_cache.prepare(
+        distill_args=distill_args,
+        training_args=training_args,
+        teacher=teacher,
+        head=task.head,
+        train=data.train,
+        tokenizer=tokenizer,
+        collator=make_collator(tokenizer, training_args),
+        output_dir=output_dir,
+    )
+    teacher = cache.teacher
+    teacher_model = teacher_filters = None  # with a cache nothing holds the teacher's weights from here on
     trainer, train_metrics, eval_metrics = run_trainer(
         module=module,
         objective=DistillObjective(task.head, teacher, weights),
         tokenizer=tokenizer,
         task=task,
-        data=data,
+        data=dataclasses.replace(data, train=cache.train),
+        data_collator=cache.collator,
         training_args=training_args,
         output_dir=output_dir,
         run_args=run_args,
@@ -197,6 +215,7 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
                 student_filters.save(tmp, sub_state(state, "filters"))
             lineage = {"student": student_path, "teacher": teacher_path, "layer_pairs": [list(p) for p in pairs]}
             description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
+            description["teacher_cache"] = cache.record
             if distill_args.paper_compat:  # explicit flags that won over the paper's settings (config.py)
                 description["paper_compat_overrides"] = getattr(distill_args, "paper_compat_overrides", {})
             description["preflight_warnings"] = checked.warnings
@@ -210,5 +229,6 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
                 eval_metrics=eval_metrics,
             )
         finish(output_dir)
+        teacher_cache.remove_root(cache.cleanup)
     trainer.accelerator.wait_for_everyone()
     return StageResult(str(output_dir), eval_metrics, {"method": method, "layer_pairs": pairs})
