@@ -88,12 +88,12 @@ def pipeline(config, output_dir: str | None = None, **overrides):
     )
 
 
-def report(run_dirs, output: str | None = None, speed: bool = True):
-    """`ted report`: report.md and report.html for pipeline run folder(s)."""
+def report(run_dirs, output: str | None = None, speed: bool = True, cka: bool = True):
+    """`ted report`: report.md and report.html for pipeline run folder(s) (`cka=False`: no layer-similarity plot)."""
     from .reporting import write_report
 
     dirs = [run_dirs] if isinstance(run_dirs, str) or hasattr(run_dirs, "__fspath__") else list(run_dirs)
-    return write_report(dirs, output, {"batch_size": 8, "seq_len": 128, "iterations": 10} if speed else None)
+    return write_report(dirs, output, {"batch_size": 8, "seq_len": 128, "iterations": 10} if speed else None, cka)
 
 
 def import_original(path: str, output_dir: str, **kwargs):

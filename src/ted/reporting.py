@@ -225,6 +225,118 @@ def task_results_table(runs: TaskRuns) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+# ---------------------------------------------------------------------------------- significance
+
+# Method pairs compared in the significance table (issue 14), first minus second.
+PAIRS = (("ted", "kd"), ("ted", "lwd"), ("ted", "student"), ("kd", "student"))
+PREDICTIONS_FILE = "eval_predictions.npz"  # stages.common.EVAL_PREDICTIONS (not imported: it pulls in torch)
+
+
+def metric_function(info: dict):
+    """The selection metric of a stage's task as `fn(decoded predictions, labels) -> float`."""
+    from .metrics import classification_metric_fn, glue_metric_fn, regression_metric_fn
+    from .stats import fast_metric
+
+    task = info.get("task", {})
+    fast = fast_metric(task.get("selection_metric", "accuracy"))
+    if fast is not None:
+        return fast
+    try:
+        fn = glue_metric_fn(task.get("name", ""))
+    except ValueError:
+        labels = task.get("label_list") or []
+        fn = regression_metric_fn() if task.get("head") == "regression" else classification_metric_fn(len(labels))
+    key = task.get("selection_metric", "accuracy")
+    return lambda preds, labels: fn(preds, labels)[key]
+
+
+def decoded_predictions(folder: Path, head: str):
+    """(decoded predictions, labels) from a stage's eval_predictions.npz, or None."""
+    import numpy as np
+
+    from .metrics import class_predictions, regression_predictions
+
+    path = folder / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        predictions, labels = data["predictions"], data["labels"]
+    decode = regression_predictions if head == "regression" else class_predictions
+    return decode(predictions), labels
+
+
+def _interval(low, high, scale: float) -> str:
+    return "—" if low is None else f"[{scale * low:+.2f}, {scale * high:+.2f}]"
+
+
+def _p(p) -> str:
+    return "—" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
+
+
+def bootstrap_cell(runs: TaskRuns, first: str, second: str, seeds: list[int], scale: float) -> str:
+    """Per seed: the dev-example bootstrap interval of the difference and the paired permutation p."""
+    from .stats import paired_bootstrap, significant
+
+    info = runs.info()
+    head = info.get("task", {}).get("head", "classification")
+    metric = metric_function(info)
+    cells = []
+    for seed in seeds:
+        a = decoded_predictions(runs.stages[first][seed], head)
+        b = decoded_predictions(runs.stages[second][seed], head)
+        if a is None or b is None or len(a[1]) != len(b[1]) or not (a[1] == b[1]).all():
+            continue
+        found = paired_bootstrap(metric, a[0], b[0], a[1])
+        mark = "" if significant(found["p"]) else ", n.s."
+        cells.append(f"seed {seed}: {_interval(found['low'], found['high'], scale)} p {_p(found['p'])}{mark}")
+    return "; ".join(cells) if cells else "no per-example predictions"
+
+
+def significance_table(runs: TaskRuns) -> Optional[tuple[list[str], list[list[str]]]]:
+    """Per method pair: mean difference over seeds with a 95% t interval and paired t-test, and per seed a paired
+    bootstrap over dev examples; 'not significant' where p >= 0.05."""
+    from .stats import seed_difference, significant
+
+    keys, scale = metric_keys(runs), metric_scale(runs)
+    key = f"eval_{keys[0]}"
+    header = [
+        "pair",
+        "seeds",
+        f"mean difference ({METRIC_NAMES.get(keys[0], keys[0])})",
+        "95% interval (seeds)",
+        "p (paired t, seeds)",
+        "verdict",
+        "per seed: 95% interval (dev bootstrap), p (paired permutation)",
+    ]
+    rows = []
+    for first, second in PAIRS:
+        seeds = sorted(set(runs.stages.get(first, {})) & set(runs.stages.get(second, {})))
+        scored = [
+            (s, seed_values([runs.stages[first][s]], key), seed_values([runs.stages[second][s]], key)) for s in seeds
+        ]
+        scored = [(s, x[0], y[0]) for s, x, y in scored if x and y]
+        if not scored:
+            continue
+        seeds = [s for s, _, _ in scored]
+        found = seed_difference([x for _, x, _ in scored], [y for _, _, y in scored])
+        if found["p"] is None:
+            verdict = "one seed: no test over seeds"
+        else:
+            verdict = "significant" if significant(found["p"]) else "not significant"
+        rows.append(
+            [
+                f"{first.upper()} − {second.upper()}" if second != "student" else f"{first.upper()} − student",
+                str(found["n"]),
+                f"{scale * found['mean']:+.2f}",
+                _interval(found["low"], found["high"], scale),
+                _p(found["p"]),
+                verdict,
+                bootstrap_cell(runs, first, second, seeds, scale),
+            ]
+        )
+    return (header, rows) if rows else None
+
+
 # ---------------------------------------------------------------------------------------- plots
 
 
@@ -272,6 +384,26 @@ def plot_task_losses(runs: TaskRuns, path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
+def constant_baseline(runs: TaskRuns) -> Optional[float]:
+    """The best dev score of a model that predicts one class for every example (0 for a correlation of a
+    constant), from the dev labels a stage saved in eval_predictions.npz; None when no stage saved them."""
+    import numpy as np
+
+    info = runs.info()
+    head = info.get("task", {}).get("head", "classification")
+    metric = metric_function(info)
+    for role, _ in RESULT_ROWS:
+        for folder in runs.folders(role):
+            found = decoded_predictions(folder, head)
+            if found is None:
+                continue
+            labels = found[1]
+            if head == "regression":
+                return float(metric(np.full(len(labels), float(np.mean(labels))), labels))
+            return max(float(metric(np.full(len(labels), c), labels)) for c in np.unique(labels))
+    return None
+
+
 def plot_stage1_layers(runs: TaskRuns, metric: str, path: Path, scale: float) -> Optional[Path]:
     """Each Stage I filter head's dev score by layer, teacher and student (mean ± std over seeds)."""
     import statistics
@@ -302,11 +434,51 @@ def plot_stage1_layers(runs: TaskRuns, metric: str, path: Path, scale: float) ->
             color=METHOD_COLORS[role],
             label=role.replace("_stage1", ""),
         )
+    baseline = constant_baseline(runs)
+    if baseline is not None:  # a head at this line learned nothing about the task (ted doctor flags it)
+        ax.axhline(scale * baseline, color="#999999", linestyle=":", label="best constant prediction")
     ax.set_xlabel("layer (1-based) carrying the filter")
     ax.set_ylabel(f"dev {METRIC_NAMES.get(metric, metric)}")
     ax.set_title(f"{runs.task}: Stage I filter heads, dev score per layer")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_layer_cka(runs: TaskRuns, path: Path) -> Optional[Path]:
+    """Linear CKA between matched teacher and student layers (TED's layer map) on dev examples: the fine-tuned
+    student before Stage II, and each Stage II student after it (the first seed that has them)."""
+    seed = next((s for s in sorted(runs.stages.get("ted", {})) if s in runs.stages.get("teacher_stage1", {})), None)
+    if seed is None:
+        return None
+    info = artifacts.stage_info(runs.stages["ted"][seed]) or {}
+    pairs = (info.get("lineage") or {}).get("layer_pairs")
+    if not pairs:
+        return None
+    students = {"before Stage II (fine-tuned student)": runs.stages.get("student_stage1", {}).get(seed)}
+    students.update({f"after {m.upper()}": runs.stages.get(m, {}).get(seed) for m in ("ted", "kd", "lwd")})
+    students = {k: str(v) for k, v in students.items() if v is not None}
+    try:
+        from .similarity import layer_cka
+
+        found = layer_cka(str(runs.stages["teacher_stage1"][seed]), students, pairs, info.get("args", {}))
+    except (OSError, ValueError, TedInputError) as err:  # a run folder without its models or data
+        print(f"ted report: no CKA plot for {runs.task}: {err}".splitlines()[0])
+        return None
+    if not found:
+        return None
+    fig, ax = _figure(figsize=(6, 3.5))
+    labels = [f"S{s + 1}-T{t + 1}" for s, t in pairs]
+    colors = {"before": METHOD_COLORS["student"], "after TED": METHOD_COLORS["ted"], "after KD": METHOD_COLORS["kd"]}
+    for name, values in found.items():
+        color = next((c for key, c in colors.items() if name.startswith(key)), METHOD_COLORS["lwd"])
+        ax.plot(labels, values, marker="o", label=name, color=color, linestyle="--" if "before" in name else "-")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("matched layers (student - teacher, 1-based)")
+    ax.set_ylabel("linear CKA")
+    ax.set_title(f"{runs.task}: teacher-student layer similarity (seed {seed}, dev)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -441,7 +613,7 @@ def render(blocks: list[tuple], out: Path) -> tuple[Path, Path]:
     return out / "report.md", out / "report.html"
 
 
-def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict]) -> list[tuple]:
+def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict], cka: bool = True) -> list[tuple]:
     keys, scale = metric_keys(runs), metric_scale(runs)
     pipe = runs.pipeline
     blocks: list[tuple] = [("h2", f"Task: {runs.task}")]
@@ -453,6 +625,19 @@ def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict]) -> list[tupl
     if any(about):
         blocks.append(("p", "; ".join(a for a in about if a) + "."))
     blocks.append(("table", *task_results_table(runs)))
+    significance = significance_table(runs)
+    if significance is not None:
+        blocks += [
+            ("table", *significance),
+            (
+                "p",
+                "Differences in points (first minus second) of the selection metric. Over seeds: mean of the "
+                "per-seed differences, 95% t interval and paired t-test; with 2-3 seeds this test has little "
+                "power, so 'not significant' means the difference is not shown, not that the methods are equal. "
+                "Per seed: percentile bootstrap over dev examples (1,000 resamples, the same examples for both "
+                "methods) and a paired permutation test (n.s.: p >= 0.05).",
+            ),
+        ]
     blocks.append(
         (
             "p",
@@ -476,6 +661,14 @@ def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict]) -> list[tupl
             "Dev score per epoch, per model",
         ),
     ]
+    if cka:
+        plots.append(
+            (
+                plot_layer_cka(runs, files / f"{runs.task}_layer_cka.png"),
+                "Linear CKA between matched teacher and student layers, before and after Stage II "
+                "(mean-pooled hidden states of up to 256 dev examples)",
+            )
+        )
     blocks += [("img", path, caption) for path, caption in plots if path is not None]
     if speed is not None:
         header, rows = speed_table(runs, **speed)
@@ -502,9 +695,10 @@ def drop_stale_temp(out: Path, files: Path) -> None:
 
 
 def write_report(
-    run_dirs: list[str | Path], output: Optional[str | Path] = None, speed: Optional[dict] = None
+    run_dirs: list[str | Path], output: Optional[str | Path] = None, speed: Optional[dict] = None, cka: bool = True
 ) -> tuple[Path, Path]:
-    """report.md and report.html (plots embedded) for pipeline runs; `speed=None` skips timing."""
+    """report.md and report.html (plots embedded) for pipeline runs; `speed=None` skips timing, `cka=False`
+    the layer-similarity plot (it runs the models on dev examples)."""
     import time
 
     runs = find_runs(run_dirs)
@@ -524,7 +718,7 @@ def write_report(
         ),
     ]
     for task in sorted(runs):
-        blocks += task_blocks(runs[task], files, speed)
+        blocks += task_blocks(runs[task], files, speed, cka)
     return render(blocks, out)
 
 
@@ -537,6 +731,7 @@ def run_report_cli(argv: list[str]) -> tuple[Path, Path]:
     parser.add_argument("run_dirs", nargs="+", help="output folders of `ted pipeline`")
     parser.add_argument("--output", help="where report.md / report.html go (default: the first RUN_DIR)")
     parser.add_argument("--no_speed", action="store_true", help="skip the latency / throughput measurement")
+    parser.add_argument("--no_cka", action="store_true", help="skip the teacher-student layer CKA plot")
     parser.add_argument("--speed_batch_size", type=int, default=8)
     parser.add_argument("--speed_seq_len", type=int, default=128)
     parser.add_argument("--speed_iterations", type=int, default=10)
@@ -546,6 +741,6 @@ def run_report_cli(argv: list[str]) -> tuple[Path, Path]:
         if args.no_speed
         else {"batch_size": args.speed_batch_size, "seq_len": args.speed_seq_len, "iterations": args.speed_iterations}
     )
-    md, page = write_report(args.run_dirs, args.output, speed)
+    md, page = write_report(args.run_dirs, args.output, speed, cka=not args.no_cka)
     print(f"wrote {md} and {page}")
     return md, page

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -36,8 +37,8 @@ MODEL_INPUTS = (
     "start_positions",
     "end_positions",
     "feature_index",
-)
     "ted_example_index",  # teacher_cache.EXAMPLE_INDEX: which cached teacher rows a training row reads
+)
 
 
 def model_columns(dataset):
@@ -390,6 +391,7 @@ def write_stage(
     tmp: Path, *, stage_description: dict, trainer: TedTrainer, train_metrics: dict, eval_metrics: dict
 ) -> None:
     write_predictions(tmp, trainer.compute_metrics)
+    write_eval_predictions(tmp, trainer.compute_metrics, eval_metrics)
     stage_description = {**stage_description, "run_fingerprint": getattr(trainer, "ted_run_fingerprint", None)}
     artifacts.write_json(tmp / artifacts.STAGE_FILE, stage_description)
     artifacts.write_json(tmp / artifacts.EVAL_RESULTS, eval_metrics)
@@ -407,6 +409,21 @@ def write_predictions(folder: Path, compute_metrics) -> None:
     last = getattr(compute_metrics, "last_predictions", None)
     if last is not None:
         write_prediction_files(str(folder), *last)
+
+
+EVAL_PREDICTIONS = "eval_predictions.npz"
+
+
+def write_eval_predictions(folder: Path, compute_metrics, eval_metrics: dict) -> None:
+    """Classification / regression: the kept model's per-example predictions on the first dev set (raw outputs
+    and labels), for the paired tests of `ted report`. It is the latest evaluation that gave the stage's scores
+    (the kept checkpoint's, logged during training or scored at the end)."""
+    for metrics, predictions, labels in reversed(getattr(compute_metrics, "evaluations", [])):
+        if metrics and all(eval_metrics.get(f"eval_{k}") == v for k, v in metrics.items()):
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, predictions=predictions, labels=labels)
+            artifacts.atomic_write(folder / EVAL_PREDICTIONS, buffer.getvalue())
+            return
 
 
 def squad_evaluator(task: Task, data: TaskData, data_args, layers: Optional[list[int]] = None) -> SquadEvaluator:
@@ -427,8 +444,12 @@ def task_metrics(task: Task, data: TaskData, data_args) -> Callable:
         return squad_evaluator(task, data, data_args)
 
     def compute(prediction) -> dict[str, float]:
-        return task.compute_metrics(np.asarray(prediction.predictions), np.asarray(prediction.label_ids))
+        predictions, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+        metrics = task.compute_metrics(predictions, labels)
+        compute.evaluations.append((metrics, predictions, labels))  # see write_eval_predictions
+        return metrics
 
+    compute.evaluations = []
     return compute
 
 
