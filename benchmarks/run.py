@@ -461,6 +461,11 @@ def bench_teacher_cache(opts, size, device, meter, tokenizer, task, data, select
                 times["online"].append(timed(lambda e=epoch: run_epoch(online, plain, e), device))
             with meter.track("stage2_cached_teacher"):
                 times["cached"].append(timed(lambda e=epoch: run_epoch(cached, cached_collate, e), device))
+            print(
+                f"teacher cache: epoch {epoch + 1}: {times['online'][-1]:.1f} s online, "
+                f"{times['cached'][-1]:.1f} s cached",
+                file=sys.stderr,
+            )
 
         # One batch, side by side: a cached TED step against a plain student step (collation outside the timing).
         index = list(range(min(batch_size, len(rows))))
