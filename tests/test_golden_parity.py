@@ -494,7 +494,7 @@ class _Recording:
     """The objective, recording the loss terms of every training forward pass."""
 
     def __init__(self, objective):
-        self.objective, self.head, self.entries = objective, objective.head, []
+        self.objective, self.head, self.kind, self.entries = objective, objective.head, objective.kind, []
 
     def __call__(self, model, inputs):
         total, terms, preds = self.objective(model, inputs)

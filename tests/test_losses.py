@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ted import losses
+from ted.kinds import get_kind
 
 
 def _softmax(xs: list[float]) -> list[float]:
@@ -66,9 +67,9 @@ def test_span_loss_ignores_out_of_range_positions():
     end_ce = ((_logsumexp(end[0]) - end[0][2]) + (_logsumexp(end[1]) - end[1][0])) / 2
     got = losses.span_loss(torch.tensor(start), torch.tensor(end), torch.tensor(start_pos), torch.tensor(end_pos))
     assert got.item() == pytest.approx((start_ce + end_ce) / 2, rel=1e-6)
-    # task_loss dispatches spans to the same function.
-    via_task = losses.task_loss(
-        "span", (torch.tensor(start), torch.tensor(end)), (torch.tensor(start_pos), torch.tensor(end_pos))
+    # The span kind's task loss is the same function.
+    via_task = get_kind("span").task_loss(
+        (torch.tensor(start), torch.tensor(end)), (torch.tensor(start_pos), torch.tensor(end_pos))
     )
     assert via_task.item() == pytest.approx(got.item(), rel=1e-7)
 

@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .kinds import get_kind
+
 HEADS_WEIGHTS = "stage1_heads.safetensors"
 HEADS_CONFIG = "stage1_heads.json"
 # The token a sequence-level head reads (token 0: [CLS] / <s> of encoders). The Stage I feature cache
@@ -26,7 +28,7 @@ POOLED_POSITION = 0
 
 @dataclass
 class HeadsConfig:
-    kind: str  # "classification", "regression" or "span"
+    kind: str  # the task's head kind (ted.kinds): "classification", "regression" or "span"
     num_heads: int
     input_dim: int
     num_labels: int
@@ -46,8 +48,9 @@ class StageOneHeads(nn.Module):
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.config = config
-        out = 2 if config.kind == "span" else config.num_labels
-        if config.kind != "span":
+        self.sequence_level = get_kind(config.kind).sequence_level
+        out = config.num_labels  # span heads: 2 (start, end)
+        if self.sequence_level:
             self.filter_pooler = nn.ModuleList(_Pooler(config.input_dim) for _ in range(config.num_heads))
             self.pooler_dropout = nn.Dropout(config.pooler_dropout)
             self.activation = ACT2FN[config.activation]
@@ -60,7 +63,7 @@ class StageOneHeads(nn.Module):
 
     def forward(self, filter_states: list[torch.Tensor]) -> list[torch.Tensor]:
         """Logits per head: [B, C] for classification / regression, [B, T, 2] for spans."""
-        if self.config.kind == "span":
+        if not self.sequence_level:
             return [head(state) for head, state in zip(self.filter_head, filter_states, strict=True)]
         logits = []
         for pooler, head, state in zip(self.filter_pooler, self.filter_head, filter_states, strict=True):

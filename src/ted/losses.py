@@ -49,17 +49,6 @@ def span_loss(
     ) / 2
 
 
-def task_loss(head: str, outputs, labels, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Loss of one head's outputs: logits for classification/regression, (start, end) for spans.
-
-    Label smoothing has no meaning for a regression target; `check_label_smoothing` refuses it up front."""
-    if head == "classification":
-        return classification_loss(outputs, labels, label_smoothing)
-    if head == "regression":
-        return regression_loss(outputs, labels)
-    return span_loss(outputs[0], outputs[1], labels[0], labels[1], label_smoothing)
-
-
 def kl_divergence(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, mask: Optional[torch.Tensor] = None
 ) -> torch.Tensor:

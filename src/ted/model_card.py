@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import artifacts
+from .kinds import get_kind
 from .reporting import count_parameters, mean_std
 
 HYPERPARAMETERS = (
@@ -99,14 +100,14 @@ def _header(stage: dict, bases: list[str], metrics: dict) -> list[str]:
 
     task, method = stage.get("task", {}), stage.get("method") or stage.get("stage", "model")
     kind = ["fine-tuned"] if stage.get("stage") == "finetune" else ["distillation", "knowledge-distillation", method]
-    head = task.get("head")
+    head = get_kind(task["head"]) if task.get("head") else None
     data = ModelCardData(
         library_name="transformers",
         base_model=bases or None,
         tags=list(dict.fromkeys(["ted", *kind, task.get("name", "task")])),
         datasets=[dataset_id(stage)] if dataset_id(stage) else None,
         metrics=[k[5:] for k in shown_metrics(metrics)] or None,
-        pipeline_tag=("question-answering" if head == "span" else "text-classification") if head else None,
+        pipeline_tag=head.pipeline_tag if head else None,
     )
     return ["---", data.to_yaml(), "---", ""]
 
@@ -210,7 +211,7 @@ def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Opt
     ]
     lines += [f"| {k} | {args[k]} |" for k in HYPERPARAMETERS if args.get(k) is not None]
     lines += [""] + _results(stage_dir, stage, metrics) + _speed(stage_dir, teacher, speed_rows)
-    head = "AutoModelForQuestionAnswering" if task.get("head") == "span" else "AutoModelForSequenceClassification"
+    head = get_kind(task.get("head") or "classification").auto_class_name
     lines += [
         "## Use",
         "",

@@ -9,8 +9,6 @@ from typing import Optional
 
 from transformers import (
     AutoConfig,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
 )
@@ -21,17 +19,6 @@ from .tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
 from .tasks.squad import DEFAULT_MAX_SEQ_LENGTH as SQUAD_MAX_SEQ_LENGTH
 
 logger = logging.getLogger(__name__)
-
-_HEAD_CLASSES = {
-    "classification": AutoModelForSequenceClassification,
-    "regression": AutoModelForSequenceClassification,
-    "span": AutoModelForQuestionAnswering,
-}
-_HEAD_SUFFIX = {
-    "classification": "ForSequenceClassification",
-    "regression": "ForSequenceClassification",
-    "span": "ForQuestionAnswering",
-}
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -89,7 +76,7 @@ def load_config(name_or_path: str, cache_dir: Optional[str] = None):
 
 
 def has_trained_head(config, task: Task) -> bool:
-    return any(arch.endswith(_HEAD_SUFFIX[task.head]) for arch in (config.architectures or []))
+    return any(arch.endswith(task.kind.architecture_suffix) for arch in (config.architectures or []))
 
 
 def _default_label_names(config) -> bool:
@@ -98,7 +85,7 @@ def _default_label_names(config) -> bool:
 
 def check_head_compatible(config, task: Task, name: str) -> None:
     """A fine-tuned head must have the task's size and label order; a fresh head is built to fit."""
-    if task.head == "span" or not has_trained_head(config, task):
+    if not task.kind.sequence_level or not has_trained_head(config, task):  # span heads have no label set
         return
     if config.num_labels != task.num_labels:
         raise TedInputError(
@@ -117,12 +104,12 @@ def check_head_compatible(config, task: Task, name: str) -> None:
 def config_for_task(name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides):
     config = load_config(name_or_path, cache_dir)
     check_head_compatible(config, task, name_or_path)
-    if task.head != "span":
+    if task.kind.sequence_level:
         config.num_labels = task.num_labels
         labels = task.label_list or ["LABEL_0"]
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
-        config.problem_type = "regression" if task.is_regression else "single_label_classification"
+        config.problem_type = task.kind.problem_type
     for key, value in overrides.items():
         if value is not None:
             setattr(config, dropout_key(config, key, name_or_path), value)
@@ -179,7 +166,7 @@ def load_task_model(name_or_path: str, task: Task, cache_dir: Optional[str] = No
     """An `AutoModelFor...` with the task's head; a pre-trained checkpoint gets a fresh head."""
     config = config_for_task(name_or_path, task, cache_dir, **overrides)
     try:
-        return _HEAD_CLASSES[task.head].from_pretrained(name_or_path, config=config, cache_dir=cache_dir)
+        return task.kind.auto_class().from_pretrained(name_or_path, config=config, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
         raise TedInputError(f"Cannot load model weights from {name_or_path!r}: {err}") from err
 

@@ -16,27 +16,18 @@ from torch import nn
 from . import losses
 from .filters import TaskAwareFilters
 from .heads import StageOneHeads
+from .kinds import get_kind
 from .teacher_cache import strip_batch_keys
-
-LABEL_KEYS = {"classification": ("labels",), "regression": ("labels",), "span": ("start_positions", "end_positions")}
 
 
 def split_labels(head: str, inputs: dict) -> tuple[dict, object]:
     """Model inputs without the labels, and the labels (a tensor, or (start, end) for spans)."""
-    keys = LABEL_KEYS[head]
-    # feature_index only tells SQuAD evaluation which window a row is; the model never sees it.
-    model_inputs = {k: v for k, v in inputs.items() if k not in keys and k != "feature_index"}
-    found = [inputs.get(k) for k in keys]
-    if any(v is None for v in found):
-        return model_inputs, None
-    return model_inputs, found[0] if len(found) == 1 else tuple(found)
+    return get_kind(head).split_labels(inputs)
 
 
 def head_outputs(head: str, outputs):
     """The prediction tensor(s) of a Hugging Face task model output."""
-    if head == "span":
-        return outputs.start_logits, outputs.end_logits
-    return outputs.logits
+    return get_kind(head).predictions(outputs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -56,9 +47,7 @@ def real_tokens(hidden_states, layers: list[int], token_index: torch.Tensor) -> 
 
 def stack_predictions(head: str, outputs) -> torch.Tensor:
     """Predictions in one tensor for the Trainer to gather: logits, or [B, T, 2] start/end for spans."""
-    if head == "span":
-        return torch.stack(outputs, dim=-1)
-    return outputs
+    return get_kind(head).stack(outputs)
 
 
 class TaskObjective:
@@ -69,12 +58,13 @@ class TaskObjective:
 
     def __init__(self, head: str):
         self.head = head
+        self.kind = get_kind(head)
 
     def __call__(self, model, inputs):
-        model_inputs, labels = split_labels(self.head, inputs)
-        preds = head_outputs(self.head, model(**model_inputs))
-        loss = losses.task_loss(self.head, preds, labels, self.label_smoothing) if labels is not None else None
-        return loss, {}, stack_predictions(self.head, preds)
+        model_inputs, labels = self.kind.split_labels(inputs)
+        preds = self.kind.predictions(model(**model_inputs))
+        loss = self.kind.task_loss(preds, labels, self.label_smoothing) if labels is not None else None
+        return loss, {}, self.kind.stack(preds)
 
 
 class FilterLearner(nn.Module):
@@ -132,19 +122,18 @@ class FilterObjective:
 
     def __init__(self, head: str):
         self.head = head
+        self.kind = get_kind(head)
 
     def __call__(self, model: FilterLearner, inputs):
-        model_inputs, labels = split_labels(self.head, inputs)
-        per_head = model(**model_inputs)
-        if self.head == "span":
-            per_head = [(logits[..., 0], logits[..., 1]) for logits in per_head]
+        model_inputs, labels = self.kind.split_labels(inputs)
+        per_head = [self.kind.unstack(logits) for logits in model(**model_inputs)]  # heads return stacked logits
         terms, loss = {}, None
         if labels is not None:
-            head_losses = [losses.task_loss(self.head, out, labels, self.label_smoothing) for out in per_head]
+            head_losses = [self.kind.task_loss(out, labels, self.label_smoothing) for out in per_head]
             loss = torch.stack(head_losses).mean()
             layers = unwrap(model).filters.layers
             terms = {f"filter_layer{layer}": value for layer, value in zip(layers, head_losses)}
-        preds = torch.stack([stack_predictions(self.head, out) for out in per_head], dim=1)
+        preds = torch.stack([self.kind.stack(out) for out in per_head], dim=1)
         return loss, terms, preds
 
 
@@ -185,6 +174,7 @@ class Teacher:
         self.filters = filters.eval().requires_grad_(False) if filters is not None else None
         self.layers = layers
         self.head = head
+        self.kind = get_kind(head)
         # Set by TedTrainer from --bf16 / --fp16: the teacher is not prepared by accelerate, so it would
         # otherwise run in full precision while the student runs under autocast.
         self.autocast_dtype: Optional[torch.dtype] = None
@@ -206,7 +196,7 @@ class Teacher:
         # Only what the loss reads: logits, and the selected layers (filtered) when there is a layer term.
         with torch.inference_mode(), self.autocast():
             outputs = self.model(**inputs, output_hidden_states=with_states)
-            preds = head_outputs(self.head, outputs)
+            preds = self.kind.predictions(outputs)
             states = None
             if with_states:
                 hidden = outputs.hidden_states
@@ -252,6 +242,7 @@ class DistillObjective:
 
     def __init__(self, head: str, teacher: Teacher, weights: DistillWeights):
         self.head = head
+        self.kind = get_kind(head)
         self.teacher = teacher
         self.w = weights
         self.balanced: dict[str, float] = {}  # --balance_losses: the weights fixed on the first batch
@@ -290,25 +281,20 @@ class DistillObjective:
         return {"mode": mode, "ratios": ratios, "alphas": dict(self.balanced), "step0_terms": dict(self.step0)}
 
     def kd_term(self, s_preds, t_preds, attention_mask) -> torch.Tensor:
-        T = self.w.temperature
-        if self.head == "classification":
-            return losses.kl_divergence(s_preds, t_preds, T)
-        if self.head == "regression":
-            if self.w.paper_compat:
-                return losses.regression_kl_paper(s_preds, t_preds, T)
-            return losses.regression_distillation(s_preds, t_preds)
-        mask = None if self.w.paper_compat else attention_mask
-        return (
-            losses.kl_divergence(s_preds[0], t_preds[0], T, mask)
-            + losses.kl_divergence(s_preds[1], t_preds[1], T, mask)
-        ) / 2
+        return self.kind.output_distillation(
+            s_preds,
+            t_preds,
+            temperature=self.w.temperature,
+            attention_mask=attention_mask,
+            paper_compat=self.w.paper_compat,
+        )
 
     def __call__(self, model: DistillStudent, inputs):
-        model_inputs, labels = split_labels(self.head, inputs)
+        model_inputs, labels = self.kind.split_labels(inputs)
         if not model.training:  # evaluation scores the student's own head only
-            s_preds = head_outputs(self.head, model(**model_inputs)[0])
-            loss = losses.task_loss(self.head, s_preds, labels, self.label_smoothing) if labels is not None else None
-            return loss, {}, stack_predictions(self.head, s_preds)
+            s_preds = self.kind.predictions(model(**model_inputs)[0])
+            loss = self.kind.task_loss(s_preds, labels, self.label_smoothing) if labels is not None else None
+            return loss, {}, self.kind.stack(s_preds)
         need_states = self.w.mse_alpha > 0
         mask = None if self.w.paper_compat else model_inputs.get("attention_mask")
         token_index = None
@@ -322,8 +308,8 @@ class DistillObjective:
         # backward (lower peak memory, measurably faster on CPU); the teacher draws no random numbers.
         t_preds, t_states = self.teacher(model_inputs, with_states=need_states, token_index=token_index)
         s_out, s_states = model(with_states=need_states, token_index=token_index, **model_inputs)
-        s_preds = head_outputs(self.head, s_out)
-        terms = {"pred": losses.task_loss(self.head, s_preds, labels, self.label_smoothing)}
+        s_preds = self.kind.predictions(s_out)
+        terms = {"pred": self.kind.task_loss(s_preds, labels, self.label_smoothing)}
         total = terms["pred"]
         if self.w.kl_alpha:
             terms["kl"] = self.kd_term(s_preds, t_preds, model_inputs.get("attention_mask"))
@@ -336,4 +322,4 @@ class DistillObjective:
             for layer, value in zip(unwrap(model).filters.layers, per_layer):
                 terms[f"mse_layer{layer}"] = value
             total = total + self.weight("mse", terms["mse"], terms["pred"], terms) * terms["mse"]
-        return total, terms, stack_predictions(self.head, s_preds)
+        return total, terms, self.kind.stack(s_preds)

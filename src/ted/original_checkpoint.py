@@ -22,6 +22,7 @@ from typing import Optional
 
 from . import artifacts
 from .errors import TedInputError
+from .kinds import get_kind, kind_of_model
 
 logger = logging.getLogger(__name__)
 
@@ -90,20 +91,16 @@ def stock_config(original: dict) -> dict:
 
 
 def head_kind(config: dict) -> str:
-    archs = " ".join(config.get("architectures") or [])
-    if "QuestionAnswering" in archs:
-        return "span"
-    return (
-        "regression" if int(config.get("num_labels", len(config.get("id2label") or {}) or 2)) == 1 else "classification"
-    )
+    num_labels = int(config.get("num_labels", len(config.get("id2label") or {}) or 2))
+    return kind_of_model(config.get("architectures"), num_labels).name
 
 
 def build_model(config: dict, weights: dict, kind: str, where: Path):
     """The stock model with the original backbone + head; every tensor must find its place."""
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, DebertaV2Config
+    from transformers import DebertaV2Config
 
     cfg = DebertaV2Config.from_dict(config)
-    cls = AutoModelForQuestionAnswering if kind == "span" else AutoModelForSequenceClassification
+    cls = get_kind(kind).auto_class()
     model = cls.from_config(cfg)
     result = model.load_state_dict(weights, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
@@ -150,7 +147,8 @@ def heads_config(config: dict, heads: dict, kind: str, output_dim: int):
         (config[k] for k in ("cls_dropout", "classifier_dropout", "hidden_dropout_prob") if config.get(k) is not None),
         0.0,
     )
-    num_labels = 2 if kind == "span" else int(config.get("num_labels") or len(config["id2label"]))
+    labels = int(config.get("num_labels") or len(config.get("id2label") or {}) or 0)
+    num_labels = get_kind(kind).num_labels([None] * labels)
     return HeadsConfig(
         kind=kind,
         num_heads=count,
@@ -177,10 +175,10 @@ def describe_task(task_name: Optional[str], kind: str, config: dict):
             config["id2label"][str(i)] if str(i) in config.get("id2label", {}) else config["id2label"][i]
             for i in range(len(config.get("id2label") or {}))
         ]
-        if kind == "classification"
+        if get_kind(kind).sequence_level and not get_kind(kind).scores
         else None
     )
-    metric = {"span": "f1", "regression": "spearmanr"}.get(kind, "accuracy")
+    metric = get_kind(kind).default_selection_metric
     return SimpleNamespace(
         name=task_name or config.get("finetuning_task") or "unknown",
         head=kind,

@@ -7,6 +7,7 @@ from typing import Optional
 
 from . import artifacts
 from .errors import TedInputError
+from .kinds import HeadKind, get_kind
 
 
 def count_parameters(folder: str | Path) -> int:
@@ -176,9 +177,14 @@ def metric_keys(runs: TaskRuns) -> list[str]:
     return [selection] + [m for m in SHOWN_METRICS if m in present and m != selection]
 
 
+def task_kind(info: dict) -> HeadKind:
+    """The head kind of a run's task (ted_stage.json), classification when a stage does not say."""
+    return get_kind(info.get("task", {}).get("head") or "classification")
+
+
 def metric_scale(runs: TaskRuns) -> float:
     """Scores are shown in percent, like the paper (SQuAD metrics already are)."""
-    return 1.0 if runs.info().get("task", {}).get("head") == "span" else 100.0
+    return task_kind(runs.info()).metric_scale
 
 
 def seed_values(folders: list[Path], key: str) -> list[float]:
@@ -245,12 +251,12 @@ def metric_function(info: dict):
         fn = glue_metric_fn(task.get("name", ""))
     except ValueError:
         labels = task.get("label_list") or []
-        fn = regression_metric_fn() if task.get("head") == "regression" else classification_metric_fn(len(labels))
+        fn = regression_metric_fn() if task_kind(info).scores else classification_metric_fn(len(labels))
     key = task.get("selection_metric", "accuracy")
     return lambda preds, labels: fn(preds, labels)[key]
 
 
-def decoded_predictions(folder: Path, head: str):
+def decoded_predictions(folder: Path, kind: HeadKind):
     """(decoded predictions, labels) from a stage's eval_predictions.npz, or None."""
     import numpy as np
 
@@ -261,7 +267,7 @@ def decoded_predictions(folder: Path, head: str):
         return None
     with np.load(path) as data:
         predictions, labels = data["predictions"], data["labels"]
-    decode = regression_predictions if head == "regression" else class_predictions
+    decode = regression_predictions if kind.scores else class_predictions
     return decode(predictions), labels
 
 
@@ -278,12 +284,12 @@ def bootstrap_cell(runs: TaskRuns, first: str, second: str, seeds: list[int], sc
     from .stats import paired_bootstrap, significant
 
     info = runs.info()
-    head = info.get("task", {}).get("head", "classification")
+    kind = task_kind(info)
     metric = metric_function(info)
     cells = []
     for seed in seeds:
-        a = decoded_predictions(runs.stages[first][seed], head)
-        b = decoded_predictions(runs.stages[second][seed], head)
+        a = decoded_predictions(runs.stages[first][seed], kind)
+        b = decoded_predictions(runs.stages[second][seed], kind)
         if a is None or b is None or len(a[1]) != len(b[1]) or not (a[1] == b[1]).all():
             continue
         found = paired_bootstrap(metric, a[0], b[0], a[1])
@@ -390,15 +396,15 @@ def constant_baseline(runs: TaskRuns) -> Optional[float]:
     import numpy as np
 
     info = runs.info()
-    head = info.get("task", {}).get("head", "classification")
+    kind = task_kind(info)
     metric = metric_function(info)
     for role, _ in RESULT_ROWS:
         for folder in runs.folders(role):
-            found = decoded_predictions(folder, head)
+            found = decoded_predictions(folder, kind)
             if found is None:
                 continue
             labels = found[1]
-            if head == "regression":
+            if kind.scores:
                 return float(metric(np.full(len(labels), float(np.mean(labels))), labels))
             return max(float(metric(np.full(len(labels), c), labels)) for c in np.unique(labels))
     return None

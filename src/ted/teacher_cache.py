@@ -40,6 +40,7 @@ import torch
 
 from . import artifacts
 from .errors import TedInputError
+from .kinds import get_kind
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +181,11 @@ def plan_components(
     config = teacher.model.config
     out = []
     if need_logits:
-        width = 2 if head == "span" else int(getattr(config, "num_labels", 1))
+        kind = get_kind(head)
+        width = kind.num_labels([None] * int(getattr(config, "num_labels", 1)))  # span: start and end
         desc = {**base, "component": "logits", "dtype": "float32"}
-        out.append(Component("logits", _key(desc), head == "span", (width,), "float32", desc))
+        # A per-token head (span) stores logits per token, a sequence-level head one row per example.
+        out.append(Component("logits", _key(desc), not kind.sequence_level, (width,), "float32", desc))
     if need_states:
         filters = teacher.filters
         width = filters.config.output_dim if filters is not None else config.hidden_size
@@ -242,7 +245,7 @@ def paper_compat_conflict(head: str, paper_compat: bool, need_states: bool, need
             "--paper_compat matches layers at padding positions too, and the teacher's states there depend on "
             "how each batch is padded, so they cannot be stored per example"
         )
-    if need_logits and head == "span":
+    if need_logits and not get_kind(head).sequence_level:
         return "--paper_compat computes the SQuAD KL over padding positions, whose teacher logits depend on the batch"
     return None
 
@@ -324,6 +327,15 @@ def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _from_main_process(value):
+    """Process 0's `value` in every process (torchrun); itself with one process."""
+    if _dist()[1] == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _barrier() -> None:
@@ -514,7 +526,7 @@ class CachedTeacher:
     """The Teacher seam without the teacher: returns what `Teacher.__call__` would, read from the batch."""
 
     def __init__(self, head: str, layers: list[int]):
-        self.head, self.layers = head, layers
+        self.head, self.kind, self.layers = head, get_kind(head), layers
         self.model = torch.nn.Module().eval()  # nothing on the device: no parameters
         self.filters = None
         self.autocast_dtype = None
@@ -526,8 +538,8 @@ class CachedTeacher:
         if EXAMPLE_INDEX not in inputs:
             raise RuntimeError("a training batch without its cached teacher signal (no example index column)")
         preds = inputs.get(LOGITS_KEY)
-        if preds is not None and self.head == "span":
-            preds = (preds[..., 0], preds[..., 1])
+        if preds is not None:
+            preds = self.kind.unstack(preds)  # the stored, stacked logits -> what the objective compares
         states = None
         if with_states:
             stored = inputs[STATES_KEY]
@@ -606,6 +618,7 @@ def prepare(*, distill_args, training_args, teacher, head: str, train, tokenizer
         default_root=default_root(output_dir),
         conflict=paper_compat_conflict(head, distill_args.paper_compat, need_states, need_logits),
     )
+    decision = _from_main_process(decision)  # free disk is measured per process: all must take the same path
     if not decision.use:
         logger.info("Stage II runs the teacher online: %s.", decision.reason)
         online.record["reason"] = decision.reason

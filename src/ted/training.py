@@ -125,12 +125,7 @@ class TedTrainer(Trainer):
         return loss, predictions.detach(), labels
 
     def objective_labels(self, inputs):
-        head = self.objective.head
-        if head == "span":
-            if "start_positions" not in inputs:  # dev windows: post-processing needs their indices
-                return inputs.get("feature_index")
-            return torch.stack([inputs["start_positions"], inputs["end_positions"]], dim=-1)
-        return inputs.get("labels")
+        return self.objective.kind.trainer_labels(inputs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._term_steps and "loss" in logs:

@@ -19,6 +19,7 @@ from transformers import DataCollatorWithPadding, TrainerCallback, set_seed
 from .. import artifacts
 from ..artifacts import StageResult  # noqa: F401  (re-exported for the stages)
 from ..errors import TedInputError
+from ..kinds import get_kind
 from ..models import check_sequence_length, load_task_model, load_tokenizer
 from ..squad.evaluator import SquadEvaluator
 from ..squad.postprocess import write_prediction_files
@@ -266,7 +267,7 @@ def training_arguments(training_args, work: Path, selection_metric: Optional[str
         metric_for_best_model=f"eval_{selection_metric}" if keep_best else None,
         greater_is_better=True if keep_best else None,
         # SQuAD streams each batch's logits into post-processing instead of gathering them all.
-        batch_eval_metrics=head == "span",
+        batch_eval_metrics=get_kind(head).streams_eval,
     )
 
 
@@ -440,7 +441,7 @@ def squad_evaluator(task: Task, data: TaskData, data_args, layers: Optional[list
 
 
 def task_metrics(task: Task, data: TaskData, data_args) -> Callable:
-    if task.head == "span":
+    if task.kind.streams_eval:
         return squad_evaluator(task, data, data_args)
 
     def compute(prediction) -> dict[str, float]:
@@ -455,7 +456,7 @@ def task_metrics(task: Task, data: TaskData, data_args) -> Callable:
 
 def per_filter_metrics(task: Task, layers: list[int], data: TaskData, data_args) -> Callable:
     """Stage I diagnostics: each filter head scored on its own, keyed `layer{i}_{metric}`."""
-    if task.head == "span":
+    if task.kind.streams_eval:
         return squad_evaluator(task, data, data_args, layers)
 
     def compute(prediction) -> dict[str, float]:

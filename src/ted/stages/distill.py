@@ -15,6 +15,7 @@ from .. import artifacts, teacher_cache
 from ..doctor_checks import distill_weights, preflight
 from ..errors import TedInputError
 from ..filters import TaskAwareFilters, check_filters_match, has_filters, match_layers, new_filters, select_layers
+from ..kinds import get_kind
 from ..methods import resolve_method
 from ..models import (
     check_same_vocabulary,
@@ -50,7 +51,7 @@ def warn_no_ops(method: str, head: str, weights: DistillWeights, batch_size: int
             "kl_alpha and mse_alpha are both 0: this run is plain fine-tuning of the student, no distillation.",
             stacklevel=2,
         )
-    if weights.kl_alpha and head == "regression" and weights.paper_compat:
+    if weights.kl_alpha and get_kind(head).scores and weights.paper_compat:
         warnings.warn(
             "--paper_compat regression KL is a softmax across the examples of each batch (the original "
             "code's behaviour): it depends on batch composition.",

@@ -11,6 +11,7 @@ from transformers import set_seed
 
 from .. import artifacts
 from ..config import DataArguments
+from ..kinds import get_kind
 from ..models import load_config, load_task_model, load_tokenizer
 from ..objectives import TaskObjective
 from ..tasks import GLUE_TASKS, is_custom, load_task, with_model_labels
@@ -63,7 +64,7 @@ def with_stage_settings(data_args, model_path: str | None):
     }
     if not data_args.task_name and _stage_task_name(info, data_args):
         changes["task_name"] = _stage_task_name(info, data_args)
-    if (info.get("task") or {}).get("head") == "regression" and not data_args.task_type:
+    if get_kind((info.get("task") or {}).get("head") or "classification").scores and not data_args.task_type:
         changes["task_type"] = "regression"  # whole-number dev scores must not be read as classes
     if changes:
         logger.info(
@@ -89,7 +90,7 @@ def run_evaluate(model_args, data_args, training_args) -> StageResult:
             eval_strategy="no",
             load_best_model_at_end=False,
             report_to=[],
-            batch_eval_metrics=task.head == "span",
+            batch_eval_metrics=task.kind.streams_eval,
         )
         trainer = TedTrainer(
             model=model,

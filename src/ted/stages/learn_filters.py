@@ -110,7 +110,7 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
     collator = None
     use_cache = (
         filter_args.stage1_backbone_mode == "eval"
-        and task.head != "span"
+        and task.kind.sequence_level  # span heads read every token: nothing to cache per example
         and cache_affordable(model, data, layers, training_args)
     )
     if use_cache:

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..kinds import HeadKind, get_kind
+
 DEFAULT_MAX_SEQ_LENGTH = 128  # sentence(-pair) tasks; SQuAD has its own (tasks/squad.py)
 
 
@@ -43,16 +45,17 @@ class Task:
     metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]] = field(repr=False, default=None)
 
     @property
+    def kind(self) -> HeadKind:
+        """The head kind object (ted.kinds) that owns everything that differs between heads."""
+        return get_kind(self.head)
+
+    @property
     def num_labels(self) -> int:
-        if self.head == "regression":
-            return 1
-        if self.head == "span":
-            return 2
-        return len(self.label_list)
+        return self.kind.num_labels(self.label_list)
 
     @property
     def is_regression(self) -> bool:
-        return self.head == "regression"
+        return self.kind.scores
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Scores from raw model outputs: logits [N, C] (classification) or [N] / [N, 1] (regression)."""

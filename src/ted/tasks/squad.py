@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import TedInputError
+from ..kinds import SpanKind
 from ..squad.windows import prepare_eval_features, prepare_train_features, squad_examples_from_json
 from .base import Task, TaskData
 
@@ -18,7 +19,7 @@ DEFAULT_MAX_SEQ_LENGTH = 384
 
 
 def squad_task(name: str, data_args=None) -> Task:
-    return Task(name=name, head="span", label_list=None, selection_metric="f1")
+    return Task(name=name, head=SpanKind.name, label_list=None, selection_metric=SpanKind.default_selection_metric)
 
 
 def version_2(task: Task) -> bool:

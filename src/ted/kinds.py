@@ -1,0 +1,177 @@
+"""Head kinds: everything that differs between classification, regression and span (QA) heads, one object each.
+
+A task names its kind (`Task.head`: "classification", "regression" or "span", the string stored in
+`ted_stage.json`); every stage, objective, loss, metric and export asks the kind object instead of comparing
+strings. Adding a kind (the causal-LM kind comes next) means one new class here and one `KINDS.register` line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .registry import Registry
+
+KINDS: Registry = Registry("head kind")
+
+
+class HeadKind:
+    """A sequence-level head (classification by default): one prediction per example, read at one position."""
+
+    name = "classification"
+    label_keys: tuple[str, ...] = ("labels",)
+    auto_class_name = "AutoModelForSequenceClassification"
+    architecture_suffix = "ForSequenceClassification"
+    pipeline_tag = "text-classification"
+    problem_type: Optional[str] = "single_label_classification"
+    # One prediction per example, read at one position (heads.POOLED_POSITION): its outputs are the task's
+    # labels, and the Stage I feature cache can store just that position. A span head reads every token.
+    sequence_level = True
+    # Evaluation predictions are post-processed batch by batch (SQuAD) instead of gathered whole.
+    streams_eval = False
+    # Metrics are fractions to be shown in percent (SQuAD's official keys already are percent).
+    metric_scale = 100.0
+    # Labels are real-valued scores (float targets, one output) rather than class ids.
+    scores = False
+    # What a task of this kind keeps the best epoch by when it names nothing else.
+    default_selection_metric = "accuracy"
+
+    def num_labels(self, label_list: Optional[list[str]]) -> int:
+        return len(label_list or [])
+
+    def auto_class(self):
+        import transformers
+
+        return getattr(transformers, self.auto_class_name)
+
+    def predictions(self, outputs):
+        """The prediction tensor(s) of a Hugging Face task model output."""
+        return outputs.logits
+
+    def stack(self, predictions):
+        """Predictions as one tensor for the Trainer to gather."""
+        return predictions
+
+    def unstack(self, stacked):
+        """The inverse of `stack` (Stage I heads return stacked logits)."""
+        return stacked
+
+    def split_labels(self, inputs: dict) -> tuple[dict, Any]:
+        """Model inputs without the labels, and the labels (None when the batch has none)."""
+        # feature_index only tells SQuAD evaluation which window a row is; the model never sees it.
+        model_inputs = {k: v for k, v in inputs.items() if k not in self.label_keys and k != "feature_index"}
+        found = [inputs.get(k) for k in self.label_keys]
+        if any(v is None for v in found):
+            return model_inputs, None
+        return model_inputs, found[0] if len(found) == 1 else tuple(found)
+
+    def trainer_labels(self, inputs: dict):
+        """What the Trainer passes to compute_metrics as label_ids."""
+        return inputs.get("labels")
+
+    def task_loss(self, predictions, labels, label_smoothing: float = 0.0):
+        from . import losses
+
+        return losses.classification_loss(predictions, labels, label_smoothing)
+
+    def output_distillation(self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool):
+        """The KD term between the student's and the teacher's predictions (T^2-scaled KL for classes)."""
+        from . import losses
+
+        return losses.kl_divergence(student, teacher, temperature)
+
+
+@KINDS.register("classification")
+class ClassificationKind(HeadKind):
+    pass
+
+
+@KINDS.register("regression")
+class RegressionKind(HeadKind):
+    name = "regression"
+    problem_type = "regression"
+    scores = True
+    default_selection_metric = "spearmanr"
+
+    def num_labels(self, label_list: Optional[list[str]]) -> int:
+        return 1
+
+    def task_loss(self, predictions, labels, label_smoothing: float = 0.0):
+        # No classes to smooth over: stages refuse --label_smoothing_factor for regression up front.
+        from . import losses
+
+        return losses.regression_loss(predictions, labels)
+
+    def output_distillation(self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool):
+        """MSE between predictions; --paper_compat: the original code's KL as a softmax across the batch."""
+        from . import losses
+
+        if paper_compat:
+            return losses.regression_kl_paper(student, teacher, temperature)
+        return losses.regression_distillation(student, teacher)
+
+
+@KINDS.register("span")
+class SpanKind(HeadKind):
+    """Extractive QA: start and end logits over every token of a window."""
+
+    name = "span"
+    label_keys = ("start_positions", "end_positions")
+    auto_class_name = "AutoModelForQuestionAnswering"
+    architecture_suffix = "ForQuestionAnswering"
+    pipeline_tag = "question-answering"
+    problem_type = None
+    sequence_level = False
+    streams_eval = True
+    metric_scale = 1.0
+    default_selection_metric = "f1"
+
+    def num_labels(self, label_list: Optional[list[str]]) -> int:
+        return 2
+
+    def predictions(self, outputs):
+        return outputs.start_logits, outputs.end_logits
+
+    def stack(self, predictions):
+        import torch
+
+        return torch.stack(predictions, dim=-1)  # [B, T, 2]
+
+    def unstack(self, stacked):
+        return stacked[..., 0], stacked[..., 1]
+
+    def trainer_labels(self, inputs: dict):
+        import torch
+
+        if "start_positions" not in inputs:  # dev windows: post-processing needs their indices
+            return inputs.get("feature_index")
+        return torch.stack([inputs["start_positions"], inputs["end_positions"]], dim=-1)
+
+    def task_loss(self, predictions, labels, label_smoothing: float = 0.0):
+        from . import losses
+
+        return losses.span_loss(predictions[0], predictions[1], labels[0], labels[1], label_smoothing)
+
+    def output_distillation(self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool):
+        """The mean of the start and end KLs over the window's tokens (padding too under --paper_compat)."""
+        from . import losses
+
+        mask = None if paper_compat else attention_mask
+        return (
+            losses.kl_divergence(student[0], teacher[0], temperature, mask)
+            + losses.kl_divergence(student[1], teacher[1], temperature, mask)
+        ) / 2
+
+
+def get_kind(name: str) -> HeadKind:
+    """The kind object for a task's `head` string."""
+    return KINDS.get(name)()
+
+
+def kind_of_model(architectures: Optional[list[str]], num_labels: int) -> HeadKind:
+    """The kind of a saved task model: by its head's architecture name, a one-output sequence head being
+    a regression head (as transformers reads `num_labels == 1`)."""
+    kinds = [KINDS.get(name)() for name in KINDS.names()]
+    for kind in kinds:
+        if not kind.sequence_level and any(a.endswith(kind.architecture_suffix) for a in architectures or []):
+            return kind
+    return next(k for k in kinds if k.sequence_level and k.scores == (num_labels == 1))
