@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ import ted
 import tiny
 from ted import artifacts
 from ted.cli import main
-from ted.doctor_checks import Findings, check_stage1, check_teacher, check_terms, majority_predictions
+from ted.doctor_checks import Findings, check_stage1, check_teacher, check_terms, majority_baseline
 from ted.errors import TedInputError
 from ted.objectives import DistillObjective, DistillWeights, balanced_alpha
 from ted.training import GUARD_DOMINANCE, TedTrainer, collapse_check
@@ -66,6 +67,7 @@ def test_doctor_reports_every_documented_key(assets, tmp_path):
         assert data["suggested"][f"{name}_alpha"] * term["raw"] == pytest.approx(data["initial_terms"]["pred"]["raw"])
     assert data["layer_map"] == [[0, 1], [1, 3]]
     assert data["verdict"].startswith("ted doctor:")
+    assert 0 <= data["teacher_dev"] <= 1 and 0 <= data["student_dev"] <= 1  # both tiny models have a head
 
 
 def test_random_teacher_is_flagged_at_chance(assets):
@@ -131,12 +133,18 @@ def test_swapped_labels_stop_the_doctor_with_a_report(assets, tmp_path, capsys):
     assert "STOP" in capsys.readouterr().out
 
 
-def test_majority_baseline_predictions():
-    task = SimpleNamespace(head="classification", num_labels=3)
-    logits = majority_predictions(task, torch.tensor([2, 2, 0]).numpy(), 4)
-    assert logits.argmax(axis=1).tolist() == [2, 2, 2, 2]
-    task = SimpleNamespace(head="regression", num_labels=1)
-    assert majority_predictions(task, torch.tensor([1.0, 3.0]).numpy(), 2).tolist() == [2.0, 2.0]
+def test_majority_baseline_is_the_best_constant_prediction():
+    from ted.metrics import glue_metric_fn
+
+    rte = SimpleNamespace(head="classification", num_labels=2, selection_metric="accuracy")
+    rte.compute_metrics = glue_metric_fn("rte")
+    assert majority_baseline(rte, np.array([1, 1, 0, 1])) == pytest.approx(0.75)
+    cola = SimpleNamespace(head="classification", num_labels=2, selection_metric="matthews_correlation")
+    cola.compute_metrics = glue_metric_fn("cola")
+    assert majority_baseline(cola, np.array([1, 1, 0, 1])) == 0.0
+    stsb = SimpleNamespace(head="regression", num_labels=1, selection_metric="spearmanr")
+    stsb.compute_metrics = glue_metric_fn("stsb")
+    assert majority_baseline(stsb, np.array([1.0, 3.0, 2.0])) == 0.0
 
 
 # ------------------------------------------------------------------------------------- the guard
@@ -241,3 +249,25 @@ def test_doctor_on_a_pipeline_config_needs_the_pipeline_folders(tmp_path):
     config = Path(__file__).resolve().parents[1] / "configs" / "minilm" / "rte.yaml"
     code = main(["doctor", "--pipeline_config", str(config), "--output_dir", str(tmp_path / "none")])
     assert code == 2
+
+
+def test_doctor_on_a_pipeline_config_checks_the_ted_stage(tmp_path):
+    """The pipeline's teacher, student and Stage I folders, then `ted doctor --pipeline_config` on them, with a
+    pipeline override (--ted.mse_alpha) that reaches the checked stage."""
+    from test_pipeline import CONFIG
+
+    tok = tiny.build_tokenizer()
+    tiny.write_data(tmp_path / "data", n_train=32, n_dev=16)
+    tiny.write_model(tmp_path / "t0", tok, "bert", layers=4, seed=0)
+    tiny.write_model(tmp_path / "s0", tok, "bert", layers=2, seed=1)
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    out, cfg = tmp_path / "out", str(tmp_path / "cfg.yaml")
+    ted.pipeline(cfg, output_dir=str(out), seeds=[1], methods=["kd"], num_train_epochs=1)  # no TED stage yet
+    argv = ["doctor", "--pipeline_config", cfg, "--output_dir", str(out), "--seed", "1", "--num_train_epochs", "1"]
+    assert main(argv) == 2  # the Stage I folders are missing: said, not crashed
+    ted.pipeline(cfg, output_dir=str(out), seeds=[1], methods=["ted"], num_train_epochs=1)
+    report = tmp_path / "doctor.json"
+    assert main([*argv, "--ted.mse_alpha", "1000", "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["layer_map"] == [[0, 1], [1, 3]] and set(data["stage1_layers"]) == {"teacher", "student"}
+    assert data["initial_terms"]["mse"]["weighted"] == pytest.approx(1000 * data["initial_terms"]["mse"]["raw"])

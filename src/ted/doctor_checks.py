@@ -83,15 +83,18 @@ class Findings:
 # ----------------------------------------------------------------------------------------- baselines
 
 
-def majority_predictions(task, train_labels: np.ndarray, n: int) -> np.ndarray:
-    """What a model that ignores its input predicts: the most frequent training class (as logits) or the
-    mean training score."""
+def constant_predictions(task, labels: np.ndarray) -> list[np.ndarray]:
+    """What models that ignore their input predict for these examples: one class everywhere (as logits, one
+    array per class), or the mean score."""
     if task.head == "regression":
-        return np.full(n, float(np.mean(train_labels)))
-    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=task.num_labels)
-    logits = np.zeros((n, task.num_labels))
-    logits[:, int(np.argmax(counts))] = 1.0
-    return logits
+        return [np.full(len(labels), float(np.mean(labels)))]
+    return [np.tile(np.eye(task.num_labels)[c], (len(labels), 1)) for c in range(task.num_labels)]
+
+
+def majority_baseline(task, labels: np.ndarray) -> float:
+    """The best selection score of a constant prediction on these dev examples (accuracy: the majority class's
+    share; correlations and MCC: 0). A model that does not beat it learned nothing about the task."""
+    return max(selection(task, preds, labels) for preds in constant_predictions(task, labels))
 
 
 def chance_band(metric: str, n: int) -> float:
@@ -238,6 +241,7 @@ def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
     teacher_model, student, teacher, module, weights, pairs, method, teacher_path, student_path, training_args."""
     import dataclasses
 
+    from .models import has_trained_head
     from .objectives import DistillObjective
     from .stages.common import make_collator
 
@@ -257,12 +261,14 @@ def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
         dev = first_rows(next(iter(data.eval_sets.values())), eval_samples)
         labels = np.asarray(dev["labels"])
         findings.dev_examples = len(dev)
-        baseline = majority_predictions(task, np.asarray(data.train["labels"]), len(dev))
-        findings.majority_baseline = selection(task, baseline, labels)
+        findings.majority_baseline = majority_baseline(task, labels)
         findings.chance_band = chance_band(task.selection_metric, len(dev))
         preds = predict(ctx["teacher_model"], dev, collator, args.per_device_eval_batch_size, device)
         findings.teacher_dev = selection(task, preds, labels)
         check_teacher(findings)
+        if has_trained_head(ctx["student"].config, task):  # TED's fine-tuned student (KD/LWD may start fresh)
+            preds = predict(ctx["student"], dev, collator, args.per_device_eval_batch_size, device)
+            findings.student_dev = selection(task, preds, labels)
         if ctx["method"] == "ted":
             for role, path in (("teacher", ctx["teacher_path"]), ("student", ctx["student_path"])):
                 scores = stage1_scores(path)
@@ -311,6 +317,8 @@ def report_text(findings: Findings) -> str:
             f"teacher dev {findings.metric}: {findings.teacher_dev:.4f} on {findings.dev_examples} examples "
             f"(majority baseline {findings.majority_baseline:.4f}, noise band +-{findings.chance_band:.3f})"
         )
+    if findings.student_dev is not None:
+        lines.append(f"student dev {findings.metric} before Stage II: {findings.student_dev:.4f}")
     if findings.labels.get("data"):
         lines.append(
             f"labels: data {findings.labels['data']}, teacher {findings.labels['teacher']}, "
@@ -438,16 +446,19 @@ def distill_weights(distill_args):
 # ------------------------------------------------------------------------------------ on a pipeline config
 
 PIPELINE_HELP = """usage: ted doctor --pipeline_config FILE.yaml [--task T] [--seed S] [--method ted|kd|lwd]
-                  [--output_dir RUN_DIR] [--json FILE] [--doctor_eval_samples N] [--doctor_batches N]
+                  [--json FILE] [--doctor_eval_samples N] [--doctor_batches N] [pipeline options]
 
 Checks the Stage II run (default: ted) of one task and seed of a `ted pipeline` config, with the stage options
-the pipeline would use. It reads the teacher / Stage I folders that `ted pipeline` wrote under RUN_DIR (the
-config's output_dir by default): run the pipeline once up to Stage I (e.g. `--methods kd` trains the teachers;
-TED needs both Stage I folders), then the doctor, then the rest."""
+the pipeline would use; pipeline options (--output_dir, --max_train_samples, --ted.mse_alpha 20, ...) mean what
+they mean to `ted pipeline`. It reads the teacher / student / Stage I folders that `ted pipeline` wrote under the
+run folder: run the pipeline once up to Stage I (`--methods kd` trains teacher and student; TED also needs the
+two Stage I folders), then the doctor, then the rest."""
 
 
 def run_pipeline_doctor(argv: list[str]) -> Findings:
+    from .api import run_command
     from .arguments import TedArgumentParser, parse_mapping
+    from .pipeline_config import parse_overrides
     from .pipeline_runner import _stage_call_kwargs, plan_seed, task_configs
 
     parser = TedArgumentParser(prog="ted doctor", usage=PIPELINE_HELP)
@@ -455,12 +466,11 @@ def run_pipeline_doctor(argv: list[str]) -> Findings:
     parser.add_argument("--task")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--method", default="ted", choices=["ted", "kd", "lwd"])
-    parser.add_argument("--output_dir")
     parser.add_argument("--json")
     parser.add_argument("--doctor_eval_samples", type=int, default=256)
     parser.add_argument("--doctor_batches", type=int, default=4)
-    args = parser.parse_args(argv)
-    overrides = {"output_dir": args.output_dir} if args.output_dir else {}
+    args, rest = parser.parse_known_args(argv)
+    _, overrides = parse_overrides(rest)  # everything else is a pipeline option
     configs = task_configs([args.pipeline_config], overrides)
     chosen = [(t, c) for t, c in configs if args.task in (None, t)]
     if not chosen:
@@ -472,7 +482,6 @@ def run_pipeline_doctor(argv: list[str]) -> Findings:
     seed_dir = Path(cfg["output_dir"]) / task / f"seed{seed}"
     cfg["methods"] = [args.method]
     spec = next(s for s in plan_seed(task, cfg, seed, seed_dir) if s.role == args.method)
-    kwargs = _stage_call_kwargs(spec, seed_dir)
     for src in spec.inputs.values():
         if src.role and not (seed_dir / src.role / artifacts.STAGE_FILE).is_file():
             raise TedInputError(
@@ -480,9 +489,7 @@ def run_pipeline_doctor(argv: list[str]) -> Findings:
                 f"the pipeline made. Run `ted pipeline --config {args.pipeline_config} --seeds {seed} --methods kd` "
                 "(teachers and students) or the Stage I sections first."
             )
+    kwargs = _stage_call_kwargs(spec, seed_dir)
     kwargs.pop("output_dir", None)
     kwargs.update(json=args.json, doctor_eval_samples=args.doctor_eval_samples, doctor_batches=args.doctor_batches)
-    groups = parse_mapping("doctor", kwargs, where=args.pipeline_config)
-    from .api import run_command
-
-    return run_command("doctor", groups)
+    return run_command("doctor", parse_mapping("doctor", kwargs, where=args.pipeline_config))
