@@ -499,3 +499,52 @@ def test_epochs_count_max_steps_and_accumulation():
     args = SimpleNamespace(max_steps=3, gradient_accumulation_steps=2, num_train_epochs=5.0)
     assert tc.epochs_of(args, batches_per_epoch=3) == 2.0  # 3 optimizer steps x 2 batches = 6 batches
     assert tc.epochs_of(SimpleNamespace(max_steps=-1, gradient_accumulation_steps=1, num_train_epochs=5.0), 3) == 5.0
+
+
+def test_dataloader_workers_read_the_same_rows(tmp_path):
+    """The collator (and its memory-mapped stores) is pickled into DataLoader workers, which prefetch the reads."""
+    from torch.utils.data import DataLoader
+
+    rows = _rows("classification")
+    _, collator = _cached(tmp_path, "classification", "ted", rows)
+    indexed = rows.add_column(tc.EXAMPLE_INDEX, list(range(len(rows))))
+    features = [indexed[i] for i in range(len(indexed))]
+    here = list(DataLoader(features, batch_size=5, collate_fn=collator))
+    workers = list(DataLoader(features, batch_size=5, collate_fn=collator, num_workers=2))
+    assert len(here) == len(workers) == 3
+    for a, b in zip(here, workers):
+        assert a.keys() == b.keys() and tc.STATES_KEY in a
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+
+
+def test_a_second_builder_waits_and_then_reuses(tmp_path):
+    import threading
+
+    from filelock import FileLock
+
+    rows = _rows("classification")
+    teacher = _teacher("classification", "ted")
+    plan = tc.plan_components(
+        head="classification",
+        teacher=teacher,
+        need_logits=True,
+        need_states=True,
+        dataset=rows,
+        compute_dtype=None,
+        store_dtype="float32",
+    )
+    tmp_path.mkdir(exist_ok=True)
+    reports = []
+    with FileLock(str(tmp_path / tc.LOCK_FILE)):  # another run is building into this folder
+        waiting = threading.Thread(
+            target=lambda: reports.append(
+                tc.build(tmp_path, plan, teacher, rows, _Tok("right"), torch.device("cpu"), batch_size=4)
+            )
+        )
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not reports  # it waits for the lock
+        tc._build_missing(tmp_path, plan, teacher, rows, _Tok("right"), torch.device("cpu"), 4)  # the other run
+    waiting.join(timeout=60)
+    assert reports == [{"built": [], "build_seconds": 0.0}]  # complete when it got the lock: nothing rebuilt

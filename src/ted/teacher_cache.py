@@ -23,6 +23,7 @@ kind yet, so the option is refused for now (arguments.check_values).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from . import artifacts
 from .errors import TedInputError
@@ -48,6 +50,7 @@ EXAMPLE_INDEX = "ted_example_index"
 LOGITS_KEY, STATES_KEY = "ted_teacher_logits", "ted_teacher_states"
 BATCH_KEYS = (EXAMPLE_INDEX, LOGITS_KEY, STATES_KEY)
 MANIFEST = "manifest.json"
+LOCK_FILE = ".ted_teacher_cache.lock"
 FORMAT_VERSION = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DTYPE_CHOICES = ("auto", *DTYPES)
@@ -352,12 +355,25 @@ def build(
     device: torch.device,
     batch_size: int = 64,
 ) -> dict[str, Any]:
-    """Compute and store the missing components (each process a share of the batches); returns what was done."""
-    missing = [c for c in components if not is_complete(root / c.folder_name, c)]
-    report = {"built": [c.name for c in missing], "build_seconds": 0.0}
-    if not missing:
-        return report
-    start = time.perf_counter()
+    """Compute and store the missing components (each process a share of the batches); returns what was done.
+
+    Process 0 holds a lock on ROOT while building: another run building into the same folder waits, then finds
+    the entries complete (a killed build holds no lock, so its `.building` folder is safely started again)."""
+    rank, _ = _dist()
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / LOCK_FILE)) if rank == 0 else contextlib.nullcontext():
+        complete = {c.name for c in components if is_complete(root / c.folder_name, c)}
+        missing = [c for c in components if c.name not in _from_main_process(complete)]
+        report = {"built": [c.name for c in missing], "build_seconds": 0.0}
+        if missing:
+            start = time.perf_counter()
+            _build_missing(root, missing, teacher, dataset, tokenizer, device, batch_size)
+            report["build_seconds"] = round(time.perf_counter() - start, 3)
+    return report
+
+
+def _build_missing(root, missing, teacher, dataset, tokenizer, device, batch_size) -> None:
     rank, world = _dist()
     lengths = real_lengths(dataset)
     offsets = np.zeros(len(lengths) + 1, np.int64)
@@ -377,8 +393,6 @@ def build(
         for c in missing:
             _finish_folder(tmps[c.name], root / c.folder_name, c, len(lengths))
     _barrier()
-    report["build_seconds"] = round(time.perf_counter() - start, 3)
-    return report
 
 
 def _start_folder(tmp: Path, c: Component, rows: int, tokens: int, offsets: np.ndarray) -> None:
