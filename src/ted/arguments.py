@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import TedInputError
-from .methods import resolve_method
+from .methods import import_plugins, resolve_method
 
 STAGE_COMMANDS = ("finetune", "learn-filters", "distill", "evaluate", "doctor")
 TRAINING_COMMANDS = ("finetune", "learn-filters", "distill")
@@ -347,13 +347,14 @@ def check_values(command: str, values: Mapping[str, Any]) -> None:
         )
     _check_seq_length(command, values)
     _check_label_list(values.get("label_list"))
-    if command == "distill":
+    if "method" in values:  # distill, and the commands that take its options (doctor)
         _check_distill(values)
     _check_teacher_cache(values)
 
 
 def _check_distill(values: Mapping[str, Any]) -> None:
-    """--method must agree with the paper's flags (see ted.methods)."""
+    """--plugins import (they may register methods), then --method must agree with the paper's flags."""
+    import_plugins(values.get("plugins"))
     if "mse_alpha" in values:
         resolve_method(values.get("method"), bool(values.get("filter_disabled")), values["mse_alpha"])
 

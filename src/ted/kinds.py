@@ -73,11 +73,12 @@ class HeadKind:
 
         return losses.classification_loss(predictions, labels, label_smoothing)
 
-    def output_distillation(self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool):
-        """The KD term between the student's and the teacher's predictions (T^2-scaled KL for classes)."""
-        from . import losses
-
-        return losses.kl_divergence(student, teacher, temperature)
+    def output_distillation(
+        self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool, divergence=None
+    ):
+        """The KD term between the student's and the teacher's predictions: `divergence` (--kd_loss, a
+        ted.divergences function; default the paper's T^2-scaled forward KL) of the class distributions."""
+        return (divergence or _forward_kl())(student, teacher, temperature)
 
 
 @KINDS.register("classification")
@@ -101,8 +102,11 @@ class RegressionKind(HeadKind):
 
         return losses.regression_loss(predictions, labels)
 
-    def output_distillation(self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool):
-        """MSE between predictions; --paper_compat: the original code's KL as a softmax across the batch."""
+    def output_distillation(
+        self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool, divergence=None
+    ):
+        """MSE between predictions; --paper_compat: the original code's KL as a softmax across the batch.
+        (A score has no class distribution, so --kd_loss does not apply: distill refuses it up front.)"""
         from . import losses
 
         if paper_compat:
@@ -151,15 +155,23 @@ class SpanKind(HeadKind):
 
         return losses.span_loss(predictions[0], predictions[1], labels[0], labels[1], label_smoothing)
 
-    def output_distillation(self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool):
-        """The mean of the start and end KLs over the window's tokens (padding too under --paper_compat)."""
-        from . import losses
-
+    def output_distillation(
+        self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool, divergence=None
+    ):
+        """The mean of the start and end divergences over the window's tokens (padding too under --paper_compat).
+        The mask has the logits' shape: padded tokens leave each softmax."""
+        divergence = divergence or _forward_kl()
         mask = None if paper_compat else attention_mask
         return (
-            losses.kl_divergence(student[0], teacher[0], temperature, mask)
-            + losses.kl_divergence(student[1], teacher[1], temperature, mask)
+            divergence(student[0], teacher[0], temperature, mask)
+            + divergence(student[1], teacher[1], temperature, mask)
         ) / 2
+
+
+def _forward_kl():
+    from .divergences import DIVERGENCES
+
+    return DIVERGENCES.get("forward_kl")
 
 
 def get_kind(name: str) -> HeadKind:

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import losses
+from .divergences import DIVERGENCES, LAYER_LOSSES
 from .filters import TaskAwareFilters
 from .heads import StageOneHeads
 from .kinds import get_kind
@@ -204,8 +204,8 @@ class Teacher:
                     hidden = real_tokens(hidden, self.layers, token_index)
                 states = self.filters(hidden) if self.filters is not None else [hidden[i + 1] for i in self.layers]
         # Inference tensors cannot be saved for backward; a clone outside inference mode can. The logits are
-        # small; the layer states are not cloned: `losses.layer_mse` never saves them for backward (it masks
-        # them or subtracts them outside inference mode first, which makes ordinary tensors).
+        # small; the layer states are not cloned: the layer losses never save them for backward (they mask
+        # them or subtract them outside inference mode first, which makes ordinary tensors).
         preds = tuple(p.clone() for p in preds) if isinstance(preds, tuple) else preds.clone()
         return preds, states
 
@@ -222,6 +222,8 @@ class DistillWeights:
     kl_ratio: float = 1.0
     mse_ratio: float = 1.0
     every_step: bool = False
+    kd_loss: str = "forward_kl"  # --kd_loss: a spec of ted.divergences.DIVERGENCES
+    layer_loss: str = "mse"  # --layer_loss: a spec of ted.divergences.LAYER_LOSSES
 
     def alpha(self, name: str) -> float:
         return self.kl_alpha if name == "kl" else self.mse_alpha
@@ -245,6 +247,8 @@ class DistillObjective:
         self.kind = get_kind(head)
         self.teacher = teacher
         self.w = weights
+        self.divergence = DIVERGENCES.resolve(weights.kd_loss)
+        self.layer_loss = LAYER_LOSSES.resolve(weights.layer_loss)
         self.balanced: dict[str, float] = {}  # --balance_losses: the weights fixed on the first batch
         self.step0: dict[str, float] = {}  # ... and the raw terms they came from
 
@@ -287,6 +291,7 @@ class DistillObjective:
             temperature=self.w.temperature,
             attention_mask=attention_mask,
             paper_compat=self.w.paper_compat,
+            divergence=self.divergence,
         )
 
     def __call__(self, model: DistillStudent, inputs):
@@ -317,7 +322,7 @@ class DistillObjective:
         if need_states:
             if token_index is not None:
                 mask = None  # the states hold real tokens only
-            per_layer = [losses.layer_mse(s, t, mask) for s, t in zip(s_states, t_states, strict=True)]
+            per_layer = [self.layer_loss(s, t, mask) for s, t in zip(s_states, t_states, strict=True)]
             terms["mse"] = torch.stack(per_layer).mean()
             for layer, value in zip(unwrap(model).filters.layers, per_layer):
                 terms[f"mse_layer{layer}"] = value

@@ -126,6 +126,27 @@ class DistillArguments:
     kl_alpha: float = field(default=0.0, metadata={"help": "Weight of the T^2-scaled KL term."})
     mse_alpha: float = field(default=0.0, metadata={"help": "Weight of the layer-averaged MSE term."})
     temperature: float = field(default=2.0, metadata={"help": "KD temperature T (the paper uses 2)."})
+    kd_loss: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Divergence of the KD term, NAME[:PARAM]: forward_kl (the paper's; default), reverse_kl, jsd:BETA, "
+            "tvd, skew_kl:ALPHA, skew_rkl:ALPHA, or one you register (docs/extending.md). Classification and "
+            "SQuAD logits; regression keeps its prediction MSE (or the paper's KL with --paper_compat)."
+        },
+    )
+    layer_loss: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Loss between matched layers: mse (the paper's; default), cosine, nmse, or one you register."
+        },
+    )
+    plugins: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Python modules to import before anything else: they register your own methods, divergences "
+            "or layer losses (docs/extending.md), e.g. --plugins my_project.ted_losses."
+        },
+    )
     # Teacher-signal cache (ted.teacher_cache, docs/teacher-cache.md): the teacher runs once, not every epoch.
     teacher_cache: str = field(
         default="auto",

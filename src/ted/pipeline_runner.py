@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from . import api, artifacts, teacher_cache
 from .errors import TedInputError
-from .methods import METHODS
+from .methods import PIPELINE_METHODS as METHODS
 from .pipeline_config import (
     BASELINE_INITS,
     PIPELINE_KEYS,

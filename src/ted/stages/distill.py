@@ -12,11 +12,12 @@ from typing import Optional
 from transformers import set_seed
 
 from .. import artifacts, teacher_cache
+from ..divergences import DIVERGENCES, LAYER_LOSSES
 from ..doctor_checks import distill_weights, preflight
 from ..errors import TedInputError
 from ..filters import TaskAwareFilters, check_filters_match, has_filters, match_layers, new_filters, select_layers
 from ..kinds import get_kind
-from ..methods import resolve_method
+from ..methods import FILTERS, HIDDEN, METHODS, resolve_method
 from ..models import (
     check_same_vocabulary,
     check_sequence_length,
@@ -105,22 +106,36 @@ def load_filters(path: str, layers: list[int], output_dim: Optional[int], nonlin
 
 def run_distill(model_args, data_args, filter_args, distill_args, training_args) -> StageResult:
     method = resolve_method(distill_args.method, filter_args.filter_disabled, distill_args.mse_alpha)
+    recipe = METHODS.get(method)
     run_args = args_dict(model_args, data_args, filter_args, distill_args, training_args)
     run_args["method"] = method
+    # The method's own divergence and layer loss unless the flags name others; a bad spec fails here.
+    loss_specs = {
+        "kd_loss": distill_args.kd_loss or recipe.kd_loss,
+        "layer_loss": distill_args.layer_loss or recipe.layer_loss,
+    }
+    DIVERGENCES.resolve(loss_specs["kd_loss"])
+    LAYER_LOSSES.resolve(loss_specs["layer_loss"])
+    run_args.update(loss_specs)
     student_path, teacher_path = model_args.model_name_or_path, distill_args.teacher_model_name_or_path
     if not teacher_path:
         raise TedInputError("Stage II needs --teacher_model_name_or_path.")
     check_deepspeed_stage(training_args.deepspeed)
     for path in (student_path, teacher_path):
         check_sequence_length(path, data_args, model_args.cache_dir)
-    if method == "lwd":
+    if recipe.layers == HIDDEN:
         check_projector_width(filter_args.filter_output_dim, teacher_path, model_args.cache_dir)
     output_dir = open_output(training_args, run_args)
-    weights = distill_weights(distill_args)  # the alphas, or --balance_losses
+    weights = dataclasses.replace(distill_weights(distill_args), **loss_specs)  # the alphas, or --balance_losses
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or student_path, model_args.cache_dir)
     check_same_vocabulary(load_tokenizer(teacher_path, model_args.cache_dir), tokenizer, teacher_path, student_path)
     task, data = load_training_task(data_args, tokenizer, training_args)
+    if task.kind.scores and distill_args.kd_loss and distill_args.kl_alpha:
+        raise TedInputError(
+            f"--kd_loss {distill_args.kd_loss} compares class distributions, but {task.name!r} is a regression task "
+            "(its KD term is the MSE between predictions, or the paper's KL with --paper_compat); remove --kd_loss."
+        )
     warn_no_ops(method, task.head, weights, training_args.per_device_train_batch_size)
     teacher_cache.check_before_loading(
         distill_args.teacher_cache, task.head, distill_args.paper_compat, distill_args.kl_alpha, distill_args.mse_alpha
@@ -134,12 +149,12 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     # Label order: load_task_model has checked each fine-tuned head against the task's label list.
 
     s_layers = t_layers = pairs = []
-    if method != "kd":  # KD pairs no layers, so the interval flags do not apply
+    if recipe.layers is not None:  # KD pairs no layers, so the interval flags do not apply
         s_layers = select_layers(num_layers(student.config), filter_args.filter_interval)
         t_layers = select_layers(num_layers(teacher_model.config), filter_args.teacher_filter_interval)
         pairs = match_layers(s_layers, t_layers)
     teacher_filters = student_filters = None
-    if method == "ted":
+    if recipe.layers == FILTERS:
         teacher_filters = load_filters(
             teacher_path, t_layers, filter_args.filter_output_dim, filter_args.filter_nonlinear, "teacher"
         )
@@ -151,7 +166,7 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
                 f"Teacher filters output {teacher_filters.config.output_dim} features but student filters output "
                 f"{student_filters.config.output_dim}; run Stage I with the same --filter_output_dim for both."
             )
-    elif method == "lwd":
+    elif recipe.layers == HIDDEN:
         # LWD: raw teacher layers as targets, a fresh student-side projector to the teacher's width.
         student_filters = new_filters(
             student.config,
