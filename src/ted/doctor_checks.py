@@ -86,7 +86,7 @@ class Findings:
 def constant_predictions(task, labels: np.ndarray) -> list[np.ndarray]:
     """What models that ignore their input predict for these examples: one class everywhere (as logits, one
     array per class), or the mean score."""
-    if task.head == "regression":
+    if task.kind.scores:
         return [np.full(len(labels), float(np.mean(labels)))]
     return [np.tile(np.eye(task.num_labels)[c], (len(labels), 1)) for c in range(task.num_labels)]
 
@@ -193,17 +193,16 @@ def on(batch, device) -> dict:
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in dict(batch).items()}
 
 
-def predict(model, dataset, collator, batch_size: int, device) -> np.ndarray:
+def predict(model, dataset, collator, batch_size: int, device, kind) -> np.ndarray:
+    """A sequence-level model's dev predictions (`kind`: the task's head kind)."""
     import torch
-
-    from .objectives import head_outputs, split_labels
 
     model.eval()
     out = []
     with torch.inference_mode():
         for batch in batches(dataset, collator, batch_size):
-            inputs, _ = split_labels("classification", on(batch, device))
-            logits = head_outputs("classification", model(**inputs))
+            inputs, _ = kind.split_labels(on(batch, device))
+            logits = kind.predictions(model(**inputs))
             out.append(logits.float().cpu().numpy())
     return np.concatenate(out)
 
@@ -257,17 +256,17 @@ def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
         "teacher": _id2label(ctx["teacher_model"].config, task),
         "student": _id2label(ctx["student"].config, task),
     }
-    if task.head != "span":
+    if task.kind.sequence_level:  # span heads have no constant-prediction baseline
         dev = first_rows(next(iter(data.eval_sets.values())), eval_samples)
         labels = np.asarray(dev["labels"])
         findings.dev_examples = len(dev)
         findings.majority_baseline = majority_baseline(task, labels)
         findings.chance_band = chance_band(task.selection_metric, len(dev))
-        preds = predict(ctx["teacher_model"], dev, collator, args.per_device_eval_batch_size, device)
+        preds = predict(ctx["teacher_model"], dev, collator, args.per_device_eval_batch_size, device, task.kind)
         findings.teacher_dev = selection(task, preds, labels)
         check_teacher(findings)
         if has_trained_head(ctx["student"].config, task):  # TED's fine-tuned student (KD/LWD may start fresh)
-            preds = predict(ctx["student"], dev, collator, args.per_device_eval_batch_size, device)
+            preds = predict(ctx["student"], dev, collator, args.per_device_eval_batch_size, device, task.kind)
             findings.student_dev = selection(task, preds, labels)
         if ctx["method"] == "ted":
             for role, path in (("teacher", ctx["teacher_path"]), ("student", ctx["student_path"])):
