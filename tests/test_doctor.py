@@ -135,15 +135,16 @@ def test_swapped_labels_stop_the_doctor_with_a_report(assets, tmp_path, capsys):
 
 def test_majority_baseline_is_the_best_constant_prediction():
     from ted.metrics import glue_metric_fn
+    from ted.tasks.base import Task
 
-    rte = SimpleNamespace(head="classification", num_labels=2, selection_metric="accuracy")
-    rte.compute_metrics = glue_metric_fn("rte")
+    def task(name, head, labels, metric):
+        return Task(name, head, labels, metric, metric_fn=glue_metric_fn(name))
+
+    rte = task("rte", "classification", ["entailment", "not_entailment"], "accuracy")
     assert majority_baseline(rte, np.array([1, 1, 0, 1])) == pytest.approx(0.75)
-    cola = SimpleNamespace(head="classification", num_labels=2, selection_metric="matthews_correlation")
-    cola.compute_metrics = glue_metric_fn("cola")
+    cola = task("cola", "classification", ["0", "1"], "matthews_correlation")
     assert majority_baseline(cola, np.array([1, 1, 0, 1])) == 0.0
-    stsb = SimpleNamespace(head="regression", num_labels=1, selection_metric="spearmanr")
-    stsb.compute_metrics = glue_metric_fn("stsb")
+    stsb = task("stsb", "regression", None, "spearmanr")
     assert majority_baseline(stsb, np.array([1.0, 3.0, 2.0])) == 0.0
 
 
