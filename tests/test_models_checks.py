@@ -356,7 +356,7 @@ def test_failed_training_leaves_no_output_folder(assets, tmp_path, monkeypatch):
 
 
 def test_failed_write_keeps_previous_output(assets, tmp_path, monkeypatch):
-    from ted.stages import finetune as finetune_stage
+    from ted.stages import common as stage_common
 
     out = tmp_path / "runs" / "ft"
     out.mkdir(parents=True)
@@ -366,7 +366,7 @@ def test_failed_write_keeps_previous_output(assets, tmp_path, monkeypatch):
     def broken_write(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(finetune_stage, "write_stage", broken_write)
+    monkeypatch.setattr(stage_common, "write_predictions", broken_write)  # fails inside the stage-folder write
     with pytest.raises(OSError, match="disk full"):
         ted.finetune(
             **_data(assets, model_name_or_path=str(assets["student"]), output_dir=str(out), overwrite_output_dir=True)

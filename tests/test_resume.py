@@ -203,7 +203,7 @@ def test_last_checkpoint_kept_until_the_stage_folder_is_written(assets, tmp_path
     def killed(*args, **kwargs):
         raise SimulatedKill("killed while the stage folder was written")
 
-    monkeypatch.setattr(finetune_stage, "write_stage", killed)
+    monkeypatch.setattr(stage_common, "write_predictions", killed)  # inside the stage-folder write
     out = tmp_path / "tail"
     with pytest.raises(SimulatedKill):
         ted.finetune(**kwargs_for(assets, out))

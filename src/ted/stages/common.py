@@ -388,16 +388,41 @@ def sub_state(state: dict, prefix: str) -> Optional[dict]:
     return found or None
 
 
-def write_stage(
-    tmp: Path, *, stage_description: dict, trainer: TedTrainer, train_metrics: dict, eval_metrics: dict
+def save_stage(
+    trainer: TedTrainer,
+    output_dir: Path,
+    *,
+    model,
+    tokenizer,
+    description: dict,
+    train_metrics: dict,
+    eval_metrics: dict,
+    model_prefix: Optional[str] = None,
+    extras: Optional[Callable[[Path, dict], None]] = None,
 ) -> None:
-    write_predictions(tmp, trainer.compute_metrics)
-    write_eval_predictions(tmp, trainer.compute_metrics, eval_metrics)
-    stage_description = {**stage_description, "run_fingerprint": getattr(trainer, "ted_run_fingerprint", None)}
-    artifacts.write_json(tmp / artifacts.STAGE_FILE, stage_description)
-    artifacts.write_json(tmp / artifacts.EVAL_RESULTS, eval_metrics)
-    artifacts.write_json(tmp / artifacts.TRAIN_RESULTS, train_metrics)
-    artifacts.write_json(tmp / artifacts.LOG_HISTORY, trainer.state.log_history)
+    """Write a trained stage's folder: the one path every training stage takes.
+
+    The model (its weights under `model_prefix.` of the trained module's state) and tokenizer, whatever
+    `extras(folder, state)` adds (filters, Stage I heads, scores), the description, metrics and log, in a
+    temporary folder renamed into place by the main process; then the run's checkpoints go. Every process
+    calls it: under FSDP / ZeRO-3 gathering the weights is a collective.
+    """
+    state = trained_state(trainer)
+    if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
+        with artifacts.atomic_folder(output_dir) as tmp:
+            model.save_pretrained(tmp, state_dict=sub_state(state, model_prefix) if model_prefix else state)
+            tokenizer.save_pretrained(tmp)
+            if extras is not None:
+                extras(tmp, state)
+            write_predictions(tmp, trainer.compute_metrics)
+            write_eval_predictions(tmp, trainer.compute_metrics, eval_metrics)
+            record = {**description, "run_fingerprint": getattr(trainer, "ted_run_fingerprint", None)}
+            artifacts.write_json(tmp / artifacts.STAGE_FILE, record)
+            artifacts.write_json(tmp / artifacts.EVAL_RESULTS, eval_metrics)
+            artifacts.write_json(tmp / artifacts.TRAIN_RESULTS, train_metrics)
+            artifacts.write_json(tmp / artifacts.LOG_HISTORY, trainer.state.log_history)
+        finish(output_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 def finish(output_dir: Path) -> None:

@@ -32,15 +32,13 @@ from .common import (
     StageResult,
     args_dict,
     dropout_overrides,
-    finish,
     load_training_task,
     make_collator,
     open_output,
     run_trainer,
+    save_stage,
     sub_state,
     task_metrics,
-    trained_state,
-    write_stage,
 )
 
 logger = logging.getLogger(__name__)
@@ -222,29 +220,30 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
         selection_metric=task.selection_metric,
         teacher=teacher,
     )
-    state = trained_state(trainer)  # DistillStudent keys: model.*, filters.*
-    if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
-        with artifacts.atomic_folder(output_dir) as tmp:
-            student.save_pretrained(tmp, state_dict=sub_state(state, "model"))
-            tokenizer.save_pretrained(tmp)
-            if student_filters is not None:
-                student_filters.save(tmp, sub_state(state, "filters"))
-            lineage = {"student": student_path, "teacher": teacher_path, "layer_pairs": [list(p) for p in pairs]}
-            description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
-            description["teacher_cache"] = cache.record
-            if distill_args.paper_compat:  # explicit flags that won over the paper's settings (config.py)
-                description["paper_compat_overrides"] = getattr(distill_args, "paper_compat_overrides", {})
-            description["preflight_warnings"] = checked.warnings
-            description["training_guard"] = trainer.guard_report  # None: it never fired
-            description["loss_balance"] = trainer.objective.balance_record()
-            write_stage(
-                tmp,
-                stage_description=description,
-                trainer=trainer,
-                train_metrics=train_metrics,
-                eval_metrics=eval_metrics,
-            )
-        finish(output_dir)
+    lineage = {"student": student_path, "teacher": teacher_path, "layer_pairs": [list(p) for p in pairs]}
+    description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
+    description["teacher_cache"] = cache.record
+    if distill_args.paper_compat:  # explicit flags that won over the paper's settings (config.py)
+        description["paper_compat_overrides"] = getattr(distill_args, "paper_compat_overrides", {})
+    description["preflight_warnings"] = checked.warnings
+    description["training_guard"] = trainer.guard_report  # None: it never fired
+    description["loss_balance"] = trainer.objective.balance_record()
+
+    def extras(folder: Path, state: dict) -> None:  # DistillStudent keys: model.*, filters.*
+        if student_filters is not None:
+            student_filters.save(folder, sub_state(state, "filters"))
+
+    save_stage(
+        trainer,
+        output_dir,
+        model=student,
+        tokenizer=tokenizer,
+        description=description,
+        train_metrics=train_metrics,
+        eval_metrics=eval_metrics,
+        model_prefix="model",
+        extras=extras,
+    )
+    if trainer.is_world_process_zero():
         teacher_cache.remove_root(cache.cleanup)
-    trainer.accelerator.wait_for_everyone()
     return StageResult(str(output_dir), eval_metrics, {"method": method, "layer_pairs": pairs})

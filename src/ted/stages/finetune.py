@@ -7,12 +7,10 @@ from ..objectives import TaskObjective
 from .common import (
     StageResult,
     args_dict,
-    finish,
     run_trainer,
+    save_stage,
     start_model_stage,
     task_metrics,
-    trained_state,
-    write_stage,
 )
 
 
@@ -31,21 +29,14 @@ def run_finetune(model_args, data_args, training_args) -> StageResult:
         compute_metrics=task_metrics(task, data, data_args),
         selection_metric=task.selection_metric,
     )
-    state = trained_state(trainer)
-    if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
-        with artifacts.atomic_folder(output_dir) as tmp:
-            model.save_pretrained(tmp, state_dict=state)
-            tokenizer.save_pretrained(tmp)
-            description = artifacts.describe_stage(
-                "finetune", task, run_args, lineage={"model": model_args.model_name_or_path}
-            )
-            write_stage(
-                tmp,
-                stage_description=description,
-                trainer=trainer,
-                train_metrics=train_metrics,
-                eval_metrics=eval_metrics,
-            )
-        finish(output_dir)
-    trainer.accelerator.wait_for_everyone()
+    description = artifacts.describe_stage("finetune", task, run_args, lineage={"model": model_args.model_name_or_path})
+    save_stage(
+        trainer,
+        output_dir,
+        model=model,
+        tokenizer=tokenizer,
+        description=description,
+        train_metrics=train_metrics,
+        eval_metrics=eval_metrics,
+    )
     return StageResult(str(output_dir), eval_metrics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from pathlib import Path
 
 import torch
 from transformers import default_data_collator
@@ -19,13 +20,11 @@ from ..tasks.base import TaskData
 from .common import (
     StageResult,
     args_dict,
-    finish,
     per_filter_metrics,
     run_trainer,
+    save_stage,
     start_model_stage,
     sub_state,
-    trained_state,
-    write_stage,
 )
 
 logger = logging.getLogger(__name__)
@@ -141,27 +140,27 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
         data_collator=collator,
     )
     scores = layer_scores(eval_metrics, layers)
-    state = trained_state(trainer)  # backbone.* (uncached learner only; it is frozen), filters.*, heads.*
-    if trainer.is_world_process_zero():  # under torchrun / accelerate one process writes, the others wait
-        with artifacts.atomic_folder(output_dir) as tmp:
-            model.save_pretrained(tmp, state_dict=sub_state(state, "backbone"))
-            tokenizer.save_pretrained(tmp)
-            filters.save(tmp, sub_state(state, "filters"))
-            heads.save(tmp, sub_state(state, "heads"))
-            artifacts.write_json(tmp / artifacts.STAGE1_SCORES, scores)
-            description = artifacts.describe_stage(
-                "learn_filters", task, run_args, lineage={"model": model_args.model_name_or_path}
-            )
-            description["stage1_feature_cache"] = use_cache  # eval-mode runs can fall back (memory)
-            if use_cache:
-                description["stage1_feature_cache_dtype"] = str(cache_dtype(training_args) or torch.float32)[6:]
-            write_stage(
-                tmp,
-                stage_description=description,
-                trainer=trainer,
-                train_metrics=train_metrics,
-                eval_metrics=eval_metrics,
-            )
-        finish(output_dir)
-    trainer.accelerator.wait_for_everyone()
+    description = artifacts.describe_stage(
+        "learn_filters", task, run_args, lineage={"model": model_args.model_name_or_path}
+    )
+    description["stage1_feature_cache"] = use_cache  # eval-mode runs can fall back (memory)
+    if use_cache:
+        description["stage1_feature_cache_dtype"] = str(cache_dtype(training_args) or torch.float32)[6:]
+
+    def extras(folder: Path, state: dict) -> None:  # backbone.* (uncached learner only; frozen), filters.*, heads.*
+        filters.save(folder, sub_state(state, "filters"))
+        heads.save(folder, sub_state(state, "heads"))
+        artifacts.write_json(folder / artifacts.STAGE1_SCORES, scores)
+
+    save_stage(
+        trainer,
+        output_dir,
+        model=model,
+        tokenizer=tokenizer,
+        description=description,
+        train_metrics=train_metrics,
+        eval_metrics=eval_metrics,
+        model_prefix="backbone",
+        extras=extras,
+    )
     return StageResult(str(output_dir), eval_metrics, {"layer_scores": scores})
