@@ -32,3 +32,24 @@ def test_version_and_help_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"
+
+
+def test_every_option_of_ted_has_help_text():
+    from dataclasses import fields
+
+    from ted.options import COMMAND_OPTIONS
+
+    missing = {
+        f"{group.__name__}.{f.name}"
+        for groups in COMMAND_OPTIONS.values()
+        for group in groups
+        for f in fields(group)
+        if not f.name.startswith("_") and not (f.metadata.get("help") or "").strip()
+    }
+    assert not missing, f"options without a help string: {sorted(missing)}"
+
+
+def test_package_declares_its_type_hints():
+    from pathlib import Path
+
+    assert (Path(ted.__file__).parent / "py.typed").is_file()
