@@ -3,7 +3,7 @@
 Every divergence is `f(student_logits, teacher_logits, temperature, mask=None, **params) -> scalar` over the
 last dim. Both distributions are softened by the temperature; the pointwise terms are summed over the kept
 positions, divided by the batch size (`student_logits.size(0)`) and multiplied by T^2, exactly as
-`ted.losses.kl_divergence` (so `forward_kl` is that function). The math is float32; the teacher is a constant
+`ted.losses.kl_divergence` (that name is this function). The math is float32; the teacher is a constant
 (detached). `mask` (1 = keep) is either the logits' shape (entries leave both softmaxes, as for SQuAD spans)
 or their shape without the last dim (whole positions leave, as for tokens [B, T, V] with a [B, T] mask).
 
@@ -31,7 +31,6 @@ LayerLoss = Callable[..., torch.Tensor]
 
 DIVERGENCES: Registry[Divergence] = Registry("divergence")
 LAYER_LOSSES: Registry[LayerLoss] = Registry("layer loss")
-DEFAULT_DIVERGENCE, DEFAULT_LAYER_LOSS = "forward_kl", "mse"
 
 
 # ------------------------------------------------------------------------------------------ parameter checks
@@ -179,7 +178,7 @@ def _position_weights(mask: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
 
 @LAYER_LOSSES.register("mse")
 def mse(student_state, teacher_state, mask=None) -> torch.Tensor:
-    """Mean squared difference per element; with a mask, over real positions only (`losses.layer_mse`).
+    """Mean squared difference per element; with a mask, over real positions only (also `losses.layer_mse`).
 
     The teacher state may be an inference tensor: here it is only subtracted or masked, never saved for
     backward as is.

@@ -25,11 +25,6 @@ def split_labels(head: str, inputs: dict) -> tuple[dict, object]:
     return get_kind(head).split_labels(inputs)
 
 
-def head_outputs(head: str, outputs):
-    """The prediction tensor(s) of a Hugging Face task model output."""
-    return get_kind(head).predictions(outputs)
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The module itself under a DDP (or similar `.module`) wrapper, to read attributes such as `.filters`."""
     while isinstance(getattr(model, "module", None), nn.Module):
