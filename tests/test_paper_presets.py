@@ -288,7 +288,7 @@ def test_paper_compat_on_the_command_line(monkeypatch):
     from ted import cli
 
     seen = {}
-    monkeypatch.setattr("ted.api.run_command", lambda command, groups: seen.setdefault("groups", groups))
+    monkeypatch.setattr("ted.stages.registry.run_command", lambda command, groups: seen.setdefault("groups", groups))
     argv = [
         "--model_name_or_path",
         "s",

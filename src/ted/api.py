@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import arguments
-from .config import COMMAND_ARGS  # noqa: F401  (the stage commands' argument groups, used by the pipeline)
+from .config import COMMAND_ARGS  # noqa: F401  (the stage commands' argument groups)
+from .stages.registry import run_command, run_options  # noqa: F401  (run_command: for groups built by hand)
 
 
 def parse_kwargs(command: str, kwargs: dict[str, Any]):
@@ -18,50 +19,30 @@ def parse_kwargs(command: str, kwargs: dict[str, Any]):
     return arguments.parse_mapping(command, kwargs)
 
 
-def runner(command: str):
-    # Imported lazily so `import ted` stays light.
-    if command == "finetune":
-        from .stages.finetune import run_finetune as run
-    elif command == "learn-filters":
-        from .stages.learn_filters import run_learn_filters as run
-    elif command == "distill":
-        from .stages.distill import run_distill as run
-    elif command == "doctor":
-        from .doctor_checks import run_doctor as run
-    else:
-        from .stages.evaluate import run_evaluate as run
-    return run
-
-
-def run_command(command: str, groups):
-    arguments.validate(command, groups)  # groups built by hand did not come through parse_kwargs
-    return runner(command)(*groups)
-
-
 def finetune(**kwargs):
     """Stage 0: fine-tune a model on a task. Returns a StageResult (output_dir, metrics)."""
-    return run_command("finetune", parse_kwargs("finetune", kwargs))
+    return run_options("finetune", kwargs)
 
 
 def learn_filters(**kwargs):
     """Stage I: learn task-aware filters on a frozen fine-tuned model."""
-    return run_command("learn-filters", parse_kwargs("learn-filters", kwargs))
+    return run_options("learn-filters", kwargs)
 
 
 def distill(**kwargs):
     """Stage II: TED, KD or LWD (see `method`, `kl_alpha`, `mse_alpha`, `filter_disabled`)."""
-    return run_command("distill", parse_kwargs("distill", kwargs))
+    return run_options("distill", kwargs)
 
 
 def doctor(**kwargs):
     """`ted doctor`: checks before a Stage II run, with `distill`'s arguments (plus json=, doctor_eval_samples=,
     doctor_batches=). Returns the Findings (`.as_json()`, `.warnings`, `.verdict()`)."""
-    return run_command("doctor", parse_kwargs("doctor", kwargs))
+    return run_options("doctor", kwargs)
 
 
 def evaluate(**kwargs):
     """Score a model folder on a task's dev set(s)."""
-    return run_command("evaluate", parse_kwargs("evaluate", kwargs))
+    return run_options("evaluate", kwargs)
 
 
 def export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_speed: bool = True):

@@ -39,7 +39,7 @@ def run_stage(command: str, argv: list[str]):
     from .arguments import parse_cli
 
     groups = parse_cli(command, argv, description=COMMANDS[command])
-    from .api import run_command  # after parsing: a bad value is refused before torch is imported
+    from .stages.registry import run_command  # after parsing: a bad value is refused before torch loads
 
     return run_command(command, groups)
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from . import api, artifacts, reporting
+from . import artifacts, reporting
 from .demo_assets import build_tokenizer, write_synthetic_task, write_tiny_model
 from .errors import TedInputError
+from .stages.registry import run_options
 
 TEACHER = {"layers": 4, "hidden": 64}
 STUDENT = {"layers": 2, "hidden": 32}
@@ -33,6 +34,11 @@ def _common(train: Path, dev: Path, seed: int, out: Path) -> dict:
         warmup_steps=0.1,
         overwrite_output_dir=True,
     )
+
+
+def stage(command: str, **options):
+    """Run one stage of the chain, exactly as `ted <command>` would."""
+    return run_options(command, options)
 
 
 def run_demo(output_dir: str = "ted-demo", seed: int = 42, overwrite: bool = False) -> Path:
@@ -59,14 +65,16 @@ def run_chain(out: Path, seed: int) -> None:
     student_init = write_tiny_model(out / "init" / "student", tokenizer, seed=seed + 1, **STUDENT)
     common = _common(train, dev, seed, out)
     runs = out / "runs"
-    api.finetune(
+    stage(
+        "finetune",
         model_name_or_path=str(teacher_init),
         output_dir=str(runs / "teacher"),
         learning_rate=2e-3,
         num_train_epochs=6,
         **common,
     )
-    api.finetune(
+    stage(
+        "finetune",
         model_name_or_path=str(student_init),
         output_dir=str(runs / "student"),
         learning_rate=2e-3,
@@ -75,16 +83,25 @@ def run_chain(out: Path, seed: int) -> None:
     )
     # Stage I: teacher filters on every 2nd layer, student filters on every layer, both 64 wide.
     stage1 = dict(learning_rate=2e-3, num_train_epochs=3, filter_output_dim=TEACHER["hidden"], **common)
-    api.learn_filters(
-        model_name_or_path=str(runs / "teacher"), output_dir=str(runs / "teacher_stage1"), filter_interval=2, **stage1
+    stage(
+        "learn-filters",
+        model_name_or_path=str(runs / "teacher"),
+        output_dir=str(runs / "teacher_stage1"),
+        filter_interval=2,
+        **stage1,
     )
-    api.learn_filters(
-        model_name_or_path=str(runs / "student"), output_dir=str(runs / "student_stage1"), filter_interval=1, **stage1
+    stage(
+        "learn-filters",
+        model_name_or_path=str(runs / "student"),
+        output_dir=str(runs / "student_stage1"),
+        filter_interval=1,
+        **stage1,
     )
     stage2 = dict(
         learning_rate=2e-3, num_train_epochs=6, kl_alpha=5.0, teacher_filter_interval=2, filter_interval=1, **common
     )
-    api.distill(
+    stage(
+        "distill",
         model_name_or_path=str(runs / "student_stage1"),
         teacher_model_name_or_path=str(runs / "teacher_stage1"),
         output_dir=str(runs / "ted"),
@@ -93,7 +110,8 @@ def run_chain(out: Path, seed: int) -> None:
         **stage2,
     )
     # Baselines start from the student before fine-tuning, as in the paper's scripts.
-    api.distill(
+    stage(
+        "distill",
         model_name_or_path=str(student_init),
         teacher_model_name_or_path=str(runs / "teacher"),
         output_dir=str(runs / "kd"),
@@ -101,7 +119,8 @@ def run_chain(out: Path, seed: int) -> None:
         filter_disabled=True,
         **stage2,
     )
-    api.distill(
+    stage(
+        "distill",
         model_name_or_path=str(student_init),
         teacher_model_name_or_path=str(runs / "teacher"),
         output_dir=str(runs / "lwd"),

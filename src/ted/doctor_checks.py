@@ -455,10 +455,10 @@ two Stage I folders), then the doctor, then the rest."""
 
 
 def run_pipeline_doctor(argv: list[str]) -> Findings:
-    from .api import run_command
     from .arguments import TedArgumentParser, parse_mapping
     from .pipeline_config import parse_overrides
     from .pipeline_runner import _stage_call_kwargs, plan_seed, task_configs
+    from .stages.registry import run_command
 
     parser = TedArgumentParser(prog="ted doctor", usage=PIPELINE_HELP)
     parser.add_argument("--pipeline_config", required=True)

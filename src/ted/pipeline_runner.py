@@ -1,7 +1,7 @@
 """`ted pipeline`: the whole comparison in one command, for several tasks and seeds, resumable.
 
 For every task and seed: fine-tune the teacher and the student, Stage I for both, then Stage II
-with TED and the KD and LWD baselines, each through the stage functions of `ted.api` (one training
+with TED and the KD and LWD baselines, each through `ted.stages.registry` like the stage commands (one training
 engine). Layout: `OUTPUT/<task>/seed<k>/{teacher,student,teacher_stage1,student_stage1,ted,kd,lwd}`
 plus `OUTPUT/<task>/pipeline.json` (the resolved settings and the paper's numbers, for reports).
 
@@ -15,6 +15,7 @@ finished stages are never redone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -24,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import api, artifacts, teacher_cache
+from . import artifacts, teacher_cache
+from .arguments import parse_mapping
+from .config import COMMAND_ARGS
 from .errors import TedInputError
 from .methods import PIPELINE_METHODS as METHODS
 from .pipeline_config import (
@@ -37,6 +40,7 @@ from .pipeline_config import (
     load_file,
     parse_overrides,
 )
+from .stages.registry import run_options
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +57,14 @@ ROLE_COMMAND = {
     "kd": "distill",
     "lwd": "distill",
 }
-RUNNERS = {"finetune": api.finetune, "learn-filters": api.learn_filters, "distill": api.distill}
+
+
+def _run_stage(command: str, **options):
+    return run_options(command, options)
+
+
+# Each takes the stage's options as keyword arguments (tests replace them to check what would run).
+RUNNERS = {command: functools.partial(_run_stage, command) for command in ("finetune", "learn-filters", "distill")}
 # Left out of fingerprints: where things go and how they are watched, not what is computed.
 UNFINGERPRINTED = {"output_dir", "overwrite_output_dir", "report_to", "logging_dir", "run_name", "disable_tqdm"}
 PIPELINE_FILE = "pipeline.json"
@@ -134,7 +145,7 @@ def _check_top(cfg: dict) -> None:
 def _stage_kwargs(cfg: dict, role: str, task: str) -> dict[str, Any]:
     """common + section from the file, then common + section from the command line (the later wins)."""
     command, section = ROLE_COMMAND[role], ROLE_SECTION[role]
-    types = field_types(api.COMMAND_ARGS[command])
+    types = field_types(COMMAND_ARGS[command])
     merged: dict[str, Any] = {"task_name": task}
     layers = ((cfg["common"], False), (cfg[section], True), (cfg["cli"]["common"], False), (cfg["cli"][section], True))
     for layer, strict in layers:
@@ -152,7 +163,7 @@ def _stage_kwargs(cfg: dict, role: str, task: str) -> dict[str, Any]:
 
 
 def _check_common_keys(cfg: dict) -> None:
-    known = set().union(*(field_types(api.COMMAND_ARGS[c]) for c in set(ROLE_COMMAND.values())))
+    known = set().union(*(field_types(COMMAND_ARGS[c]) for c in set(ROLE_COMMAND.values())))
     unknown = (set(cfg["common"]) | set(cfg["cli"]["common"])) - known - PIPELINE_KEYS
     if unknown:
         raise TedInputError(f"Unknown option(s) {sorted(unknown)}: no stage takes them (see `ted <stage> --help`).")
@@ -289,7 +300,7 @@ def validate(specs: list[StageSpec]) -> None:
                 f"data_dir {data_dir!r} does not exist (set common.data_dir, --data_dir, or "
                 "TED_SHARED_DIR for the presets)."
             )
-        api.parse_kwargs(spec.command, _stage_call_kwargs(spec, spec.folder.parent))
+        parse_mapping(spec.command, _stage_call_kwargs(spec, spec.folder.parent))
 
 
 def write_pipeline_file(task_dir: Path, task: str, cfg: dict, specs: list[StageSpec], seeds: list[int]) -> None:
