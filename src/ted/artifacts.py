@@ -337,6 +337,13 @@ def data_identity(args: dict) -> list:
     return [[p.name, file_digest(p)] if p.is_file() else [str(p), "missing"] for p in files]
 
 
+# Left out of every fingerprint (a stage's run and the pipeline's reuse): where things go and how they are
+# watched, not what is computed.
+UNFINGERPRINTED = frozenset(
+    {"output_dir", "logging_dir", "overwrite_output_dir", "report_to", "disable_tqdm", "run_name", "cache_dir"}
+)
+
+
 def path_identity(value: Any) -> Any:
     """What a path argument means for a fingerprint: a file by its content, a folder by the content of its
     files (not recursive); anything else (a hub id, a missing path) as given."""

@@ -65,8 +65,6 @@ def _run_stage(command: str, **options):
 
 # Each takes the stage's options as keyword arguments (tests replace them to check what would run).
 RUNNERS = {command: functools.partial(_run_stage, command) for command in ("finetune", "learn-filters", "distill")}
-# Left out of fingerprints: where things go and how they are watched, not what is computed.
-UNFINGERPRINTED = {"output_dir", "overwrite_output_dir", "report_to", "logging_dir", "run_name", "disable_tqdm"}
 PIPELINE_FILE = "pipeline.json"
 TEACHER_CACHE_FOLDER = "teacher_cache"  # OUTPUT/<task>/teacher_cache: Stage II teacher signals of every seed
 
@@ -233,7 +231,7 @@ def stage_fingerprint(spec: StageSpec, parents: dict[str, str]) -> str:
         key: {"stage": parents[src.role]} if src.role else artifacts.path_identity(src.path)
         for key, src in spec.inputs.items()
     }
-    args = {k: v for k, v in sorted(spec.kwargs.items()) if k not in UNFINGERPRINTED}
+    args = {k: v for k, v in sorted(spec.kwargs.items()) if k not in artifacts.UNFINGERPRINTED}
     payload = {"command": spec.command, "args": args, "inputs": inputs, "data": artifacts.data_identity(spec.kwargs)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

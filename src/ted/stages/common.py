@@ -110,20 +110,11 @@ def args_dict(*groups) -> dict[str, Any]:
 # is moved or copied (with its inputs) still resumes. Data files are identified together (artifacts.data_identity).
 MODEL_PATH_ARGS = ("model_name_or_path", "teacher_model_name_or_path", "tokenizer_name")
 DATA_PATH_ARGS = ("train_file", "validation_file", "data_dir")
-UNFINGERPRINTED = {
-    "output_dir",
-    "logging_dir",
-    "overwrite_output_dir",
-    "report_to",
-    "disable_tqdm",
-    "run_name",
-    "cache_dir",
-}
 
 
 def fingerprint(args: dict[str, Any]) -> str:
     """Identity of a run: its settings, its input models and its data, by content (see artifacts.path_identity)."""
-    stable = {k: v for k, v in sorted(args.items()) if k not in UNFINGERPRINTED and k not in DATA_PATH_ARGS}
+    stable = {k: v for k, v in sorted(args.items()) if k not in artifacts.UNFINGERPRINTED and k not in DATA_PATH_ARGS}
     for key in MODEL_PATH_ARGS:
         if key in stable:
             stable[key] = artifacts.path_identity(stable[key])
