@@ -20,10 +20,11 @@ one process, measured side by side:
   length-grouped batches (`train_sampling_strategy=group_by_length`) divided by samples/s with every batch
   padded to max_seq_length 128. `dynamic_padding_only_speedup` is the same without length grouping.
 * `teacher_cache_speedup` (`{"E3": .., "E6": ..}`): wall time of Stage II TED over E epochs with the teacher
-  online divided by the same with `ted.teacher_cache` (float32), *including* building the cache; epochs of the two
-  runs alternate (online epoch, cached epoch, ...) and each epoch's time includes collating its batches (the
-  cached collator gathers the teacher rows from the memory-mapped files). `cached_step_ratio`: median time of a
-  cached TED training step divided by a plain fine-tuning step of the student on the same batch (interleaved).
+  online divided by the same with `ted.method.teacher_cache` (float32), *including* building the cache;
+  epochs of the two runs alternate (online epoch, cached epoch, ...) and each epoch's time includes collating
+  its batches (the cached collator gathers the teacher rows from the memory-mapped files).
+  `cached_step_ratio`: median time of a cached TED training step divided by a plain fine-tuning step of the student on
+  the same batch (interleaved).
   Also `teacher_cache.bytes_per_example`, `build_seconds`, and the peak memory of an online and a cached epoch
   (`stage2_online_teacher`, `stage2_cached_teacher`; the cached one is measured after the build, teacher freed).
 * peak memory of every configuration: on GPU `torch.cuda.max_memory_allocated`, reset before each one. On CPU
@@ -219,7 +220,7 @@ def load_average() -> list[float]:
 
 
 def training_args(output_dir: str, device, bf16: bool, **overrides):
-    from ted.config import TedTrainingArguments
+    from ted.settings.training_args import TedTrainingArguments
 
     values = dict(
         output_dir=output_dir,
@@ -241,7 +242,7 @@ def training_args(output_dir: str, device, bf16: bool, **overrides):
 
 
 def make_trainer(module, objective, args, teacher=None, **kwargs):
-    from ted.training import TedTrainer
+    from ted.method.trainer import TedTrainer
 
     trainer = TedTrainer(model=module, args=args, objective=objective, teacher=teacher, **kwargs)
     trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
@@ -260,7 +261,7 @@ def train_step(trainer, batch) -> None:
 
 
 def load_data(task_name, data_dir, tokenizer, n_train, max_seq_length, pad_to_max_length=False):
-    from ted.config import DataArguments
+    from ted.settings.training_args import DataArguments
     from ted.tasks import load_task
 
     data_args = DataArguments(
@@ -287,9 +288,9 @@ def bench_stage2(opts, size, device, meter, tokenizer, task, data, select=None):
     import torch
     from transformers import DataCollatorWithPadding
 
-    from ted.filters import match_layers, new_filters, select_layers
-    from ted.models import config_for_task, load_task_model, num_layers
-    from ted.objectives import DistillObjective, DistillStudent, DistillWeights, TaskObjective, Teacher
+    from ted.method.filters import match_layers, new_filters, select_layers
+    from ted.method.objectives import DistillObjective, DistillStudent, DistillWeights, TaskObjective, Teacher
+    from ted.stages.models import config_for_task, load_task_model, num_layers
 
     teacher_path, student_path = opts.model_pair
     t_config, s_config = config_for_task(teacher_path, task), config_for_task(student_path, task)
@@ -372,16 +373,16 @@ def bench_stage2(opts, size, device, meter, tokenizer, task, data, select=None):
 
 
 def bench_teacher_cache(opts, size, device, meter, tokenizer, task, data, select=None):
-    """Stage II TED over E epochs, online teacher against `ted.teacher_cache` (built inside the timing)."""
+    """Stage II TED over E epochs, online teacher against `ted.method.teacher_cache` (built inside the timing)."""
     import gc
 
     import torch
     from transformers import DataCollatorWithPadding
 
-    from ted import teacher_cache as tc
-    from ted.filters import new_filters, select_layers
-    from ted.models import config_for_task, load_task_model, num_layers
-    from ted.objectives import DistillObjective, DistillStudent, DistillWeights, TaskObjective, Teacher
+    from ted.method import teacher_cache as tc
+    from ted.method.filters import new_filters, select_layers
+    from ted.method.objectives import DistillObjective, DistillStudent, DistillWeights, TaskObjective, Teacher
+    from ted.stages.models import config_for_task, load_task_model, num_layers
 
     teacher_path, student_path = opts.model_pair
     t_config, s_config = config_for_task(teacher_path, task), config_for_task(student_path, task)
@@ -514,11 +515,11 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data, select=None):
     import torch
     from transformers import DataCollatorWithPadding, default_data_collator
 
-    from ted.feature_cache import cache_autocast_dtype, first_token_features
-    from ted.filters import new_filters, select_layers
-    from ted.heads import new_heads
-    from ted.models import load_task_model, num_layers
-    from ted.objectives import CachedFilterLearner, FilterLearner, FilterObjective
+    from ted.method.feature_cache import cache_autocast_dtype, first_token_features
+    from ted.method.filters import new_filters, select_layers
+    from ted.method.heads import new_heads
+    from ted.method.objectives import CachedFilterLearner, FilterLearner, FilterObjective
+    from ted.stages.models import load_task_model, num_layers
 
     backbone = load_task_model(opts.model_pair[0], task)  # the teacher: Stage I's most expensive model
     layers = select_layers(num_layers(backbone.config), 1)  # the paper's Stage I: a filter on every layer
@@ -543,7 +544,7 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data, select=None):
             per_device_train_batch_size=STAGE1_BATCH,
             per_device_eval_batch_size=STAGE1_BATCH,
         )
-        from ted.training import TedTrainer
+        from ted.method.trainer import TedTrainer
 
         # The paper's way: the frozen backbone (dropout on) runs on every batch of every epoch.
         if select is None or "stage1_train_backbone" in select:
@@ -610,8 +611,8 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data, select=None):
 def bench_padding(opts, size, device, meter, tokenizer, select=None):
     import torch
 
-    from ted.models import load_task_model
-    from ted.objectives import TaskObjective
+    from ted.method.objectives import TaskObjective
+    from ted.stages.models import load_task_model
 
     results, info = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -720,7 +721,7 @@ def main(argv=None) -> dict:
     transformers.logging.set_verbosity_error()
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    from ted.models import check_same_vocabulary, load_tokenizer
+    from ted.stages.models import check_same_vocabulary, load_tokenizer
 
     size = SETTINGS["quick" if opts.quick else "full"]
     if opts.memory_of:  # a memory run needs only a couple of steps

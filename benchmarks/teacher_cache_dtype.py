@@ -23,8 +23,8 @@ def train_on_cache(dtype: str, setup: dict) -> dict:
     import torch
     from transformers import DataCollatorWithPadding
 
-    from ted import teacher_cache as tc
-    from ted.objectives import DistillObjective, DistillWeights
+    from ted.method import teacher_cache as tc
+    from ted.method.objectives import DistillObjective, DistillWeights
 
     rows, train, teacher, layers = setup["rows"], setup["train"], setup["teacher"], setup["layers"]
     tmp = Path(tempfile.mkdtemp())
@@ -62,12 +62,12 @@ def main() -> dict:
     sys.path.insert(0, str(REPO / "src"))
     import torch
 
-    from ted import teacher_cache as tc
-    from ted.config import DataArguments
-    from ted.filters import new_filters, select_layers
-    from ted.models import config_for_task, load_task_model, load_tokenizer, num_layers
-    from ted.objectives import DistillStudent, Teacher
+    from ted.method import teacher_cache as tc
+    from ted.method.filters import new_filters, select_layers
+    from ted.method.objectives import DistillStudent, Teacher
+    from ted.settings.training_args import DataArguments
     from ted.stages.common import model_columns
+    from ted.stages.models import config_for_task, load_task_model, load_tokenizer, num_layers
     from ted.tasks import load_task
 
     torch.manual_seed(0)

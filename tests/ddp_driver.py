@@ -1,7 +1,7 @@
 """`ted` CLI under torchrun, recording in each process how the Trainer wrapped the trained module.
 
 Used by test_distributed.py: `python -m torch.distributed.run --nproc_per_node 2 ddp_driver.py REPORT_DIR
-distill ...`. Runs exactly `ted.cli.main` (what `python -m ted.cli` runs) and, at the first training step,
+distill ...`. Runs exactly `ted.cli.main.main` (what `python -m ted.cli.main` runs) and, at the first training step,
 writes REPORT_DIR/rank{r}.json: the wrapper type, the world size, and whether any teacher parameter is
 reachable from the trained (DDP-wrapped) module.
 """
@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from ted.cli import main
-from ted.training import TedTrainer
+from ted.cli.main import main
+from ted.method.trainer import TedTrainer
 
 REPORT_DIR = Path(sys.argv[1])
 _compute_loss = TedTrainer.compute_loss

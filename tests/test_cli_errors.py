@@ -14,9 +14,9 @@ import sys
 import pytest
 
 import ted
-from ted import arguments
-from ted.cli import COMMANDS, main
+from ted.cli.main import COMMANDS, main
 from ted.errors import TedInputError
+from ted.settings import parse as arguments
 
 MISSING = "/nonexistent/ted-model"
 
@@ -84,7 +84,7 @@ def test_unknown_command_suggests(capsys):
 
 def test_help_version_and_usage_do_not_import_torch():
     code = (
-        "import sys\nfrom ted.cli import main\n"
+        "import sys\nfrom ted.cli.main import main\n"
         "assert [main(['--version']), main(['--help']), main([])] == [0, 0, 2]\n"
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -96,7 +96,7 @@ def test_help_version_and_usage_do_not_import_torch():
 def test_bad_value_of_teds_own_options_is_refused_without_importing_torch():
     # ted's options are checked before TrainingArguments (and torch) are imported: about a second, not several
     code = (
-        "import sys\nfrom ted.arguments import parse_cli\nfrom ted.errors import TedInputError\n"
+        "import sys\nfrom ted.settings.parse import parse_cli\nfrom ted.errors import TedInputError\n"
         "try:\n    parse_cli('distill', ['--kl_alpha', '-1', '--warmup_ratio', '0.1'])\n"
         "except TedInputError as err:\n    assert '--kl_alpha' in str(err), err\n"
         "else:\n    raise SystemExit('not refused')\n"

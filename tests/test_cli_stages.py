@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 import ted
 import tiny
 from helpers import SHARED, requires_shared
-from ted.cli import main
+from ted.cli.main import main
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ted.config import DataArguments
 from ted.errors import TedInputError
+from ted.settings.training_args import DataArguments
 from ted.tasks import load_task, task_from_name
 
 WORDS = ["the", "movie", "was", "good", "bad", "great", "a", "cat", "dog", "sat", "ok"]
@@ -179,7 +179,7 @@ def test_dev_file_alone_needs_the_labels(tmp_path, tokenizer):
 def test_evaluate_on_a_dev_file_alone_takes_labels_from_the_model(tmp_path, monkeypatch):
     """`ted evaluate` scores a model on a custom dev file without its training file; training stages refuse."""
     import tiny
-    from ted.cli import main
+    from ted.cli.main import main
 
     monkeypatch.setenv("TQDM_DISABLE", "1")
     tok = tiny.build_tokenizer()
@@ -257,7 +257,7 @@ def test_evaluate_remembers_the_stage_columns_and_task_type(tmp_path, monkeypatc
     import random
 
     import tiny
-    from ted.cli import main
+    from ted.cli.main import main
 
     monkeypatch.setenv("TQDM_DISABLE", "1")
     rng = random.Random(0)

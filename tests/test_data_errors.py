@@ -14,9 +14,9 @@ import pytest
 
 import tiny
 from helpers import SHARED
-from ted.cli import main
-from ted.config import DataArguments
+from ted.cli.main import main
 from ted.errors import TedInputError
+from ted.settings.training_args import DataArguments
 from ted.tasks import task_from_name
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import tiny
-from ted.cli import main
+from ted.cli.main import main
 
 HERE = Path(__file__).resolve().parent
 N_DEV = 32

@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.special import log_softmax, rel_entr
 
-from ted import losses
-from ted.divergences import DIVERGENCES, LAYER_LOSSES, forward_kl, jsd, reverse_kl, skew_kl, skew_rkl, tvd
 from ted.errors import TedInputError
+from ted.method import losses
+from ted.method.divergences import DIVERGENCES, LAYER_LOSSES, forward_kl, jsd, reverse_kl, skew_kl, skew_rkl, tvd
 from ted.registry import Registry, parse_spec
 
 # ------------------------------------------------------------------------------------------ reference (float64)

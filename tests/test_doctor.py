@@ -13,11 +13,11 @@ import torch
 import ted
 import tiny
 from ted import artifacts
-from ted.cli import main
-from ted.doctor_checks import Findings, check_stage1, check_teacher, check_terms, majority_baseline
+from ted.cli.main import main
 from ted.errors import TedInputError
-from ted.objectives import DistillObjective, DistillWeights, balanced_alpha
-from ted.training import GUARD_DOMINANCE, TedTrainer, collapse_check
+from ted.method.objectives import DistillObjective, DistillWeights, balanced_alpha
+from ted.method.trainer import GUARD_DOMINANCE, TedTrainer, collapse_check
+from ted.stages.doctor import Findings, check_stage1, check_teacher, check_terms, majority_baseline
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,8 +134,8 @@ def test_swapped_labels_stop_the_doctor_with_a_report(assets, tmp_path, capsys):
 
 
 def test_majority_baseline_is_the_best_constant_prediction():
-    from ted.metrics import glue_metric_fn
     from ted.tasks.base import Task
+    from ted.tasks.metrics import glue_metric_fn
 
     def task(name, head, labels, metric):
         return Task(name, head, labels, metric, metric_fn=glue_metric_fn(name))

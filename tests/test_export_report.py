@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 import tiny
-from ted import artifacts, model_card, reporting
-from ted.cli import main
+from ted import artifacts
+from ted.cli.main import main
 from ted.errors import TedInputError
+from ted.reporting import model_card
+from ted.reporting import report as reporting
 from ted.stages.export import run_export
 
 
@@ -324,7 +326,7 @@ def test_report_never_changes_the_matplotlib_backend(tmp_path):
     script = textwrap.dedent(f"""
         import sys, matplotlib
         matplotlib.use("pdf")  # stands for the notebook's own backend
-        from ted import reporting
+        from ted.reporting import report as reporting
         reporting.write_report([{str(run)!r}], {str(tmp_path / "out")!r}, speed=None)
         reporting.plot_loss_terms({{"ted": {str(run / "custom" / "seed1" / "ted")!r}}}, {str(tmp_path / "l.png")!r})
         assert matplotlib.get_backend() == "pdf", matplotlib.get_backend()

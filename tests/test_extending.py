@@ -9,12 +9,12 @@ import textwrap
 import pytest
 
 import tiny
-from ted.cli import main
+from ted.cli.main import main
 
 PLUGIN = textwrap.dedent(
     """
-    from ted.divergences import DIVERGENCES, LAYER_LOSSES, forward_kl
-    from ted.methods import FILTERS, METHODS, Method
+    from ted.method.divergences import DIVERGENCES, LAYER_LOSSES, forward_kl
+    from ted.method.recipes import FILTERS, METHODS, Method
 
     CALLS = {"div": 0, "layer": 0}
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ted.errors import TedInputError
-from ted.filters import (
+from ted.method.filters import (
     FILTERS_CONFIG,
     FILTERS_WEIGHTS,
     FilterConfig,

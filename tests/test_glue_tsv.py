@@ -9,8 +9,8 @@ import datasets
 import pytest
 
 from helpers import SHARED, requires_shared
-from ted.config import DataArguments
 from ted.errors import TedInputError
+from ted.settings.training_args import DataArguments
 from ted.tasks import GLUE_TASKS, load_task, task_from_name
 from ted.tasks.glue import read_glue_tsv
 

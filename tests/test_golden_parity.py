@@ -47,10 +47,10 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from ted import losses  # noqa: E402
-from ted.filters import FilterConfig, TaskAwareFilters  # noqa: E402
-from ted.heads import HeadsConfig, StageOneHeads  # noqa: E402
-from ted.objectives import (  # noqa: E402
+from ted.method import losses  # noqa: E402
+from ted.method.filters import FilterConfig, TaskAwareFilters  # noqa: E402
+from ted.method.heads import HeadsConfig, StageOneHeads  # noqa: E402
+from ted.method.objectives import (  # noqa: E402
     DistillObjective,
     DistillStudent,
     DistillWeights,
@@ -516,7 +516,7 @@ def trainer_trajectory(case: dict, batch: dict, output_dir, **flags):
     from transformers import default_data_collator
 
     from ted import api
-    from ted.training import TedTrainer
+    from ted.method.trainer import TedTrainer
 
     options = dict(
         model_name_or_path="unused",

@@ -17,11 +17,11 @@ from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClas
 
 import tiny
 from helpers import SHARED
-from ted.cli import main
+from ted.cli.main import main
 from ted.errors import TedInputError
-from ted.filters import TaskAwareFilters, select_layers
-from ted.heads import StageOneHeads
-from ted.original_checkpoint import import_original
+from ted.method.filters import TaskAwareFilters, select_layers
+from ted.method.heads import StageOneHeads
+from ted.stages.import_original import import_original
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

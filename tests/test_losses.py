@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from ted import losses
-from ted.kinds import get_kind
+from ted.method import losses
+from ted.method.kinds import get_kind
 
 
 def _softmax(xs: list[float]) -> list[float]:

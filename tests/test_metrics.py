@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from ted import metrics
-from ted.metrics import classification_metric_fn, glue_metric_fn, regression_metric_fn
+from ted.tasks import metrics
+from ted.tasks.metrics import classification_metric_fn, glue_metric_fn, regression_metric_fn
 
 LABELS = np.array([1, 1, 1, 0, 0, 1, 0, 1])
 PREDS = np.array([1, 0, 1, 0, 1, 1, 0, 1])

@@ -7,10 +7,10 @@ import json
 import pytest
 
 import tiny
-from ted.cli import main
+from ted.cli.main import main
 from ted.errors import TedInputError
-from ted.models import check_model_source, position_limit
 from ted.stages.distill import check_deepspeed_stage
+from ted.stages.models import check_model_source, position_limit
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_position_limits_by_family():
 def test_dropout_option_the_model_does_not_have_is_refused(assets, tmp_path, capsys):
     from transformers import DistilBertConfig
 
-    from ted.models import dropout_key
+    from ted.stages.models import dropout_key
 
     with pytest.raises(TedInputError, match="hidden_dropout_prob.*'attention_dropout'.*'dropout'"):
         dropout_key(DistilBertConfig(), "hidden_dropout_prob", "distil")

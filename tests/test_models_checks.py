@@ -8,10 +8,10 @@ import pytest
 
 import ted
 import tiny
-from ted.cli import main
+from ted.cli.main import main
 from ted.errors import TedInputError
-from ted.filters import new_filters
-from ted.methods import resolve_method
+from ted.method.filters import new_filters
+from ted.method.recipes import resolve_method
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,7 +51,7 @@ def assets(tmp_path_factory):
 @pytest.fixture
 def no_training(monkeypatch):
     """Every check must fire before the Trainer starts."""
-    from ted.training import TedTrainer
+    from ted.method.trainer import TedTrainer
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started although the input was bad")
@@ -334,7 +334,7 @@ def _siblings(path: Path) -> list[str]:
 
 
 def test_failed_training_leaves_no_output_folder(assets, tmp_path, monkeypatch):
-    from ted.objectives import TaskObjective
+    from ted.method.objectives import TaskObjective
 
     real = TaskObjective.__call__
     calls = {"n": 0}

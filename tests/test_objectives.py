@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from ted import losses
-from ted.filters import FilterConfig, TaskAwareFilters
-from ted.heads import new_heads
-from ted.objectives import (
+from ted.method import losses
+from ted.method.filters import FilterConfig, TaskAwareFilters
+from ted.method.heads import new_heads
+from ted.method.objectives import (
     DistillObjective,
     DistillStudent,
     DistillWeights,
@@ -227,7 +227,7 @@ def test_trainer_logs_every_loss_term(tmp_path):
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from ted.training import TedTrainer
+    from ted.method.trainer import TedTrainer
 
     teacher, student, objective = _setup(kl_alpha=1.0, mse_alpha=2.0)
     rows = {k: [] for k in ("input_ids", "attention_mask", "labels")}

@@ -10,11 +10,11 @@ import tempfile
 import pytest
 
 import ted
-import ted.pipeline_runner as pipeline_module
+import ted.pipelines.runner as pipeline_module
 import ted.stages.common as stage_common
 import tiny
 from ted import artifacts
-from ted.cli import main
+from ted.cli.main import main
 from ted.errors import TedInputError
 from tiny import one_thread  # noqa: F401  (module fixture)
 

@@ -16,7 +16,7 @@ import torch
 from transformers import Trainer
 
 from ted import api
-from ted.pipeline_runner import _stage_call_kwargs, plan_seed, task_configs
+from ted.pipelines.runner import _stage_call_kwargs, plan_seed, task_configs
 from ted.stages.common import training_arguments
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "paper"
@@ -285,7 +285,7 @@ def test_paper_compat_explicit_flag_wins_and_is_recorded():
 
 
 def test_paper_compat_on_the_command_line(monkeypatch):
-    from ted import cli
+    from ted.cli import main as cli
 
     seen = {}
     monkeypatch.setattr("ted.stages.registry.run_command", lambda command, groups: seen.setdefault("groups", groups))

@@ -17,14 +17,14 @@ import yaml
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 import ted
-import ted.pipeline_runner as pipeline_module
+import ted.pipelines.runner as pipeline_module
 import ted.stages.common as stage_common
 import tiny
 from helpers import SHARED
 from ted import artifacts
-from ted.cli import main
+from ted.cli.main import main
 from ted.errors import TedInputError
-from ted.pipeline_config import load_file
+from ted.pipelines.config import load_file
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from helpers import SHARED, requires_shared
-from ted.cli import main
+from ted.cli.main import main
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 TEACHER = SHARED / "models" / "all-MiniLM-L6-v2"

@@ -12,8 +12,9 @@ import pytest
 
 import ted
 import tiny
-from ted import artifacts, reporting
-from ted.similarity import linear_cka
+from ted import artifacts
+from ted.reporting import report as reporting
+from ted.reporting.similarity import linear_cka
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

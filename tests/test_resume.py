@@ -23,7 +23,7 @@ import ted.stages.finetune as finetune_stage
 import tiny
 from ted import artifacts
 from ted.errors import TedInputError
-from ted.training import TedTrainer
+from ted.method.trainer import TedTrainer
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -247,7 +247,7 @@ def test_fingerprint_only_work_dir_is_taken_over(assets, uninterrupted, tmp_path
 
 def _crash_run(assets, out: Path, point: str, **kw):
     """`ted finetune` in a subprocess, SIGKILLed by the TED_TEST_CRASH_AT hook at `point`."""
-    argv = [sys.executable, "-m", "ted.cli", "finetune"]
+    argv = [sys.executable, "-m", "ted.cli.main", "finetune"]
     for key, value in kwargs_for(assets, out, **kw).items():
         argv += [f"--{key}", str(value[0] if isinstance(value, list) else value)]
     env = {**os.environ, "TED_TEST_CRASH_AT": point, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}

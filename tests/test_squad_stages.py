@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import SHARED, requires_shared
-from ted.cli import main as ted_main
+from ted.cli.main import main as ted_main
 from tiny import WORDS, build_tokenizer, one_thread, write_model  # noqa: F401
 
 

@@ -18,13 +18,13 @@ from transformers import (
 )
 
 import tiny
-from ted import feature_cache
-from ted.cli import main
-from ted.feature_cache import first_token_features
-from ted.filters import new_filters
-from ted.heads import new_heads
-from ted.objectives import CachedFilterLearner, FilterLearner, FilterObjective
-from ted.training import TedTrainer
+from ted.cli.main import main
+from ted.method import feature_cache
+from ted.method.feature_cache import first_token_features
+from ted.method.filters import new_filters
+from ted.method.heads import new_heads
+from ted.method.objectives import CachedFilterLearner, FilterLearner, FilterObjective
+from ted.method.trainer import TedTrainer
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

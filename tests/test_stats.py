@@ -1,4 +1,4 @@
-"""Significance statistics of `ted report` (ted.stats) against scipy and against a hand-made bootstrap."""
+"""Significance statistics of `ted report` (ted.reporting.stats) against scipy and against a hand-made bootstrap."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ted.stats import fast_metric, paired_bootstrap, seed_difference, significant
+from ted.reporting.stats import fast_metric, paired_bootstrap, seed_difference, significant
 
 
 def accuracy(preds, labels) -> float:  # numpy, not sklearn: thousands of resamples stay fast
@@ -71,7 +71,7 @@ def test_permutation_p_matches_an_exact_sign_flip_test_on_accuracy():
 
 @pytest.mark.parametrize("name", ["accuracy", "f1", "matthews_correlation", "pearson", "spearmanr"])
 def test_fast_metrics_agree_with_ted_metrics(name):
-    from ted import metrics
+    from ted.tasks import metrics
 
     reference = {"matthews_correlation": metrics.matthews_correlation}.get(name, getattr(metrics, name, None))
     fast = fast_metric(name)

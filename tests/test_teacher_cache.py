@@ -1,4 +1,4 @@
-"""Stage II teacher-signal cache (ted.teacher_cache): exactness, fingerprints, atomic builds, the auto policy."""
+"""Stage II teacher-signal cache (ted.method.teacher_cache): exactness, fingerprints, atomic builds, the auto policy."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from transformers import (
 )
 
 import tiny
-from ted import teacher_cache as tc
-from ted.cli import main
-from ted.filters import FilterConfig, TaskAwareFilters
-from ted.objectives import DistillObjective, DistillStudent, DistillWeights, Teacher
+from ted.cli.main import main
+from ted.method import teacher_cache as tc
+from ted.method.filters import FilterConfig, TaskAwareFilters
+from ted.method.objectives import DistillObjective, DistillStudent, DistillWeights, Teacher
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,7 +115,7 @@ def test_auto_caches_in_a_per_run_folder_and_removes_it(assets, tmp_path):
 
 
 def test_auto_falls_back_on_one_epoch_and_over_budget(assets, tmp_path, caplog):
-    caplog.set_level("INFO", logger="ted.teacher_cache")
+    caplog.set_level("INFO", logger="ted.method.teacher_cache")
     one = distill(assets, tmp_path / "one", "auto", "ted", "--num_train_epochs", "1")
     assert "single epoch" in read(one, "ted_stage.json")["teacher_cache"]["reason"]
     big = distill(assets, tmp_path / "big", "auto", "ted", "--teacher_cache_max_gb", "1e-9")
@@ -165,7 +165,7 @@ def test_a_killed_build_is_never_read(assets, tmp_path, point):
     argv += METHOD_FLAGS["ted"] + ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8"]
     argv += ["--teacher_cache", str(cache), "--output_dir", str(tmp_path / "killed"), "--report_to", "none"]
     env = {**_env(), "TED_TEST_CRASH_AT": point}
-    proc = subprocess.run([sys.executable, "-m", "ted.cli", *argv], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ted.cli.main", *argv], env=env, capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert list(cache.glob(".*.building")) and not list(cache.glob("states-*"))  # nothing complete to read
     online = distill(assets, tmp_path / "online", "off")

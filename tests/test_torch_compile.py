@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import tiny
-from ted.cli import main
+from ted.cli.main import main
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = [

@@ -12,8 +12,8 @@ from scipy.special import log_softmax as np_log_softmax
 from scipy.special import rel_entr
 
 import tiny
-from ted import losses
-from ted.cli import main
+from ted.cli.main import main
+from ted.method import losses
 
 NO_DROPOUT = ["--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0"]
 

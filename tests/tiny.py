@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ted.demo_assets import write_train_dev_csv
+from ted.cli.demo_assets import write_train_dev_csv
 
 POSITIVE = ["good", "great", "fine"]
 NEGATIVE = ["bad", "awful", "poor"]
@@ -33,7 +33,7 @@ def one_thread():
 
 def build_tokenizer(extra: tuple[str, ...] = (), reverse: bool = False):
     """A BERT-style word-level fast tokenizer over WORDS (+ `extra`); `reverse` permutes the word ids."""
-    from ted.demo_assets import build_tokenizer as word_level_tokenizer
+    from ted.cli.demo_assets import build_tokenizer as word_level_tokenizer
 
     words = WORDS + list(extra)
     return word_level_tokenizer(words[::-1] if reverse else words, model_max_length=MAX_LEN)
@@ -158,7 +158,7 @@ def write_stage1_model(
     """A fine-tuned-looking model without dropout, plus Stage I filters, as `ted learn-filters` would write."""
     from transformers import AutoConfig
 
-    from ted.filters import new_filters
+    from ted.method.filters import new_filters
 
     write_model(
         folder,

@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from ted import _moved
+
+_moved.install()
+
 # The public functions of `ted.api`. No submodule of ted carries one of these names: importing a submodule
 # binds it on the package, which would shadow the function (`ted.demo` was once the module ted/demo.py).
 _API = (
@@ -21,7 +25,7 @@ _API = (
 def __getattr__(name):
     # The API pulls in torch and transformers: import it on first use, so light commands start fast.
     if name in _API:
-        from . import api
+        from ted import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'ted' has no attribute {name!r}")

@@ -1,7 +1,7 @@
-"""`python -m ted ...` is the `ted` command (also `python -m ted.cli ...`, e.g. under torchrun)."""
+"""`python -m ted ...` is the `ted` command (also `python -m ted.cli.main ...`, e.g. under torchrun)."""
 
 import sys
 
-from .cli import main
+from ted.cli.main import main
 
 sys.exit(main())

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import arguments
-from .config import COMMAND_ARGS  # noqa: F401  (the stage commands' argument groups)
-from .stages.registry import run_command, run_options  # noqa: F401  (run_command: for groups built by hand)
+from ted.settings import parse as arguments
+from ted.settings.training_args import COMMAND_ARGS  # noqa: F401  (the stage commands' argument groups)
+from ted.stages.registry import run_command, run_options  # noqa: F401  (run_command: for groups built by hand)
 
 
 def parse_kwargs(command: str, kwargs: dict[str, Any]):
@@ -47,7 +47,7 @@ def evaluate(**kwargs):
 
 def export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_speed: bool = True):
     """Write the student of a stage folder as a stock Hugging Face model (filters stripped) with a model card."""
-    from .stages.export import run_export
+    from ted.stages.export import run_export
 
     return run_export(stage_dir, output_dir, overwrite, measure_speed)
 
@@ -55,8 +55,8 @@ def export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_spe
 def pipeline(config, output_dir: str | None = None, **overrides):
     """`ted pipeline`: every stage for tasks x seeds from YAML file(s); keyword arguments as on the CLI
     (`seeds=[1, 2]`, `baseline_init="finetuned"`, `max_train_samples=100`, `ted={"kl_alpha": 5}`)."""
-    from .pipeline_config import SECTIONS, set_override
-    from .pipeline_runner import run_pipeline
+    from ted.pipelines.config import SECTIONS, set_override
+    from ted.pipelines.runner import run_pipeline
 
     merged: dict[str, Any] = {}
     for key, value in {**overrides, **({"output_dir": output_dir} if output_dir else {})}.items():
@@ -71,7 +71,7 @@ def pipeline(config, output_dir: str | None = None, **overrides):
 
 def report(run_dirs, output: str | None = None, speed: bool = True, cka: bool = True):
     """`ted report`: report.md and report.html for pipeline run folder(s) (`cka=False`: no layer-similarity plot)."""
-    from .reporting import write_report
+    from ted.reporting.report import write_report
 
     dirs = [run_dirs] if isinstance(run_dirs, str) or hasattr(run_dirs, "__fspath__") else list(run_dirs)
     return write_report(dirs, output, {"batch_size": 8, "seq_len": 128, "iterations": 10} if speed else None, cka)
@@ -79,13 +79,13 @@ def report(run_dirs, output: str | None = None, speed: bool = True, cka: bool = 
 
 def import_original(path: str, output_dir: str, **kwargs):
     """`ted import-original`: a checkpoint of the paper's original code as a ted stage folder."""
-    from .original_checkpoint import import_original as run
+    from ted.stages.import_original import import_original as run
 
     return run(path, output_dir, **kwargs)
 
 
 def demo(output_dir: str = "ted-demo", **kwargs):
     """The whole method end to end on a built-in synthetic task with tiny models, offline."""
-    from .demo_runner import run_demo
+    from ted.cli.demo import run_demo
 
     return run_demo(output_dir, **kwargs)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import TedInputError
+from ted.errors import TedInputError
 
 STAGE_FILE = "ted_stage.json"
 EVAL_RESULTS = "eval_results.json"
@@ -62,7 +62,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__
+    from ted import __version__
 
     return {"ted": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
@@ -328,7 +328,7 @@ def data_identity(args: dict) -> list:
     of --data_dir), in a fixed order; a path that does not exist is kept as given."""
     files: list[Path] = [Path(args[k]) for k in ("train_file", "validation_file") if args.get(k)]
     if args.get("data_dir"):
-        from .tasks.glue import GLUE_TASKS, canonical_glue_name
+        from ted.tasks.glue import GLUE_TASKS, canonical_glue_name
 
         root = Path(args["data_dir"])
         glue = canonical_glue_name(args.get("task_name"))

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from .errors import TedInputError
+from ted.errors import TedInputError
 
 F = TypeVar("F", bound=Callable)
 

@@ -11,8 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from .metric import evaluate_squad_rows
-from .postprocess import SpanPostprocessor
+from ted.squad.metric import evaluate_squad_rows
+from ted.squad.postprocess import SpanPostprocessor
 
 
 class SquadEvaluator:

@@ -16,17 +16,17 @@ from typing import Any, Optional
 import numpy as np
 from transformers import DataCollatorWithPadding, TrainerCallback, set_seed
 
-from .. import artifacts
-from ..artifacts import StageResult  # noqa: F401  (re-exported for the stages)
-from ..errors import TedInputError
-from ..kinds import get_kind
-from ..models import check_sequence_length, load_task_model, load_tokenizer
-from ..squad.evaluator import SquadEvaluator
-from ..squad.postprocess import write_prediction_files
-from ..tasks import load_task
-from ..tasks.base import Task, TaskData
-from ..tasks.squad import version_2
-from ..training import TedTrainer
+from ted import artifacts
+from ted.artifacts import StageResult  # noqa: F401  (re-exported for the stages)
+from ted.errors import TedInputError
+from ted.method.kinds import get_kind
+from ted.method.trainer import TedTrainer
+from ted.squad.evaluator import SquadEvaluator
+from ted.squad.postprocess import write_prediction_files
+from ted.stages.models import check_sequence_length, load_task_model, load_tokenizer
+from ted.tasks import load_task
+from ted.tasks.base import Task, TaskData
+from ted.tasks.squad import version_2
 
 logger = logging.getLogger(__name__)
 

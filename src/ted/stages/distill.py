@@ -11,24 +11,22 @@ from typing import Optional
 
 from transformers import set_seed
 
-from .. import artifacts, teacher_cache
-from ..divergences import DIVERGENCES, LAYER_LOSSES
-from ..doctor_checks import distill_weights, preflight
-from ..errors import TedInputError
-from ..filters import TaskAwareFilters, check_filters_match, has_filters, match_layers, new_filters, select_layers
-from ..kinds import get_kind
-from ..methods import FILTERS, HIDDEN, METHODS, resolve_method
-from ..models import (
-    check_same_vocabulary,
-    check_sequence_length,
-    has_trained_head,
-    load_config,
-    load_task_model,
-    load_tokenizer,
-    num_layers,
+from ted import artifacts
+from ted.errors import TedInputError
+from ted.method import teacher_cache
+from ted.method.divergences import DIVERGENCES, LAYER_LOSSES
+from ted.method.filters import (
+    TaskAwareFilters,
+    check_filters_match,
+    has_filters,
+    match_layers,
+    new_filters,
+    select_layers,
 )
-from ..objectives import DistillObjective, DistillStudent, DistillWeights, Teacher
-from .common import (
+from ted.method.kinds import get_kind
+from ted.method.objectives import DistillObjective, DistillStudent, DistillWeights, Teacher
+from ted.method.recipes import FILTERS, HIDDEN, METHODS, resolve_method
+from ted.stages.common import (
     StageResult,
     args_dict,
     dropout_overrides,
@@ -39,6 +37,16 @@ from .common import (
     save_stage,
     sub_state,
     task_metrics,
+)
+from ted.stages.doctor import distill_weights, preflight
+from ted.stages.models import (
+    check_same_vocabulary,
+    check_sequence_length,
+    has_trained_head,
+    load_config,
+    load_task_model,
+    load_tokenizer,
+    num_layers,
 )
 
 logger = logging.getLogger(__name__)

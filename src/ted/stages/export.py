@@ -12,9 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
-from .. import artifacts
-from ..artifacts import StageResult
-from ..errors import TedInputError
+from ted import artifacts
+from ted.artifacts import StageResult
+from ted.errors import TedInputError
 
 EXPORTABLE = ("distill", "finetune")
 INDEX_FILE = "model.safetensors.index.json"
@@ -77,7 +77,7 @@ def replaceable(folder: Path) -> bool:
 
 def is_export(folder: Path) -> bool:
     """A folder of `ted export`: its model card, and only files it copies."""
-    from ..model_card import SIGNATURE
+    from ted.reporting.model_card import SIGNATURE
 
     card = folder / CARD
     return card.is_file() and SIGNATURE in card.read_text(errors="replace") and only_export_files(folder)
@@ -160,10 +160,10 @@ def run_export(stage_dir: str, output_dir: str, overwrite: bool = False, measure
     metrics = artifacts.read_json(metrics_path) if metrics_path.is_file() else {}
     speed_rows = None
     if measure_speed:
-        from ..model_card import measure_speed as measure
+        from ted.reporting.model_card import measure_speed as measure
 
         speed_rows = measure(src, stage)
-    from ..model_card import build
+    from ted.reporting.model_card import build
 
     card = build(src, stage, metrics, speed_rows)
     drop_leftovers(dst)

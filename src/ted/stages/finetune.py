@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .. import artifacts
-from ..objectives import TaskObjective
-from .common import (
+from ted import artifacts
+from ted.method.objectives import TaskObjective
+from ted.stages.common import (
     StageResult,
     args_dict,
     run_trainer,

@@ -10,14 +10,12 @@ from pathlib import Path
 import torch
 from transformers import default_data_collator
 
-from .. import artifacts
-from ..feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, first_token_features
-from ..filters import new_filters, select_layers
-from ..heads import new_heads
-from ..models import has_trained_head, num_layers
-from ..objectives import CachedFilterLearner, FilterLearner, FilterObjective
-from ..tasks.base import TaskData
-from .common import (
+from ted import artifacts
+from ted.method.feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, first_token_features
+from ted.method.filters import new_filters, select_layers
+from ted.method.heads import new_heads
+from ted.method.objectives import CachedFilterLearner, FilterLearner, FilterObjective
+from ted.stages.common import (
     StageResult,
     args_dict,
     per_filter_metrics,
@@ -26,6 +24,8 @@ from .common import (
     start_model_stage,
     sub_state,
 )
+from ted.stages.models import has_trained_head, num_layers
+from ted.tasks.base import TaskData
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
     )
     if use_cache:
         # Eval-mode backbone + heads reading token 0: compute token 0 of each selected layer once and train
-        # the filters and heads on it (see ted.feature_cache); same logits as the uncached eval-mode learner.
+        # the filters and heads on it (see ted.method.feature_cache); same logits as the uncached eval-mode learner.
         logger.info("Stage I with cached features: one backbone pass over %d train rows", len(data.train))
         data = cached_data(model, data, layers, tokenizer, training_args)
         learner = CachedFilterLearner(filters, heads)

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from .. import arguments
+from ted.settings import parse as arguments
 
 # command -> (module, function). Imported on first use, so `import ted` and `ted --help` stay light.
 RUNNERS = {
@@ -14,7 +14,7 @@ RUNNERS = {
     "learn-filters": ("ted.stages.learn_filters", "run_learn_filters"),
     "distill": ("ted.stages.distill", "run_distill"),
     "evaluate": ("ted.stages.evaluate", "run_evaluate"),
-    "doctor": ("ted.doctor_checks", "run_doctor"),
+    "doctor": ("ted.stages.doctor", "run_doctor"),
 }
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
-from ..errors import TedInputError
-from .base import Task, TaskData
-from .custom import custom_task, load_custom, with_model_labels
-from .glue import GLUE_TASKS, canonical_glue_name, glue_task, load_glue
-from .squad import load_squad, squad_task
+from ted.errors import TedInputError
+from ted.tasks.base import Task, TaskData
+from ted.tasks.custom import custom_task, load_custom, with_model_labels
+from ted.tasks.glue import GLUE_TASKS, canonical_glue_name, glue_task, load_glue
+from ted.tasks.squad import load_squad, squad_task
 
 Loader = Callable[[Any, Any], tuple]  # (data_args, tokenizer) -> (Task, TaskData)
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..kinds import HeadKind, get_kind
+from ted.method.kinds import HeadKind, get_kind
 
 DEFAULT_MAX_SEQ_LENGTH = 128  # sentence(-pair) tasks; SQuAD has its own (tasks/squad.py)
 
@@ -46,7 +46,7 @@ class Task:
 
     @property
     def kind(self) -> HeadKind:
-        """The head kind object (ted.kinds) that owns everything that differs between heads."""
+        """The head kind object (ted.method.kinds) that owns everything that differs between heads."""
         return get_kind(self.head)
 
     @property

@@ -16,11 +16,11 @@ from typing import NamedTuple, Optional
 import datasets
 from datasets import Dataset, DatasetDict
 
-from ..errors import TedInputError
-from ..metrics import classification_metric_fn, regression_metric_fn
-from .base import DEFAULT_MAX_SEQ_LENGTH, Task, TaskData
-from .files import RowLines, root_cause, scan_file
-from .text_classification import keep_first, tokenize_pairs
+from ted.errors import TedInputError
+from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task, TaskData
+from ted.tasks.files import RowLines, root_cause, scan_file
+from ted.tasks.metrics import classification_metric_fn, regression_metric_fn
+from ted.tasks.text_classification import keep_first, tokenize_pairs
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Optional
 
-from ..errors import TedInputError
+from ted.errors import TedInputError
 
 _UTF8_HINT = "save it as UTF-8 (e.g. 'Save as CSV UTF-8' in a spreadsheet, or iconv -t UTF-8)"
 

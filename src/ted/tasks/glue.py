@@ -15,11 +15,11 @@ from typing import Optional, Union
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from ..errors import TedInputError
-from ..metrics import glue_metric_fn
-from .base import DEFAULT_MAX_SEQ_LENGTH, Task, TaskData
-from .files import check_utf8
-from .text_classification import keep_first, tokenize_pairs
+from ted.errors import TedInputError
+from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task, TaskData
+from ted.tasks.files import check_utf8
+from ted.tasks.metrics import glue_metric_fn
+from ted.tasks.text_classification import keep_first, tokenize_pairs
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..errors import TedInputError
-from ..kinds import SpanKind
-from ..squad.windows import prepare_eval_features, prepare_train_features, squad_examples_from_json
-from .base import Task, TaskData
+from ted.errors import TedInputError
+from ted.method.kinds import SpanKind
+from ted.squad.windows import prepare_eval_features, prepare_train_features, squad_examples_from_json
+from ted.tasks.base import Task, TaskData
 
 HUB_IDS = {"squad_v2": "rajpurkar/squad_v2", "squad": "rajpurkar/squad"}
 DEFAULT_MAX_SEQ_LENGTH = 384

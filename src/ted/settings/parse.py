@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import TedInputError
-from .methods import import_plugins, resolve_method
+from ted.errors import TedInputError
+from ted.method.recipes import import_plugins, resolve_method
 
 STAGE_COMMANDS = ("finetune", "learn-filters", "distill", "evaluate", "doctor")
 TRAINING_COMMANDS = ("finetune", "learn-filters", "distill")
@@ -80,7 +80,7 @@ def unknown_error(extras: list[str], known: set[str], hint: str) -> TedInputErro
 
 
 def command_groups(command: str) -> tuple:
-    from .config import COMMAND_ARGS
+    from ted.settings.training_args import COMMAND_ARGS
 
     if command not in COMMAND_ARGS:
         raise TedInputError(f"unknown stage command {command!r}; choose one of {', '.join(COMMAND_ARGS)}.")
@@ -116,7 +116,7 @@ def _lift_ted_training_options(parser) -> None:
     """Move the training options ted sets itself (options.TedTrainingOptions) out of the ~100
     generic Trainer options into a group of their own, placed before them. Help layout only: parsing reads
     `parser._actions`, which is untouched."""
-    from .options import TedTrainingOptions
+    from ted.settings.options import TedTrainingOptions
 
     trainer = next((g for g in parser._action_groups if g.title == TRAINER_GROUP), None)
     if trainer is None:
@@ -242,7 +242,7 @@ def precheck(command: str, tokens: list[str], fixed: Optional[dict] = None) -> N
         return  # help comes from the full parser; an unknown command is refused by command_groups
     from transformers import HfArgumentParser  # without torch
 
-    from .options import COMMAND_OPTIONS
+    from ted.settings.options import COMMAND_OPTIONS
 
     class LightParser(_RaisingParser, HfArgumentParser):
         pass
@@ -253,7 +253,7 @@ def precheck(command: str, tokens: list[str], fixed: Optional[dict] = None) -> N
 
 
 def parse_tokens(command: str, parser, tokens: list[str], fixed: Optional[dict] = None) -> tuple:
-    from .config import given_flags, with_paper_defaults
+    from ted.settings.training_args import given_flags, with_paper_defaults
 
     namespace, extras = parser.parse_known_args(tokens)
     if extras:

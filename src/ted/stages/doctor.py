@@ -26,8 +26,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import artifacts
-from .errors import TedInputError
+from ted import artifacts
+from ted.errors import TedInputError
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def first_rows(dataset, n: int):
 
 
 def batches(dataset, collator, batch_size: int):
-    from .stages.common import model_columns
+    from ted.stages.common import model_columns
 
     dataset = model_columns(dataset)
     for start in range(0, len(dataset), batch_size):
@@ -240,9 +240,9 @@ def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
     teacher_model, student, teacher, module, weights, pairs, method, teacher_path, student_path, training_args."""
     import dataclasses
 
-    from .models import has_trained_head
-    from .objectives import DistillObjective
-    from .stages.common import make_collator
+    from ted.method.objectives import DistillObjective
+    from ted.stages.common import make_collator
+    from ted.stages.models import has_trained_head
 
     task, data, args = ctx["task"], ctx["data"], ctx["training_args"]
     device = args.device
@@ -338,7 +338,7 @@ def report_text(findings: Findings) -> str:
 
 def run_doctor(model_args, data_args, filter_args, distill_args, doctor_args, training_args) -> Findings:
     """`ted doctor` with `ted distill`'s options: load what distill loads, check, print, write --json."""
-    from .stages.distill import check_deepspeed_stage
+    from ted.stages.distill import check_deepspeed_stage
 
     check_deepspeed_stage(training_args.deepspeed)
     if doctor_args.json and Path(doctor_args.json).is_dir():
@@ -365,8 +365,11 @@ def build_context(model_args, data_args, filter_args, distill_args, training_arg
     """What `ted distill` loads before training (stages/distill.py), without an output folder."""
     from transformers import set_seed
 
-    from .filters import match_layers, new_filters, select_layers
-    from .models import (
+    from ted.method.filters import match_layers, new_filters, select_layers
+    from ted.method.objectives import DistillStudent, Teacher
+    from ted.stages.common import dropout_overrides, load_training_task
+    from ted.stages.distill import check_projector_width, load_filters, resolve_method
+    from ted.stages.models import (
         check_same_vocabulary,
         check_sequence_length,
         has_trained_head,
@@ -374,9 +377,6 @@ def build_context(model_args, data_args, filter_args, distill_args, training_arg
         load_tokenizer,
         num_layers,
     )
-    from .objectives import DistillStudent, Teacher
-    from .stages.common import dropout_overrides, load_training_task
-    from .stages.distill import check_projector_width, load_filters, resolve_method
 
     method = resolve_method(distill_args.method, filter_args.filter_disabled, distill_args.mse_alpha)
     student_path, teacher_path = model_args.model_name_or_path, distill_args.teacher_model_name_or_path
@@ -428,7 +428,7 @@ def build_context(model_args, data_args, filter_args, distill_args, training_arg
 
 def distill_weights(distill_args):
     """DistillWeights from the distill options (also used by `ted distill`)."""
-    from .objectives import DistillWeights
+    from ted.method.objectives import DistillWeights
 
     return DistillWeights(
         distill_args.kl_alpha,
@@ -455,10 +455,10 @@ two Stage I folders), then the doctor, then the rest."""
 
 
 def run_pipeline_doctor(argv: list[str]) -> Findings:
-    from .arguments import TedArgumentParser, parse_mapping
-    from .pipeline_config import parse_overrides
-    from .pipeline_runner import _stage_call_kwargs, plan_seed, task_configs
-    from .stages.registry import run_command
+    from ted.pipelines.config import parse_overrides
+    from ted.pipelines.runner import _stage_call_kwargs, plan_seed, task_configs
+    from ted.settings.parse import TedArgumentParser, parse_mapping
+    from ted.stages.registry import run_command
 
     parser = TedArgumentParser(prog="ted doctor", usage=PIPELINE_HELP)
     parser.add_argument("--pipeline_config", required=True)

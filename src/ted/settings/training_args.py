@@ -1,6 +1,6 @@
 """Typed arguments of every stage.
 
-Parsed with `transformers.HfArgumentParser` (see `ted.arguments`), so each field is a CLI flag, and a
+Parsed with `transformers.HfArgumentParser` (see `ted.settings.parse`), so each field is a CLI flag, and a
 YAML or JSON file given with `--config` supplies defaults that explicit flags override. ted's own
 options live in `options.py`, which does not import transformers; this module adds the Trainer's.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
-from .options import (  # noqa: F401  (re-exported: the stages import their argument groups from here)
+from ted.settings.options import (  # noqa: F401  (re-exported: the stages import their argument groups from here)
     COMMAND_OPTIONS,
     DataArguments,
     DistillArguments,

@@ -13,11 +13,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .divergences import DIVERGENCES, LAYER_LOSSES
-from .filters import TaskAwareFilters
-from .heads import StageOneHeads
-from .kinds import get_kind
-from .teacher_cache import strip_batch_keys
+from ted.method.divergences import DIVERGENCES, LAYER_LOSSES
+from ted.method.filters import TaskAwareFilters
+from ted.method.heads import StageOneHeads
+from ted.method.kinds import get_kind
+from ted.method.teacher_cache import strip_batch_keys
 
 
 def split_labels(head: str, inputs: dict) -> tuple[dict, object]:
@@ -94,7 +94,7 @@ class CachedFilterLearner(nn.Module):
 
     With the frozen backbone in eval mode the classification / regression heads only read token 0 of each
     filter's output, and a filter is position-wise, so `features` [B, K, hidden] (token 0 of the K selected
-    layers' hidden states, computed once, see `ted.feature_cache`) give exactly the logits of a `FilterLearner`
+    layers' hidden states, computed once, see `ted.method.feature_cache`) give exactly the logits of a `FilterLearner`
     in "eval" mode, without running the backbone every epoch.
     """
 
@@ -150,7 +150,7 @@ class DistillStudent(nn.Module):
 
     def forward(self, with_states: bool = False, token_index: Optional[torch.Tensor] = None, **inputs):
         """`token_index` (flat indices of the real tokens): filter only those, see `DistillObjective`."""
-        inputs = strip_batch_keys(inputs)  # the cached teacher signal rides in the batch (ted.teacher_cache)
+        inputs = strip_batch_keys(inputs)  # the cached teacher signal rides in the batch (ted.method.teacher_cache)
         outputs = self.model(**inputs, output_hidden_states=with_states)
         states = None
         if with_states and self.filters is not None:
@@ -217,8 +217,8 @@ class DistillWeights:
     kl_ratio: float = 1.0
     mse_ratio: float = 1.0
     every_step: bool = False
-    kd_loss: str = "forward_kl"  # --kd_loss: a spec of ted.divergences.DIVERGENCES
-    layer_loss: str = "mse"  # --layer_loss: a spec of ted.divergences.LAYER_LOSSES
+    kd_loss: str = "forward_kl"  # --kd_loss: a spec of ted.method.divergences.DIVERGENCES
+    layer_loss: str = "mse"  # --layer_loss: a spec of ted.method.divergences.LAYER_LOSSES
 
     def alpha(self, name: str) -> float:
         return self.kl_alpha if name == "kl" else self.mse_alpha

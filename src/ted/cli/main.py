@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Optional
 
-from .arguments import STAGE_COMMANDS, TedArgumentParser, suggestion
-from .artifacts import is_main_launch_process
-from .errors import TedInputError
+from ted.artifacts import is_main_launch_process
+from ted.errors import TedInputError
+from ted.settings.parse import STAGE_COMMANDS, TedArgumentParser, suggestion
 
 # Stage modules (and torch / transformers) are imported only when a command runs, so that `ted`,
 # `ted --help`, `ted --version` and `ted score-squad` start instantly.
@@ -36,10 +36,10 @@ USAGE = (
 
 
 def run_stage(command: str, argv: list[str]):
-    from .arguments import parse_cli
+    from ted.settings.parse import parse_cli
 
     groups = parse_cli(command, argv, description=COMMANDS[command])
-    from .stages.registry import run_command  # after parsing: a bad value is refused before torch loads
+    from ted.stages.registry import run_command  # after parsing: a bad value is refused before torch loads
 
     return run_command(command, groups)
 
@@ -51,7 +51,7 @@ def run_export_cli(argv: list[str]):
     parser.add_argument("--overwrite_output_dir", action="store_true")
     parser.add_argument("--no_speed", action="store_true", help="do not time student vs teacher for the model card")
     args = parser.parse_args(argv)
-    from .stages.export import run_export
+    from ted.stages.export import run_export
 
     return run_export(args.stage_dir, args.output_dir, args.overwrite_output_dir, not args.no_speed)
 
@@ -62,7 +62,7 @@ def run_demo_cli(argv: list[str]):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--overwrite_output_dir", action="store_true")
     args = parser.parse_args(argv)
-    from .demo_runner import run_demo
+    from ted.cli.demo import run_demo
 
     out = run_demo(args.output_dir, seed=args.seed, overwrite=args.overwrite_output_dir)
     print(
@@ -73,25 +73,25 @@ def run_demo_cli(argv: list[str]):
 
 
 def run_score_squad(argv: list[str]):
-    from .squad.metric import main
+    from ted.squad.metric import main
 
     return main(argv)
 
 
 def run_pipeline_cli(argv: list[str]):
-    from .pipeline_runner import run_pipeline_cli as run
+    from ted.pipelines.runner import run_pipeline_cli as run
 
     return run(argv)
 
 
 def run_report_cli(argv: list[str]):
-    from .reporting import run_report_cli as run
+    from ted.reporting.report import run_report_cli as run
 
     return run(argv)
 
 
 def run_import_original_cli(argv: list[str]):
-    from .original_checkpoint import run_import_original_cli as run
+    from ted.stages.import_original import run_import_original_cli as run
 
     return run(argv)
 
@@ -101,7 +101,7 @@ EXTRA_COMMANDS = {"pipeline": run_pipeline_cli, "report": run_report_cli, "impor
 
 
 def version() -> str:
-    from . import __version__
+    from ted import __version__
 
     return f"ted {__version__}"
 
@@ -134,7 +134,7 @@ def run_main(argv: Optional[list[str]] = None) -> int:
     logging.getLogger("transformers").setLevel(logging.WARNING)
     try:
         if command == "doctor" and any(t.split("=", 1)[0] == "--pipeline_config" for t in rest):
-            from .doctor_checks import run_pipeline_doctor
+            from ted.stages.doctor import run_pipeline_doctor
 
             run_pipeline_doctor(rest)
             return 0

@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import artifacts, teacher_cache
-from .arguments import parse_mapping
-from .config import COMMAND_ARGS
-from .errors import TedInputError
-from .methods import PIPELINE_METHODS as METHODS
-from .pipeline_config import (
+from ted import artifacts
+from ted.errors import TedInputError
+from ted.method import teacher_cache
+from ted.method.recipes import PIPELINE_METHODS as METHODS
+from ted.pipelines.config import (
     BASELINE_INITS,
     PIPELINE_KEYS,
     SECTIONS,
@@ -40,7 +39,9 @@ from .pipeline_config import (
     load_file,
     parse_overrides,
 )
-from .stages.registry import run_options
+from ted.settings.parse import parse_mapping
+from ted.settings.training_args import COMMAND_ARGS
+from ted.stages.registry import run_options
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def run_stage(spec: StageSpec, fp: str, task: str, seed: int) -> StageRun:
     kwargs["overwrite_output_dir"] = True
     logger.info("%s: ted %s -> %s", label, spec.command, spec.folder)
     # `--teacher_cache auto` of every Stage II run of a task shares one folder: KD and TED seeds read the same
-    # entries wherever the teacher signal is the same (entries are keyed by content, see ted.teacher_cache).
+    # entries wherever the teacher signal is the same (entries are keyed by content, see ted.method.teacher_cache).
     shared = teacher_cache.shared_root(spec.folder.parent.parent / TEACHER_CACHE_FOLDER)
     with artifacts.stage_extras(fingerprint=fp, pipeline={"task": task, "seed": seed, "role": spec.role}), shared:
         RUNNERS[spec.command](**kwargs)

@@ -1,5 +1,5 @@
 """The options ted defines itself, as plain dataclasses that import neither torch nor transformers, so that
-`ted.arguments` can check their values before the seconds-long import of `transformers.TrainingArguments`.
+`ted.settings.parse` can check their values before the seconds-long import of `transformers.TrainingArguments`.
 
 `config.py` adds the Trainer's options (`TedTrainingArguments`) and re-exports these classes.
 """
@@ -147,7 +147,7 @@ class DistillArguments:
             "or layer losses (docs/extending.md), e.g. --plugins my_project.ted_losses."
         },
     )
-    # Teacher-signal cache (ted.teacher_cache, docs/teacher-cache.md): the teacher runs once, not every epoch.
+    # Teacher-signal cache (ted.method.teacher_cache, docs/teacher-cache.md): the teacher runs once, not every epoch.
     teacher_cache: str = field(
         default="auto",
         metadata={

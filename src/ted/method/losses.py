@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 # The paper's two distillation terms, under the names they had here; one implementation, in the registry.
-from .divergences import forward_kl as kl_divergence
-from .divergences import mse as layer_mse  # noqa: F401  (re-exported: ted.losses.layer_mse)
+from ted.method.divergences import forward_kl as kl_divergence
+from ted.method.divergences import mse as layer_mse  # noqa: F401  (re-exported: ted.method.losses.layer_mse)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .errors import TedInputError
+from ted.errors import TedInputError
 
 FILTERS_WEIGHTS = "filters.safetensors"
 FILTERS_CONFIG = "filters.json"

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from . import artifacts
-from .errors import TedInputError
-from .kinds import get_kind
+from ted import artifacts
+from ted.errors import TedInputError
+from ted.method.kinds import get_kind
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +420,7 @@ def _finish_folder(tmp: Path, final: Path, c: Component, rows: int) -> None:
 
 def _fill(arrays, components, teacher, dataset, tokenizer, device, batch_size, offsets, rank, world) -> None:
     """One inference-mode pass, batches sorted by length; process `rank` computes every `world`-th batch."""
-    from .objectives import stack_predictions
+    from ted.method.objectives import stack_predictions
 
     columns = [k for k in _INPUT_COLUMNS if k in dataset.column_names]
     sizes = [len(ids) for ids in dataset["input_ids"]]

@@ -3,7 +3,7 @@
 Standard Hugging Face metadata header (library, base models, tags, datasets, metrics, pipeline
 tag), then: the models involved, task, method and hyperparameters, dev results (mean ± std over
 seeds when the stage is part of a multi-seed `ted pipeline` run), size and measured speed against
-the teacher (`ted.speed`, the same helper `ted report` uses).
+the teacher (`ted.reporting.speed`, the same helper `ted report` uses).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from . import artifacts
-from .kinds import get_kind
-from .reporting import count_parameters, mean_std
+from ted import artifacts
+from ted.method.kinds import get_kind
+from ted.reporting.report import count_parameters, mean_std
 
 HYPERPARAMETERS = (
     "method",
@@ -63,7 +63,7 @@ def root_model(path: Optional[str]) -> Optional[str]:
 
 
 def dataset_id(stage: dict) -> Optional[str]:
-    from .tasks.glue import canonical_glue_name
+    from ted.tasks.glue import canonical_glue_name
 
     name, args = stage.get("task", {}).get("name"), stage.get("args", {})
     if canonical_glue_name(name):
@@ -234,7 +234,7 @@ def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Opt
 
 def measure_speed(stage_dir: Path, stage: Optional[dict]) -> Optional[list[dict]]:
     """Student vs teacher timings for the card; None when the teacher cannot be loaded locally."""
-    from .speed import compare
+    from ted.reporting.speed import compare
 
     teacher = (stage or {}).get("lineage", {}).get("teacher")
     teacher = teacher if teacher and (Path(teacher) / "config.json").is_file() else None

@@ -49,11 +49,11 @@ def layer_cka(
     for each named student folder (e.g. before / after Stage II). None when the data cannot be loaded."""
     from transformers import AutoModel
 
-    from .errors import TedInputError
-    from .models import load_tokenizer
-    from .options import DataArguments
-    from .stages.common import make_collator, model_columns
-    from .tasks import load_task
+    from ted.errors import TedInputError
+    from ted.settings.options import DataArguments
+    from ted.stages.common import make_collator, model_columns
+    from ted.stages.models import load_tokenizer
+    from ted.tasks import load_task
 
     names = {f for f in DataArguments.__dataclass_fields__ if not f.startswith("_")}
     data_args = DataArguments(**{k: v for k, v in args.items() if k in names})

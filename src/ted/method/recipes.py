@@ -1,8 +1,8 @@
 """Stage II methods: each a named recipe of loss terms, in a registry (light: no torch import).
 
 A method is the task loss, plus `kl_alpha` x an output divergence (`--kd_loss`, a name in
-`ted.divergences.DIVERGENCES`), plus `mse_alpha` x the mean over matched layers of a layer loss
-(`--layer_loss`, a name in `ted.divergences.LAYER_LOSSES`) between what it matches:
+`ted.method.divergences.DIVERGENCES`), plus `mse_alpha` x the mean over matched layers of a layer loss
+(`--layer_loss`, a name in `ted.method.divergences.LAYER_LOSSES`) between what it matches:
 
 - `ted`: the teacher's Stage I filters against the student's (the paper's method);
 - `lwd`: the teacher's raw hidden states against a fresh student-side projector (layer-wise distillation);
@@ -18,8 +18,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import TedInputError
-from .registry import Registry
+from ted.errors import TedInputError
+from ted.registry import Registry
 
 # What a method's layer term compares.
 FILTERS = "filters"  # Stage I filters of teacher and student (TED)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from . import artifacts
-from .errors import TedInputError
-from .kinds import HeadKind, get_kind
+from ted import artifacts
+from ted.errors import TedInputError
+from ted.method.kinds import HeadKind, get_kind
 
 
 def count_parameters(folder: str | Path) -> int:
@@ -240,8 +240,8 @@ PREDICTIONS_FILE = "eval_predictions.npz"  # stages.common.EVAL_PREDICTIONS (not
 
 def metric_function(info: dict):
     """The selection metric of a stage's task as `fn(decoded predictions, labels) -> float`."""
-    from .metrics import classification_metric_fn, glue_metric_fn, regression_metric_fn
-    from .stats import fast_metric
+    from ted.reporting.stats import fast_metric
+    from ted.tasks.metrics import classification_metric_fn, glue_metric_fn, regression_metric_fn
 
     task = info.get("task", {})
     fast = fast_metric(task.get("selection_metric", "accuracy"))
@@ -260,7 +260,7 @@ def decoded_predictions(folder: Path, kind: HeadKind):
     """(decoded predictions, labels) from a stage's eval_predictions.npz, or None."""
     import numpy as np
 
-    from .metrics import class_predictions, regression_predictions
+    from ted.tasks.metrics import class_predictions, regression_predictions
 
     path = folder / PREDICTIONS_FILE
     if not path.is_file():
@@ -281,7 +281,7 @@ def _p(p) -> str:
 
 def bootstrap_cell(runs: TaskRuns, first: str, second: str, seeds: list[int], scale: float) -> str:
     """Per seed: the dev-example bootstrap interval of the difference and the paired permutation p."""
-    from .stats import paired_bootstrap, significant
+    from ted.reporting.stats import paired_bootstrap, significant
 
     info = runs.info()
     kind = task_kind(info)
@@ -301,7 +301,7 @@ def bootstrap_cell(runs: TaskRuns, first: str, second: str, seeds: list[int], sc
 def significance_table(runs: TaskRuns) -> Optional[tuple[list[str], list[list[str]]]]:
     """Per method pair: mean difference over seeds with a 95% t interval and paired t-test, and per seed a paired
     bootstrap over dev examples; 'not significant' where p >= 0.05."""
-    from .stats import seed_difference, significant
+    from ted.reporting.stats import seed_difference, significant
 
     keys, scale = metric_keys(runs), metric_scale(runs)
     key = f"eval_{keys[0]}"
@@ -465,7 +465,7 @@ def plot_layer_cka(runs: TaskRuns, path: Path) -> Optional[Path]:
     students.update({f"after {m.upper()}": runs.stages.get(m, {}).get(seed) for m in ("ted", "kd", "lwd")})
     students = {k: str(v) for k, v in students.items() if v is not None}
     try:
-        from .similarity import layer_cka
+        from ted.reporting.similarity import layer_cka
 
         found = layer_cka(str(runs.stages["teacher_stage1"][seed]), students, pairs, info.get("args", {}))
     except (OSError, ValueError, TedInputError) as err:  # a run folder without its models or data
@@ -532,7 +532,7 @@ def plot_dev_curves(runs: TaskRuns, metric: str, path: Path, scale: float) -> Op
 
 def speed_table(runs: TaskRuns, batch_size: int, seq_len: int, iterations: int) -> tuple[list[str], list[list[str]]]:
     """Parameters and measured latency / throughput of the teacher and the (TED) student."""
-    from .speed import compare
+    from ted.reporting.speed import compare
 
     teacher = next(iter(runs.folders("teacher")), None)
     student = next(iter(runs.folders("ted") or runs.folders("student") or runs.folders("kd")), None)

@@ -13,10 +13,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .errors import TedInputError
-from .tasks import resolve_task_name
-from .tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
-from .tasks.squad import DEFAULT_MAX_SEQ_LENGTH as SQUAD_MAX_SEQ_LENGTH
+from ted.errors import TedInputError
+from ted.tasks import resolve_task_name
+from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
+from ted.tasks.squad import DEFAULT_MAX_SEQ_LENGTH as SQUAD_MAX_SEQ_LENGTH
 
 logger = logging.getLogger(__name__)
 

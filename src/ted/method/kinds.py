@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .registry import Registry
+from ted.registry import Registry
 
 KINDS: Registry = Registry("head kind")
 
@@ -69,7 +69,7 @@ class HeadKind:
         return inputs.get("labels")
 
     def task_loss(self, predictions, labels, label_smoothing: float = 0.0):
-        from . import losses
+        from ted.method import losses
 
         return losses.classification_loss(predictions, labels, label_smoothing)
 
@@ -77,7 +77,7 @@ class HeadKind:
         self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool, divergence=None
     ):
         """The KD term between the student's and the teacher's predictions: `divergence` (--kd_loss, a
-        ted.divergences function; default the paper's T^2-scaled forward KL) of the class distributions."""
+        ted.method.divergences function; default the paper's T^2-scaled forward KL) of the class distributions."""
         return (divergence or _forward_kl())(student, teacher, temperature)
 
 
@@ -98,7 +98,7 @@ class RegressionKind(HeadKind):
 
     def task_loss(self, predictions, labels, label_smoothing: float = 0.0):
         # No classes to smooth over: stages refuse --label_smoothing_factor for regression up front.
-        from . import losses
+        from ted.method import losses
 
         return losses.regression_loss(predictions, labels)
 
@@ -107,7 +107,7 @@ class RegressionKind(HeadKind):
     ):
         """MSE between predictions; --paper_compat: the original code's KL as a softmax across the batch.
         (A score has no class distribution, so --kd_loss does not apply: distill refuses it up front.)"""
-        from . import losses
+        from ted.method import losses
 
         if paper_compat:
             return losses.regression_kl_paper(student, teacher, temperature)
@@ -151,7 +151,7 @@ class SpanKind(HeadKind):
         return torch.stack([inputs["start_positions"], inputs["end_positions"]], dim=-1)
 
     def task_loss(self, predictions, labels, label_smoothing: float = 0.0):
-        from . import losses
+        from ted.method import losses
 
         return losses.span_loss(predictions[0], predictions[1], labels[0], labels[1], label_smoothing)
 
@@ -169,7 +169,7 @@ class SpanKind(HeadKind):
 
 
 def _forward_kl():
-    from .divergences import DIVERGENCES
+    from ted.method.divergences import DIVERGENCES
 
     return DIVERGENCES.get("forward_kl")
 

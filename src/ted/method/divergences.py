@@ -3,7 +3,7 @@
 Every divergence is `f(student_logits, teacher_logits, temperature, mask=None, **params) -> scalar` over the
 last dim. Both distributions are softened by the temperature; the pointwise terms are summed over the kept
 positions, divided by the batch size (`student_logits.size(0)`) and multiplied by T^2, exactly as
-`ted.losses.kl_divergence` (that name is this function). The math is float32; the teacher is a constant
+`ted.method.losses.kl_divergence` (that name is this function). The math is float32; the teacher is a constant
 (detached). `mask` (1 = keep) is either the logits' shape (entries leave both softmaxes, as for SQuAD spans)
 or their shape without the last dim (whole positions leave, as for tokens [B, T, V] with a [B, T] mask).
 
@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .errors import TedInputError
-from .registry import Registry
+from ted.errors import TedInputError
+from ted.registry import Registry
 
 Divergence = Callable[..., torch.Tensor]
 LayerLoss = Callable[..., torch.Tensor]

@@ -20,9 +20,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
 
-from . import artifacts
-from .errors import TedInputError
-from .kinds import get_kind, kind_of_model
+from ted import artifacts
+from ted.errors import TedInputError
+from ted.method.kinds import get_kind, kind_of_model
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def build_model(config: dict, weights: dict, kind: str, where: Path):
 
 
 def filter_config(config: dict, filters: dict, num_layers: int, role: str = "filter"):
-    from .filters import FilterConfig, select_layers
+    from ted.method.filters import FilterConfig, select_layers
 
     layers = sorted({int(k.split(".")[1]) for k in filters})
     nonlinear = any(re.fullmatch(r"filters\.\d+\.0\.weight", k) for k in filters)
@@ -140,7 +140,7 @@ def filter_config(config: dict, filters: dict, num_layers: int, role: str = "fil
 
 
 def heads_config(config: dict, heads: dict, kind: str, output_dim: int):
-    from .heads import HeadsConfig
+    from ted.method.heads import HeadsConfig
 
     count = len({k.split(".")[1] for k in heads if k.startswith("filter_head.")})
     dropout = next(
@@ -164,7 +164,7 @@ def heads_config(config: dict, heads: dict, kind: str, output_dim: int):
 def describe_task(task_name: Optional[str], kind: str, config: dict):
     """The task block of ted_stage.json: a known task by name, else what the checkpoint tells."""
     if task_name:
-        from .tasks import task_from_name
+        from ted.tasks import task_from_name
 
         try:
             return task_from_name(task_name)
@@ -191,8 +191,8 @@ def import_original(
     path: str, output_dir: str, task_name: Optional[str] = None, method: Optional[str] = None, overwrite: bool = False
 ) -> Path:
     """Convert the checkpoint folder `path`; returns the stage folder written at `output_dir`."""
-    from .filters import TaskAwareFilters
-    from .heads import StageOneHeads
+    from ted.method.filters import TaskAwareFilters
+    from ted.method.heads import StageOneHeads
 
     src = Path(path)
     if not src.is_dir():

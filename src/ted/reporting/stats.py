@@ -99,7 +99,7 @@ def significant(p: Optional[float]) -> bool:
 
 
 # ------------------------------------------------------------------------- metrics for resampling
-# The same numbers as ted.metrics (scikit-learn / scipy), in plain numpy: a bootstrap calls the metric thousands
+# The same numbers as ted.tasks.metrics (scikit-learn / scipy), in plain numpy: a bootstrap calls the metric thousands
 # of times, and scikit-learn's input validation costs ~1 ms a call. tests/test_stats.py checks they agree.
 
 
@@ -144,7 +144,7 @@ FAST_METRICS = {
 
 
 def fast_metric(name: str) -> Optional[Callable[[np.ndarray, np.ndarray], float]]:
-    """A numpy version of the ted.metrics score `name` on decoded predictions, or None."""
+    """A numpy version of the ted.tasks.metrics score `name` on decoded predictions, or None."""
     fn = FAST_METRICS.get(name)
     if fn is None:
         return None

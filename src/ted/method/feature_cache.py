@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
-from .heads import POOLED_POSITION
+from ted.method.heads import POOLED_POSITION
 
 logger = logging.getLogger(__name__)
 

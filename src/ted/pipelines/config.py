@@ -34,7 +34,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import TedInputError
+from ted.errors import TedInputError
 
 STAGE_SECTIONS = ("teacher_finetune", "student_finetune", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
 SECTIONS = ("common",) + STAGE_SECTIONS

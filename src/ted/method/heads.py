@@ -17,18 +17,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .kinds import get_kind
+from ted.method.kinds import get_kind
 
 HEADS_WEIGHTS = "stage1_heads.safetensors"
 HEADS_CONFIG = "stage1_heads.json"
 # The token a sequence-level head reads (token 0: [CLS] / <s> of encoders). The Stage I feature cache
-# (ted.feature_cache) stores exactly this position, so change both through this constant.
+# (ted.method.feature_cache) stores exactly this position, so change both through this constant.
 POOLED_POSITION = 0
 
 
 @dataclass
 class HeadsConfig:
-    kind: str  # the task's head kind (ted.kinds): "classification", "regression" or "span"
+    kind: str  # the task's head kind (ted.method.kinds): "classification", "regression" or "span"
     num_heads: int
     input_dim: int
     num_labels: int

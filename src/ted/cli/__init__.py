@@ -1,0 +1,1 @@
+"""The `ted` command line: argument dispatch (`main`), the offline demo and its built-in assets."""
