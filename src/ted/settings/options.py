@@ -1,35 +1,39 @@
 """The options ted defines itself, as plain dataclasses that import neither torch nor transformers, so that
 `ted.settings.parse` can check their values before the seconds-long import of `transformers.TrainingArguments`.
 
-`config.py` adds the Trainer's options (`TedTrainingArguments`) and re-exports these classes.
+`ted.settings.training_args` adds the Trainer's options (`TedTrainingArguments`) and re-exports these classes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
+
+
+def option(default: Any = None, *, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with its `--help` text (HfArgumentParser shows `metadata["help"]`); every option has one."""
+    if "default_factory" not in kwargs:
+        kwargs["default"] = default
+    return field(metadata={"help": help}, **kwargs)
 
 
 @dataclass
 class ModelArguments:
     _argument_group_name = "model options"  # a help section (HfArgumentParser)
 
-    model_name_or_path: Optional[str] = field(
-        default=None,
-        metadata={"help": "Model to train or score: a hub id, a Hugging Face folder or a ted stage folder."},
+    model_name_or_path: Optional[str] = option(
+        None, help="Model to train or score: a hub id, a Hugging Face folder or a ted stage folder."
     )
-    tokenizer_name: Optional[str] = field(
-        default=None, metadata={"help": "Tokenizer to use (default: the one saved with --model_name_or_path)."}
+    tokenizer_name: Optional[str] = option(
+        None, help="Tokenizer to use (default: the one saved with --model_name_or_path)."
     )
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where hub downloads are cached."})
-    hidden_dropout_prob: Optional[float] = field(
-        default=None, metadata={"help": "Override the model's hidden dropout (the paper sets 0 for RTE)."}
+    cache_dir: Optional[str] = option(None, help="Where hub downloads are cached.")
+    hidden_dropout_prob: Optional[float] = option(
+        None, help="Override the model's hidden dropout (the paper sets 0 for RTE)."
     )
-    attention_probs_dropout_prob: Optional[float] = field(
-        default=None, metadata={"help": "Override the model's attention dropout."}
-    )
-    classifier_dropout: Optional[float] = field(
-        default=None, metadata={"help": "Override the dropout before the task head (DeBERTa: cls_dropout)."}
+    attention_probs_dropout_prob: Optional[float] = option(None, help="Override the model's attention dropout.")
+    classifier_dropout: Optional[float] = option(
+        None, help="Override the dropout before the task head (DeBERTa: cls_dropout)."
     )
 
 
@@ -37,75 +41,59 @@ class ModelArguments:
 class DataArguments:
     _argument_group_name = "data options"
 
-    task_name: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or 'custom' for "
-            "--train_file/--validation_file data. Default: custom when files are given."
-        },
+    task_name: Optional[str] = option(
+        None,
+        help="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or 'custom' for "
+        "--train_file/--validation_file data. Default: custom when files are given.",
     )
-    data_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "Folder of GLUE task folders in the original TSV format (DIR/RTE/train.tsv, ...)."},
+    data_dir: Optional[str] = option(
+        None, help="Folder of GLUE task folders in the original TSV format (DIR/RTE/train.tsv, ...)."
     )
-    dataset_name: Optional[str] = field(
-        default=None, metadata={"help": "Hub dataset id for GLUE tasks (default: nyu-mll/glue)."}
+    dataset_name: Optional[str] = option(None, help="Hub dataset id for GLUE tasks (default: nyu-mll/glue).")
+    train_file: Optional[str] = option(None, help="CSV/TSV/JSON/JSONL training file.")
+    validation_file: Optional[str] = option(None, help="CSV/TSV/JSON/JSONL dev file.")
+    text_columns: Optional[list[str]] = option(
+        None, help="One or two text columns of a custom file (default: auto-detected)."
     )
-    train_file: Optional[str] = field(default=None, metadata={"help": "CSV/TSV/JSON/JSONL training file."})
-    validation_file: Optional[str] = field(default=None, metadata={"help": "CSV/TSV/JSON/JSONL dev file."})
-    text_columns: Optional[list[str]] = field(
-        default=None, metadata={"help": "One or two text columns of a custom file (default: auto-detected)."}
+    label_column: str = option("label", help="Label column of a custom file.")
+    label_list: Optional[list[str]] = option(
+        None, help="Label names in id order for custom data (default: sorted labels of the train file)."
     )
-    label_column: str = field(default="label", metadata={"help": "Label column of a custom file."})
-    label_list: Optional[list[str]] = field(
-        default=None,
-        metadata={"help": "Label names in id order for custom data (default: sorted labels of the train file)."},
+    task_type: Optional[str] = option(
+        None, help="classification or regression for custom data (default: inferred from the labels)."
     )
-    task_type: Optional[str] = field(
-        default=None,
-        metadata={"help": "classification or regression for custom data (default: inferred from the labels)."},
+    max_seq_length: Optional[int] = option(
+        None, help="Truncate inputs to this many tokens (default: 128; SQuAD 384 as in the paper)."
     )
-    max_seq_length: Optional[int] = field(
-        default=None,
-        metadata={"help": "Truncate inputs to this many tokens (default: 128; SQuAD 384 as in the paper)."},
+    pad_to_max_length: bool = option(False, help="Pad every batch to max_seq_length (default: dynamic padding).")
+    doc_stride: int = option(128, help="SQuAD: overlap between windows of a long context.")
+    n_best_size: int = option(20, help="SQuAD: start/end candidates kept per window.")
+    max_answer_length: int = option(30, help="SQuAD: longest answer span, in tokens.")
+    null_score_diff_threshold: float = option(
+        0.0, help="SQuAD 2.0: predict no answer when null score - best span score > this."
     )
-    pad_to_max_length: bool = field(
-        default=False, metadata={"help": "Pad every batch to max_seq_length (default: dynamic padding)."}
-    )
-    doc_stride: int = field(default=128, metadata={"help": "SQuAD: overlap between windows of a long context."})
-    n_best_size: int = field(default=20, metadata={"help": "SQuAD: start/end candidates kept per window."})
-    max_answer_length: int = field(default=30, metadata={"help": "SQuAD: longest answer span, in tokens."})
-    null_score_diff_threshold: float = field(
-        default=0.0, metadata={"help": "SQuAD 2.0: predict no answer when null score - best span score > this."}
-    )
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N train examples."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep the first N dev examples."})
+    max_train_samples: Optional[int] = option(None, help="Keep the first N train examples.")
+    max_eval_samples: Optional[int] = option(None, help="Keep the first N dev examples.")
 
 
 @dataclass
 class FilterArguments:
     _argument_group_name = "filter options (Stage I and II)"
 
-    filter_interval: int = field(
-        default=1, metadata={"help": "Filter on layer i (0-based) when i+1 is a multiple of filter_interval (student)."}
+    filter_interval: int = option(
+        1, help="Filter on layer i (0-based) when i+1 is a multiple of filter_interval (student)."
     )
-    teacher_filter_interval: int = field(default=1, metadata={"help": "The same rule for the teacher in Stage II."})
-    filter_output_dim: Optional[int] = field(
-        default=None, metadata={"help": "Output width of every filter (default: the model's hidden size)."}
+    teacher_filter_interval: int = option(1, help="The same rule for the teacher in Stage II.")
+    filter_output_dim: Optional[int] = option(
+        None, help="Output width of every filter (default: the model's hidden size)."
     )
-    filter_nonlinear: bool = field(
-        default=False, metadata={"help": "Filters are Linear -> activation -> Linear instead of one Linear."}
-    )
-    filter_disabled: bool = field(
-        default=False, metadata={"help": "Stage II without filters: KD (mse_alpha 0) or LWD (mse_alpha > 0)."}
-    )
-    stage1_backbone_mode: str = field(
-        default="eval",
-        metadata={
-            "help": "Stage I frozen backbone in 'eval' mode (default: dropout off; for classification and "
-            "regression token 0 of each selected layer is computed once and cached) or 'train' mode "
-            "(the paper: dropout on, backbone run on every batch). See README 'Speed and scale'."
-        },
+    filter_nonlinear: bool = option(False, help="Filters are Linear -> activation -> Linear instead of one Linear.")
+    filter_disabled: bool = option(False, help="Stage II without filters: KD (mse_alpha 0) or LWD (mse_alpha > 0).")
+    stage1_backbone_mode: str = option(
+        "eval",
+        help="Stage I frozen backbone in 'eval' mode (default: dropout off; for classification and "
+        "regression token 0 of each selected layer is computed once and cached) or 'train' mode "
+        "(the paper: dropout on, backbone run on every batch). See README 'Speed and scale'.",
     )
 
 
@@ -113,123 +101,93 @@ class FilterArguments:
 class DistillArguments:
     _argument_group_name = "distillation options (Stage II)"
 
-    teacher_model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Teacher: a Stage I folder for TED, a fine-tuned model for KD/LWD."}
+    teacher_model_name_or_path: Optional[str] = option(
+        None, help="Teacher: a Stage I folder for TED, a fine-tuned model for KD/LWD."
     )
-    method: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "ted | kd | lwd. Shortcut for the paper's flags; when omitted the method follows from "
-            "them: mse_alpha 0 -> kd, --filter_disabled -> lwd, else ted."
-        },
+    method: Optional[str] = option(
+        None,
+        help="ted | kd | lwd. Shortcut for the paper's flags; when omitted the method follows from "
+        "them: mse_alpha 0 -> kd, --filter_disabled -> lwd, else ted.",
     )
-    kl_alpha: float = field(default=0.0, metadata={"help": "Weight of the T^2-scaled KL term."})
-    mse_alpha: float = field(default=0.0, metadata={"help": "Weight of the layer-averaged MSE term."})
-    temperature: float = field(default=2.0, metadata={"help": "KD temperature T (the paper uses 2)."})
-    kd_loss: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Divergence of the KD term, NAME[:PARAM]: forward_kl (the paper's; default), reverse_kl, jsd:BETA, "
-            "tvd, skew_kl:ALPHA, skew_rkl:ALPHA, or one you register (docs/extending.md). Classification and "
-            "SQuAD logits; regression keeps its prediction MSE (or the paper's KL with --paper_compat)."
-        },
+    kl_alpha: float = option(0.0, help="Weight of the T^2-scaled KL term.")
+    mse_alpha: float = option(0.0, help="Weight of the layer-averaged MSE term.")
+    temperature: float = option(2.0, help="KD temperature T (the paper uses 2).")
+    kd_loss: Optional[str] = option(
+        None,
+        help="Divergence of the KD term, NAME[:PARAM]: forward_kl (the paper's; default), reverse_kl, jsd:BETA, "
+        "tvd, skew_kl:ALPHA, skew_rkl:ALPHA, or one you register (docs/extending.md). Classification and "
+        "SQuAD logits; regression keeps its prediction MSE (or the paper's KL with --paper_compat).",
     )
-    layer_loss: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Loss between matched layers: mse (the paper's; default), cosine, nmse, or one you register."
-        },
+    layer_loss: Optional[str] = option(
+        None, help="Loss between matched layers: mse (the paper's; default), cosine, nmse, or one you register."
     )
-    plugins: Optional[list[str]] = field(
-        default=None,
-        metadata={
-            "help": "Python modules to import before anything else: they register your own methods, divergences "
-            "or layer losses (docs/extending.md), e.g. --plugins my_project.ted_losses."
-        },
+    plugins: Optional[list[str]] = option(
+        None,
+        help="Python modules to import before anything else: they register your own methods, divergences "
+        "or layer losses (docs/extending.md), e.g. --plugins my_project.ted_losses.",
     )
     # Teacher-signal cache (ted.method.teacher_cache, docs/teacher-cache.md): the teacher runs once, not every epoch.
-    teacher_cache: str = field(
-        default="auto",
-        metadata={
-            "help": "auto | off | DIR. Store the teacher's logits / filtered states per training example once and "
-            "train without the teacher after that. auto: when the run has more than one epoch and the cache fits "
-            "--teacher_cache_max_gb (kept beside the output folder until the stage is written; a pipeline "
-            "shares one per task); DIR: always, there, kept."
-        },
+    teacher_cache: str = option(
+        "auto",
+        help="auto | off | DIR. Store the teacher's logits / filtered states per training example once and "
+        "train without the teacher after that. auto: when the run has more than one epoch and the cache fits "
+        "--teacher_cache_max_gb (kept beside the output folder until the stage is written; a pipeline "
+        "shares one per task); DIR: always, there, kept.",
     )
-    teacher_cache_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "auto | float32 | float16 | bfloat16: how cached layer states are stored (auto: the run's "
-            "precision, so a float32 run reproduces the online teacher exactly). Logits are always float32."
-        },
+    teacher_cache_dtype: str = option(
+        "auto",
+        help="auto | float32 | float16 | bfloat16: how cached layer states are stored (auto: the run's "
+        "precision, so a float32 run reproduces the online teacher exactly). Logits are always float32.",
     )
-    teacher_cache_max_gb: Optional[float] = field(
-        default=None,
-        metadata={"help": "Budget of --teacher_cache auto in GB (default: half of the free disk where it goes)."},
+    teacher_cache_max_gb: Optional[float] = option(
+        None, help="Budget of --teacher_cache auto in GB (default: half of the free disk where it goes)."
     )
-    teacher_cache_topk: Optional[int] = field(
-        default=None,
-        metadata={
-            "help": "Reserved for causal-LM teachers (top-k next-token log-probabilities + tail mass); "
-            "not available yet."
-        },
+    teacher_cache_topk: Optional[int] = option(
+        None,
+        help="Reserved for causal-LM teachers (top-k next-token log-probabilities + tail mass); not available yet.",
     )
-    paper_compat: bool = field(
-        default=False,
-        metadata={
-            "help": "Reproduce the original code exactly: MSE (and QA KL) over padding positions too, "
-            "regression KL as a softmax across the batch."
-        },
+    paper_compat: bool = option(
+        False,
+        help="Reproduce the original code exactly: MSE (and QA KL) over padding positions too, "
+        "regression KL as a softmax across the batch.",
     )
     # Loss balancing (ted doctor, issue 14): the paper's weights were tuned for DeBERTa on full data sets; with
     # another pair or less data a weighted term can swamp the task loss. Off by default (no evidence yet).
-    balance_losses: bool = field(
-        default=False,
-        metadata={
-            "help": "Scale each distillation term that is on (alpha > 0) to a fixed ratio of the task loss, "
-            "from their magnitudes on the first training batch; kl_alpha / mse_alpha then only switch terms on."
-        },
+    balance_losses: bool = option(
+        False,
+        help="Scale each distillation term that is on (alpha > 0) to a fixed ratio of the task loss, "
+        "from their magnitudes on the first training batch; kl_alpha / mse_alpha then only switch terms on.",
     )
-    balance_kl_ratio: float = field(
-        default=1.0, metadata={"help": "--balance_losses: weighted KL term / task loss at step 0."}
-    )
-    balance_mse_ratio: float = field(
-        default=1.0, metadata={"help": "--balance_losses: weighted layer MSE term / task loss at step 0."}
-    )
-    balance_every_step: bool = field(
-        default=False,
-        metadata={"help": "--balance_losses: re-balance on every batch (as NVIDIA ModelOpt does) instead of once."},
+    balance_kl_ratio: float = option(1.0, help="--balance_losses: weighted KL term / task loss at step 0.")
+    balance_mse_ratio: float = option(1.0, help="--balance_losses: weighted layer MSE term / task loss at step 0.")
+    balance_every_step: bool = option(
+        False, help="--balance_losses: re-balance on every batch (as NVIDIA ModelOpt does) instead of once."
     )
 
 
 @dataclass
 class TedTrainingOptions:
     """The Trainer options whose defaults ted sets (the paper's: per-epoch eval, keep best, AdamW without
-    decay), mixed into `config.TedTrainingArguments` ahead of `TrainingArguments`. A stage's help shows
-    them before the Trainer's own options (arguments.stage_parser)."""
+    decay), mixed into `training_args.TedTrainingArguments` ahead of `TrainingArguments`. A stage's help shows
+    them before the Trainer's own options (parsers.stage_parser)."""
 
-    output_dir: Optional[str] = field(default=None, metadata={"help": "Stage folder to write."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch, steps or no."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint (follows eval)."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Train batch size per device."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Eval batch size per device."})
-    logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every N steps."})
-    save_total_limit: Optional[int] = field(default=1, metadata={"help": "Checkpoints kept during training."})
-    report_to: Optional[list[str]] = field(
-        default_factory=lambda: ["none"], metadata={"help": "tensorboard, wandb, mlflow or none."}
+    output_dir: Optional[str] = option(None, help="Stage folder to write.")
+    eval_strategy: str = option("epoch", help="When to evaluate: epoch, steps or no.")
+    save_strategy: str = option("epoch", help="When to checkpoint (follows eval).")
+    learning_rate: float = option(5e-5, help="Peak AdamW learning rate.")
+    num_train_epochs: float = option(3.0, help="Training epochs.")
+    per_device_train_batch_size: int = option(32, help="Train batch size per device.")
+    per_device_eval_batch_size: int = option(32, help="Eval batch size per device.")
+    logging_steps: float = option(10, help="Log the loss terms every N steps.")
+    save_total_limit: Optional[int] = option(1, help="Checkpoints kept during training.")
+    report_to: Optional[list[str]] = option(
+        help="tensorboard, wandb, mlflow or none.", default_factory=lambda: ["none"]
     )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace an existing stage folder at --output_dir."}
-    )
-    logging_nan_inf_filter: bool = field(
-        default=False,
-        metadata={
-            "help": "Replace nan/inf step losses in the logged loss (the Trainer's default). Off here: the "
-            "check reads the loss on the host every step (a device sync), and a nan should be seen."
-        },
+    overwrite_output_dir: bool = option(False, help="Replace an existing stage folder at --output_dir.")
+    logging_nan_inf_filter: bool = option(
+        False,
+        help="Replace nan/inf step losses in the logged loss (the Trainer's default). Off here: the "
+        "check reads the loss on the host every step (a device sync), and a nan should be seen.",
     )
 
 
@@ -237,14 +195,12 @@ class TedTrainingOptions:
 class DoctorArguments:
     _argument_group_name = "doctor options"
 
-    doctor_eval_samples: int = field(
-        default=256, metadata={"help": "Score the teacher and the Stage I heads on at most N dev examples."}
-    )
-    doctor_batches: int = field(default=4, metadata={"help": "Training batches that measure the step-0 loss terms."})
-    json: Optional[str] = field(default=None, metadata={"help": "Also write the findings to this JSON file."})
+    doctor_eval_samples: int = option(256, help="Score the teacher and the Stage I heads on at most N dev examples.")
+    doctor_batches: int = option(4, help="Training batches that measure the step-0 loss terms.")
+    json: Optional[str] = option(None, help="Also write the findings to this JSON file.")
 
 
-# Which option groups each stage command takes, in the order its runner expects them (config.COMMAND_ARGS
+# Which option groups each stage command takes, in the order its runner expects them (training_args.COMMAND_ARGS
 # is this with the Trainer's options added).
 COMMAND_OPTIONS = {
     "finetune": (ModelArguments, DataArguments, TedTrainingOptions),

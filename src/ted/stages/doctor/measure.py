@@ -1,0 +1,150 @@
+"""Measuring loaded models and data for the doctor: dev predictions and step-0 loss terms; `diagnose` runs every
+check on them, and `preflight` is the cheap version that `ted distill` runs before training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ted import artifacts
+from ted.stages.doctor.checks import chance_band, check_stage1, check_teacher, check_terms, majority_baseline, selection
+from ted.stages.doctor.findings import Findings
+
+logger = logging.getLogger(__name__)
+
+
+def first_rows(dataset, n: int):
+    return dataset.select(range(min(n, len(dataset)))) if len(dataset) > n else dataset
+
+
+def batches(dataset, collator, batch_size: int):
+    from ted.stages.common import model_columns
+
+    dataset = model_columns(dataset)
+    for start in range(0, len(dataset), batch_size):
+        yield collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
+def on(batch, device) -> dict:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in dict(batch).items()}
+
+
+def predict(model, dataset, collator, batch_size: int, device, kind) -> np.ndarray:
+    """A sequence-level model's dev predictions (`kind`: the task's head kind)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for batch in batches(dataset, collator, batch_size):
+            inputs, _ = kind.split_labels(on(batch, device))
+            logits = kind.predictions(model(**inputs))
+            out.append(logits.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def step0_terms(objective, module, dataset, collator, batch_size: int, n_batches: int, device) -> dict[str, float]:
+    """Mean of each loss term over the first training batches, before any update (no gradients). The CPU
+    random state is restored afterwards, so the run that follows is unchanged."""
+    import torch
+
+    sums: dict[str, float] = {}
+    seen = 0
+    cuda = [device.index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        module.train()
+        for batch in batches(first_rows(dataset, batch_size * n_batches), collator, batch_size):
+            _, terms, _ = objective(module, on(batch, device))
+            for name, value in terms.items():
+                if not name.startswith("weight_"):
+                    sums[name] = sums.get(name, 0.0) + float(value)
+            seen += 1
+    return {name: value / seen for name, value in sums.items()} if seen else {}
+
+
+def stage1_scores(folder: str) -> Optional[dict]:
+    path = Path(folder) / artifacts.STAGE1_SCORES
+    return artifacts.read_json(path) if path.is_file() else None
+
+
+def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
+    """Every check on loaded models and data. `ctx` holds what `ted distill` builds: task, data, tokenizer,
+    teacher_model, student, teacher, module, weights, pairs, method, teacher_path, student_path, training_args."""
+    from ted.stages.common import make_collator
+
+    task, args = ctx["task"], ctx["training_args"]
+    collator = make_collator(ctx["tokenizer"], args)
+    ctx["teacher"].to(args.device)
+    ctx["module"].to(args.device)
+    findings = Findings(metric=task.selection_metric, tokenizers_agree=True)
+    findings.layer_map = [list(p) for p in ctx["pairs"]]
+    findings.labels = {
+        "data": task.label_list,
+        "teacher": _id2label(ctx["teacher_model"].config, task),
+        "student": _id2label(ctx["student"].config, task),
+    }
+    if task.kind.sequence_level:  # span heads have no constant-prediction baseline
+        _score_on_dev(findings, ctx, collator, eval_samples)
+    else:
+        findings.warnings.append("Span tasks: the teacher and Stage I heads are not scored by the doctor (yet).")
+    _measure_terms(findings, ctx, collator, n_batches)
+    return findings
+
+
+def _score_on_dev(findings: Findings, ctx: dict, collator, eval_samples: int) -> None:
+    """Teacher (and a fine-tuned student) on the first dev examples beside the baseline; TED's Stage I heads."""
+    from ted.stages.models import has_trained_head
+
+    task, data, args = ctx["task"], ctx["data"], ctx["training_args"]
+    device = args.device
+    dev = first_rows(next(iter(data.eval_sets.values())), eval_samples)
+    labels = np.asarray(dev["labels"])
+    findings.dev_examples = len(dev)
+    findings.majority_baseline = majority_baseline(task, labels)
+    findings.chance_band = chance_band(task.selection_metric, len(dev))
+    preds = predict(ctx["teacher_model"], dev, collator, args.per_device_eval_batch_size, device, task.kind)
+    findings.teacher_dev = selection(task, preds, labels)
+    check_teacher(findings)
+    if has_trained_head(ctx["student"].config, task):  # TED's fine-tuned student (KD/LWD may start fresh)
+        preds = predict(ctx["student"], dev, collator, args.per_device_eval_batch_size, device, task.kind)
+        findings.student_dev = selection(task, preds, labels)
+    if ctx["method"] == "ted":
+        for role, path in (("teacher", ctx["teacher_path"]), ("student", ctx["student_path"])):
+            scores = stage1_scores(path)
+            full_dev = len(next(iter(data.eval_sets.values())))
+            check_stage1(findings, role, scores or {}, full_dev)
+
+
+def _measure_terms(findings: Findings, ctx: dict, collator, n_batches: int) -> None:
+    """Every loss term at step 0, and the weights that would balance them."""
+    import dataclasses
+
+    from ted.method.objectives import DistillObjective
+
+    task, args = ctx["task"], ctx["training_args"]
+    # A fresh objective without balancing: the measurement must not fix the run's balanced weights.
+    objective = DistillObjective(task.head, ctx["teacher"], dataclasses.replace(ctx["weights"], balance=False))
+    batch_size = args.per_device_train_batch_size
+    raw = step0_terms(objective, ctx["module"], ctx["data"].train, collator, batch_size, n_batches, args.device)
+    check_terms(findings, raw, ctx["weights"])
+
+
+def _id2label(config, task) -> Optional[list[str]]:
+    if task.label_list is None:
+        return None
+    mapping = getattr(config, "id2label", None) or {}
+    return [str(mapping.get(i, mapping.get(str(i), i))) for i in range(len(mapping))]
+
+
+def preflight(ctx: dict) -> Findings:
+    """The cheap part of the doctor that `ted distill` runs before training: 128 dev examples, 2 batches.
+    Prints each warning; never stops the run."""
+    findings = diagnose(ctx, eval_samples=128, n_batches=2)
+    for message in findings.warnings:
+        logger.warning("pre-flight: %s", message)
+    if findings.warnings:
+        logger.warning("pre-flight: run `ted doctor` with the same options for the full check.")
+    return findings
