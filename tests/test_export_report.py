@@ -326,9 +326,9 @@ def test_report_never_changes_the_matplotlib_backend(tmp_path):
     script = textwrap.dedent(f"""
         import sys, matplotlib
         matplotlib.use("pdf")  # stands for the notebook's own backend
-        from ted.reporting import report as reporting
-        reporting.write_report([{str(run)!r}], {str(tmp_path / "out")!r}, speed=None)
-        reporting.plot_loss_terms({{"ted": {str(run / "custom" / "seed1" / "ted")!r}}}, {str(tmp_path / "l.png")!r})
+        from ted.reporting import plots, report
+        report.write_report([{str(run)!r}], {str(tmp_path / "out")!r}, speed=None)
+        plots.plot_loss_terms({{"ted": {str(run / "custom" / "seed1" / "ted")!r}}}, {str(tmp_path / "l.png")!r})
         assert matplotlib.get_backend() == "pdf", matplotlib.get_backend()
         assert "matplotlib.pyplot" not in sys.modules
     """)

@@ -13,7 +13,7 @@ import pytest
 import ted
 import tiny
 from ted import artifacts
-from ted.reporting import report as reporting
+from ted.reporting import collect, plots, report, tables
 from ted.reporting.similarity import linear_cka
 from tiny import one_thread  # noqa: F401  (module fixture)
 
@@ -58,8 +58,8 @@ def fake_run(root: Path, ted_better: bool) -> Path:
 
 
 def table_of(root: Path) -> dict[str, list[str]]:
-    runs = reporting.find_runs([root])["custom"]
-    header, rows = reporting.significance_table(runs)
+    runs = collect.find_runs([root])["custom"]
+    header, rows = tables.significance_table(runs)
     assert header[0] == "pair"
     return {row[0]: row for row in rows}
 
@@ -80,12 +80,12 @@ def test_a_real_difference_is_significant(tmp_path):
 
 def test_report_has_the_table_and_the_stage1_baseline(tmp_path):
     run = fake_run(tmp_path / "run", ted_better=True)
-    md, _ = reporting.write_report([run], tmp_path / "out", speed=None, cka=False)
+    md, _ = report.write_report([run], tmp_path / "out", speed=None, cka=False)
     text = md.read_text()
     assert "TED − KD" in text and "paired permutation" in text
-    runs = reporting.find_runs([run])["custom"]
+    runs = collect.find_runs([run])["custom"]
     labels = np.load(run / "custom" / "seed1" / "teacher" / "eval_predictions.npz")["labels"]
-    assert reporting.constant_baseline(runs) == pytest.approx(max(labels.mean(), 1 - labels.mean()))
+    assert collect.constant_baseline(runs) == pytest.approx(max(labels.mean(), 1 - labels.mean()))
 
 
 def test_linear_cka_properties():
@@ -132,6 +132,6 @@ def test_stages_save_per_example_predictions_and_the_cka_plot(tmp_path):
             "args": args,
         }
         (run / role / artifacts.STAGE_FILE).write_text(json.dumps(info))
-    runs = reporting.find_runs([tmp_path / "run"])["custom"]
-    png = reporting.plot_layer_cka(runs, tmp_path / "cka.png")
+    runs = collect.find_runs([tmp_path / "run"])["custom"]
+    png = plots.plot_layer_cka(runs, tmp_path / "cka.png")
     assert png is not None and png.read_bytes().startswith(b"\x89PNG")

@@ -15,7 +15,8 @@ import torch
 from ted import artifacts
 from ted.cli.demo_assets import build_tokenizer, write_synthetic_task, write_tiny_model
 from ted.errors import TedInputError
-from ted.reporting import report as reporting
+from ted.reporting.plots import plot_loss_terms
+from ted.reporting.tables import results_table
 from ted.stages.registry import run_options
 
 TEACHER = {"layers": 4, "hidden": 64}
@@ -139,7 +140,7 @@ def write_report(out: Path, runs: Path, elapsed: float, seed: int) -> Path:
         ("student + LWD", runs / "lwd"),
         ("student + TED", runs / "ted"),
     ]
-    plot = reporting.plot_loss_terms({m: runs / m for m in ("ted", "kd", "lwd")}, out / "loss_terms.png")
+    plot = plot_loss_terms({m: runs / m for m in ("ted", "kd", "lwd")}, out / "loss_terms.png")
     stage1 = {
         who: artifacts.read_json(runs / f"{who}_stage1" / artifacts.STAGE1_SCORES) for who in ("teacher", "student")
     }
@@ -157,7 +158,7 @@ def write_report(out: Path, runs: Path, elapsed: float, seed: int) -> Path:
             "initial weights. The numbers show that every stage runs end to end; they say nothing about TED on real "
             "language tasks.",
             "",
-            reporting.results_table(rows),
+            results_table(rows),
             "",
             "Stage I diagnostics (the paper never measures these):",
             *stage1_lines,

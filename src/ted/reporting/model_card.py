@@ -13,7 +13,10 @@ from typing import Optional
 
 from ted import artifacts
 from ted.method.kinds import get_kind
-from ted.reporting.report import count_parameters, mean_std
+from ted.reporting.collect import count_parameters
+from ted.reporting.render import md_row
+from ted.reporting.speed import SPEED_HEADER, compare, speed_cells
+from ted.reporting.tables import mean_std
 
 HYPERPARAMETERS = (
     "method",
@@ -94,14 +97,18 @@ def seed_folders(stage_dir: Path, stage: dict) -> list[Path]:
     return found or [stage_dir]
 
 
-def _header(stage: dict, bases: list[str], metrics: dict) -> list[str]:
-    """The metadata block the Hub reads, built and serialised by huggingface_hub itself."""
+# The card: the metadata block huggingface_hub serialises, then ted's own Markdown.
+TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
+
+
+def card_data(stage: dict, bases: list[str], metrics: dict):
+    """The metadata the Hub reads (library, base models, tags, datasets, metrics, pipeline tag)."""
     from huggingface_hub import ModelCardData
 
     task, method = stage.get("task", {}), stage.get("method") or stage.get("stage", "model")
     kind = ["fine-tuned"] if stage.get("stage") == "finetune" else ["distillation", "knowledge-distillation", method]
     head = get_kind(task["head"]) if task.get("head") else None
-    data = ModelCardData(
+    return ModelCardData(
         library_name="transformers",
         base_model=bases or None,
         tags=list(dict.fromkeys(["ted", *kind, task.get("name", "task")])),
@@ -109,7 +116,6 @@ def _header(stage: dict, bases: list[str], metrics: dict) -> list[str]:
         metrics=[k[5:] for k in shown_metrics(metrics)] or None,
         pipeline_tag=head.pipeline_tag if head else None,
     )
-    return ["---", data.to_yaml(), "---", ""]
 
 
 def _results(stage_dir: Path, stage: dict, metrics: dict) -> list[str]:
@@ -134,24 +140,14 @@ def _results(stage_dir: Path, stage: dict, metrics: dict) -> list[str]:
 
 
 def _speed(stage_dir: Path, teacher: Optional[str], speed_rows: Optional[list[dict]]) -> list[str]:
-    lines = [
-        "## Size and speed",
-        "",
-        "| model | parameters | device | batch × seq len | latency (ms / batch) | throughput (seq / s) |",
-        "|---|---:|---|---|---:|---:|",
-    ]
+    lines = ["## Size and speed", "", md_row(SPEED_HEADER), "|---|---:|---|---|---:|---:|"]
     sizes = {"student": count_parameters(stage_dir)}
     if teacher and Path(teacher).is_dir():
         sizes["teacher"] = count_parameters(teacher)
     if not speed_rows:
         lines += [f"| {role} | {n:,} | — | — | — | — |" for role, n in sizes.items()]
         return lines + ["", "Speed not measured (`ted export --no_speed`, or the teacher is not a local folder).", ""]
-    for r in speed_rows:
-        device = f"CPU ({r['threads']} threads)" if r["device"] == "cpu" else r["device"]
-        lines.append(
-            f"| {r['role']} | {sizes.get(r['role'], 0):,} | {device} | {r['batch_size']} × {r['seq_len']} | "
-            f"{r['latency_ms']:.1f} | {r['throughput']:.1f} |"
-        )
+    lines += [md_row(speed_cells(r, sizes.get(r["role"], 0))) for r in speed_rows]
     by_role = {(r["role"], r["device"]): r["latency_ms"] for r in speed_rows}
     ratios = [
         f"{by_role[('teacher', d)] / by_role[('student', d)]:.2f}× faster on {d}"
@@ -178,14 +174,14 @@ def _made(stage: dict) -> str:
 
 
 def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Optional[list[dict]] = None) -> str:
+    """The card's text: metadata, models, training settings, dev results, size and speed, usage, citation."""
     stage = stage or {}
     lineage, args = stage.get("lineage", {}), stage.get("args", {})
     task, method = stage.get("task", {}), stage.get("method") or stage.get("stage", "unknown")
     teacher = lineage.get("teacher")
     start = lineage.get("student") or lineage.get("model") or lineage.get("imported_from")
     bases = [b for b in dict.fromkeys([root_model(start), root_model(teacher)]) if b]
-    lines = _header(stage, bases, metrics)
-    lines += [
+    lines = [
         f"# {task.get('name', 'task')} {_made(stage)}",
         "",
         SIGNATURE + "https://arxiv.org/abs/2210.01351) (task-aware layer-wise distillation, TED, "
@@ -229,13 +225,14 @@ def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Opt
         "```",
         "",
     ]
-    return "\n".join(lines)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.from_template(card_data(stage, bases, metrics), template_str=TEMPLATE, body="\n".join(lines))
+    return str(card)
 
 
 def measure_speed(stage_dir: Path, stage: Optional[dict]) -> Optional[list[dict]]:
     """Student vs teacher timings for the card; None when the teacher cannot be loaded locally."""
-    from ted.reporting.speed import compare
-
     teacher = (stage or {}).get("lineage", {}).get("teacher")
     teacher = teacher if teacher and (Path(teacher) / "config.json").is_file() else None
     try:

@@ -1,4 +1,4 @@
-"""Inference latency and throughput of a model folder, measured with a small timed loop.
+"""Inference latency and throughput of a model folder, timed with `torch.utils.benchmark.Timer`.
 
 Random token ids (fixed generator) of one batch size and sequence length, no padding, the model in
 eval mode under `torch.inference_mode()`; a few warm-up calls, then the median of timed calls.
@@ -25,6 +25,30 @@ class Speed:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# The columns of a speed row, shared by `ted report`'s table and the model card.
+SPEED_HEADER = (
+    "model",
+    "parameters",
+    "device",
+    "batch × seq len",
+    "latency (ms / batch)",
+    "throughput (seq / s)",
+)
+
+
+def speed_cells(row: dict, parameters: int) -> list[str]:
+    """One row of `compare` as table cells under SPEED_HEADER."""
+    device = f"CPU ({row['threads']} threads)" if row["device"] == "cpu" else row["device"]
+    return [
+        row["role"],
+        f"{parameters:,}",
+        device,
+        f"{row['batch_size']} × {row['seq_len']}",
+        f"{row['latency_ms']:.1f}",
+        f"{row['throughput']:.1f}",
+    ]
 
 
 def devices() -> list[str]:

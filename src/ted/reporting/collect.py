@@ -1,0 +1,212 @@
+"""Finds the stage folders of pipeline runs and reads what they recorded: scores, predictions and sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ted import artifacts
+from ted.errors import TedInputError
+from ted.method.kinds import HeadKind, get_kind
+
+PIPELINE_ROLES = ("teacher", "student", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
+RESULT_ROWS = (
+    ("teacher", "teacher (fine-tuned)"),
+    ("student", "student (fine-tuned)"),
+    ("kd", "student + KD"),
+    ("lwd", "student + LWD"),
+    ("ted", "student + TED"),
+)
+# Metrics shown beside the selection metric when a task reports them (SQuAD: exact and f1).
+SHOWN_METRICS = (
+    "accuracy",
+    "f1",
+    "matthews_correlation",
+    "pearson",
+    "spearmanr",
+    "exact",
+    "validation_mismatched_accuracy",
+)
+METRIC_NAMES = {
+    "accuracy": "acc",
+    "f1": "F1",
+    "matthews_correlation": "MCC",
+    "pearson": "Pearson",
+    "spearmanr": "Spearman",
+    "exact": "EM",
+    "validation_mismatched_accuracy": "acc (mm)",
+}
+PREDICTIONS_FILE = "eval_predictions.npz"  # stages.common.EVAL_PREDICTIONS (not imported: it pulls in torch)
+
+
+def count_parameters(folder: str | Path) -> int:
+    """Parameters of the stock model in a stage folder (filters and Stage I heads excluded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(Path(folder).glob("model*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                total += _numel(f.get_slice(key).get_shape())
+    return total
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def selection_score(folder: str | Path) -> tuple[str, Optional[float]]:
+    """The selection metric's name and its dev score in a stage folder (None when not recorded)."""
+    stage = artifacts.stage_info(folder) or {}
+    metric = stage.get("task", {}).get("selection_metric", "accuracy")
+    results = artifacts.read_json(Path(folder) / artifacts.EVAL_RESULTS)
+    return metric, results.get(f"eval_{metric}")
+
+
+class TaskRuns:
+    """Stage folders of one task: role -> seed -> folder, plus the run's pipeline.json."""
+
+    def __init__(self, task: str):
+        self.task = task
+        self.stages: dict[str, dict[int, Path]] = {}
+        self.pipeline: dict = {}
+
+    def folders(self, role: str) -> list[Path]:
+        return [self.stages[role][s] for s in sorted(self.stages.get(role, {}))]
+
+    def info(self) -> dict:
+        first = next(iter(self.stages.values()))
+        return artifacts.stage_info(next(iter(first.values()))) or {}
+
+
+def _seed_of(folder: Path, info: dict) -> int:
+    name = folder.parent.name
+    if name.startswith("seed") and name[4:].isdigit():
+        return int(name[4:])
+    return int(info.get("args", {}).get("seed", 0))
+
+
+def find_runs(run_dirs: list[str | Path]) -> dict[str, TaskRuns]:
+    """Every pipeline stage folder under the given run folders, grouped by task, role and seed."""
+    runs: dict[str, TaskRuns] = {}
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir():
+            raise TedInputError(f"{run_dir} is not a folder. Pass the --output_dir of `ted pipeline`.")
+        for path in sorted(run_dir.rglob(artifacts.STAGE_FILE)):
+            folder = path.parent
+            if any(p.endswith(".incomplete") or p.startswith(".") for p in folder.relative_to(run_dir).parts):
+                continue
+            info = artifacts.read_json(path)
+            meta = info.get("pipeline") or {}
+            role = meta.get("role") or (folder.name if folder.name in PIPELINE_ROLES else None)
+            if role is None:
+                continue
+            task = meta.get("task") or info.get("task", {}).get("name", "task")
+            entry = runs.setdefault(task, TaskRuns(task))
+            entry.stages.setdefault(role, {})[int(meta.get("seed", _seed_of(folder, info)))] = folder
+            pipeline_file = folder.parent.parent / "pipeline.json"
+            if not entry.pipeline and pipeline_file.is_file():
+                entry.pipeline = artifacts.read_json(pipeline_file)
+    if not runs:
+        raise TedInputError(
+            f"No pipeline stage folders under {', '.join(map(str, run_dirs))} (run `ted pipeline` first)."
+        )
+    return runs
+
+
+def metric_keys(runs: TaskRuns) -> list[str]:
+    """The selection metric first, then the other task metrics the results hold."""
+    info = runs.info()
+    selection = info.get("task", {}).get("selection_metric", "accuracy")
+    present: set[str] = set()
+    for role, _ in RESULT_ROWS:
+        for folder in runs.folders(role):
+            present |= {k[5:] for k in artifacts.read_json(folder / artifacts.EVAL_RESULTS) if k.startswith("eval_")}
+    return [selection] + [m for m in SHOWN_METRICS if m in present and m != selection]
+
+
+def task_kind(info: dict) -> HeadKind:
+    """The head kind of a run's task (ted_stage.json), classification when a stage does not say."""
+    return get_kind(info.get("task", {}).get("head") or "classification")
+
+
+def metric_scale(runs: TaskRuns) -> float:
+    """Scores are shown in percent, like the paper (SQuAD metrics already are)."""
+    return task_kind(runs.info()).metric_scale
+
+
+def seed_values(folders: list[Path], key: str) -> list[float]:
+    """The recorded dev value `key` of each folder that has it."""
+    values = []
+    for folder in folders:
+        results = artifacts.read_json(folder / artifacts.EVAL_RESULTS)
+        if isinstance(results.get(key), (int, float)):
+            values.append(float(results[key]))
+    return values
+
+
+def eval_curve(history: list[dict], key: str) -> list[tuple[float, float]]:
+    """(epoch, value) of the per-epoch evaluations (the final re-evaluation after training is left out)."""
+    points: dict[float, float] = {}
+    for entry in history:
+        if "train_runtime" in entry:
+            break
+        if isinstance(entry.get(key), (int, float)) and "epoch" in entry:
+            points.setdefault(float(entry["epoch"]), float(entry[key]))
+    return sorted(points.items())
+
+
+def metric_function(info: dict):
+    """The selection metric of a stage's task as `fn(decoded predictions, labels) -> float`."""
+    from ted.reporting.stats import fast_metric
+    from ted.tasks.metrics import classification_metric_fn, glue_metric_fn, regression_metric_fn
+
+    task = info.get("task", {})
+    fast = fast_metric(task.get("selection_metric", "accuracy"))
+    if fast is not None:
+        return fast
+    try:
+        fn = glue_metric_fn(task.get("name", ""))
+    except ValueError:
+        labels = task.get("label_list") or []
+        fn = regression_metric_fn() if task_kind(info).scores else classification_metric_fn(len(labels))
+    key = task.get("selection_metric", "accuracy")
+    return lambda preds, labels: fn(preds, labels)[key]
+
+
+def decoded_predictions(folder: Path, kind: HeadKind):
+    """(decoded predictions, labels) from a stage's eval_predictions.npz, or None."""
+    import numpy as np
+
+    from ted.tasks.metrics import class_predictions, regression_predictions
+
+    path = folder / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        predictions, labels = data["predictions"], data["labels"]
+    decode = regression_predictions if kind.scores else class_predictions
+    return decode(predictions), labels
+
+
+def constant_baseline(runs: TaskRuns) -> Optional[float]:
+    """The best dev score of a model that predicts one class for every example (0 for a correlation of a
+    constant), from the dev labels a stage saved in eval_predictions.npz; None when no stage saved them."""
+    import numpy as np
+
+    info = runs.info()
+    kind = task_kind(info)
+    metric = metric_function(info)
+    for role, _ in RESULT_ROWS:
+        for folder in runs.folders(role):
+            found = decoded_predictions(folder, kind)
+            if found is None:
+                continue
+            labels = found[1]
+            if kind.scores:
+                return float(metric(np.full(len(labels), float(np.mean(labels))), labels))
+            return max(float(metric(np.full(len(labels), c), labels)) for c in np.unique(labels))
+    return None

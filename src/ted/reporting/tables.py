@@ -1,0 +1,156 @@
+"""The tables of a report as (header, rows) of text cells: results over seeds, significance, size and speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ted.reporting.collect import (
+    METRIC_NAMES,
+    RESULT_ROWS,
+    TaskRuns,
+    count_parameters,
+    decoded_predictions,
+    metric_function,
+    metric_keys,
+    metric_scale,
+    seed_values,
+    selection_score,
+    task_kind,
+)
+
+# Method pairs compared in the significance table (issue 14), first minus second.
+PAIRS = (("ted", "kd"), ("ted", "lwd"), ("ted", "student"), ("kd", "student"))
+
+
+def results_table(rows: list[tuple[str, str | Path]]) -> str:
+    """Markdown table: one row per (name, stage folder) with its dev selection metric and size."""
+    lines = ["| model | dev metric | score | parameters |", "|---|---|---:|---:|"]
+    for name, folder in rows:
+        metric, score = selection_score(folder)
+        shown = f"{100 * score:.2f}" if score is not None else "n/a"
+        lines.append(f"| {name} | {metric} | {shown} | {count_parameters(folder):,} |")
+    return "\n".join(lines)
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    """'m ± s' over seeds (sample std); just 'm' for one seed; 'n/a' for none."""
+    import statistics
+
+    if not values:
+        return "n/a"
+    mean = scale * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+
+
+def _paper_cell(paper: Optional[dict], role: str) -> str:
+    if not paper or paper.get(role) is None:
+        return "—"
+    value = paper[role]
+    return " / ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def task_results_table(runs: TaskRuns) -> tuple[list[str], list[list[str]]]:
+    """Per model: seeds and mean ± std of each dev metric, plus the paper's numbers when the run has them."""
+    keys, scale = metric_keys(runs), metric_scale(runs)
+    paper = runs.pipeline.get("paper_results")
+    header = ["model", "seeds"] + [f"dev {METRIC_NAMES.get(k, k)}" for k in keys]
+    if paper:
+        header.append("paper (" + " / ".join(METRIC_NAMES.get(m, m) for m in paper.get("metrics", [])) + ")")
+    rows = []
+    for role, name in RESULT_ROWS:
+        folders = runs.folders(role)
+        if not folders:
+            continue
+        row = [name, str(len(folders))] + [mean_std(seed_values(folders, f"eval_{k}"), scale) for k in keys]
+        rows.append(row + ([_paper_cell(paper, role)] if paper else []))
+    return header, rows
+
+
+def _interval(low, high, scale: float) -> str:
+    return "—" if low is None else f"[{scale * low:+.2f}, {scale * high:+.2f}]"
+
+
+def _p(p) -> str:
+    return "—" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
+
+
+def bootstrap_cell(runs: TaskRuns, first: str, second: str, seeds: list[int], scale: float) -> str:
+    """Per seed: the dev-example bootstrap interval of the difference and the paired permutation p."""
+    from ted.reporting.stats import paired_bootstrap, significant
+
+    info = runs.info()
+    kind = task_kind(info)
+    metric = metric_function(info)
+    cells = []
+    for seed in seeds:
+        a = decoded_predictions(runs.stages[first][seed], kind)
+        b = decoded_predictions(runs.stages[second][seed], kind)
+        if a is None or b is None or len(a[1]) != len(b[1]) or not (a[1] == b[1]).all():
+            continue
+        found = paired_bootstrap(metric, a[0], b[0], a[1])
+        mark = "" if significant(found["p"]) else ", n.s."
+        cells.append(f"seed {seed}: {_interval(found['low'], found['high'], scale)} p {_p(found['p'])}{mark}")
+    return "; ".join(cells) if cells else "no per-example predictions"
+
+
+def significance_table(runs: TaskRuns) -> Optional[tuple[list[str], list[list[str]]]]:
+    """Per method pair: mean difference over seeds with a 95% t interval and paired t-test, and per seed a paired
+    bootstrap over dev examples; 'not significant' where p >= 0.05."""
+    from ted.reporting.stats import seed_difference, significant
+
+    keys, scale = metric_keys(runs), metric_scale(runs)
+    key = f"eval_{keys[0]}"
+    header = [
+        "pair",
+        "seeds",
+        f"mean difference ({METRIC_NAMES.get(keys[0], keys[0])})",
+        "95% interval (seeds)",
+        "p (paired t, seeds)",
+        "verdict",
+        "per seed: 95% interval (dev bootstrap), p (paired permutation)",
+    ]
+    rows = []
+    for first, second in PAIRS:
+        seeds = sorted(set(runs.stages.get(first, {})) & set(runs.stages.get(second, {})))
+        scored = [
+            (s, seed_values([runs.stages[first][s]], key), seed_values([runs.stages[second][s]], key)) for s in seeds
+        ]
+        scored = [(s, x[0], y[0]) for s, x, y in scored if x and y]
+        if not scored:
+            continue
+        seeds = [s for s, _, _ in scored]
+        found = seed_difference([x for _, x, _ in scored], [y for _, _, y in scored])
+        if found["p"] is None:
+            verdict = "one seed: no test over seeds"
+        else:
+            verdict = "significant" if significant(found["p"]) else "not significant"
+        rows.append(
+            [
+                f"{first.upper()} − {second.upper()}" if second != "student" else f"{first.upper()} − student",
+                str(found["n"]),
+                f"{scale * found['mean']:+.2f}",
+                _interval(found["low"], found["high"], scale),
+                _p(found["p"]),
+                verdict,
+                bootstrap_cell(runs, first, second, seeds, scale),
+            ]
+        )
+    return (header, rows) if rows else None
+
+
+def speed_table(runs: TaskRuns, batch_size: int, seq_len: int, iterations: int) -> tuple[list[str], list[list[str]]]:
+    """Parameters and measured latency / throughput of the teacher and the (TED) student."""
+    from ted.reporting.speed import SPEED_HEADER, compare, speed_cells
+
+    teacher = next(iter(runs.folders("teacher")), None)
+    student = next(iter(runs.folders("ted") or runs.folders("student") or runs.folders("kd")), None)
+    rows, base = [], {}
+    for r in compare(student, teacher, batch_size, seq_len, iterations):
+        folder = teacher if r["role"] == "teacher" else student
+        base.setdefault(r["device"], r["latency_ms"] if r["role"] == "teacher" else None)
+        speedup = f"{base[r['device']] / r['latency_ms']:.2f}×" if base.get(r["device"]) else "—"
+        rows.append(speed_cells(r, count_parameters(folder)) + [speedup])
+    return [*SPEED_HEADER, "speed-up"], rows
