@@ -523,6 +523,8 @@ def test_a_second_builder_waits_and_then_reuses(tmp_path):
 
     from filelock import FileLock
 
+    from ted.method.teacher_cache.builder import _build_missing
+
     rows = _rows("classification")
     teacher = _teacher("classification", "ted")
     plan = tc.plan_components(
@@ -545,6 +547,6 @@ def test_a_second_builder_waits_and_then_reuses(tmp_path):
         waiting.start()
         waiting.join(timeout=1.0)
         assert waiting.is_alive() and not reports  # it waits for the lock
-        tc._build_missing(tmp_path, plan, teacher, rows, _Tok("right"), torch.device("cpu"), 4)  # the other run
+        _build_missing(tmp_path, plan, teacher, rows, _Tok("right"), torch.device("cpu"), 4)  # the other run
     waiting.join(timeout=60)
     assert reports == [{"built": [], "build_seconds": 0.0}]  # complete when it got the lock: nothing rebuilt

@@ -21,13 +21,18 @@ import logging
 from typing import Optional
 
 import torch
+from accelerate.utils import reduce
 from torch.utils.data import Dataset
 
+from ted.method import frozen_pass
+from ted.method.frozen_pass import padded_batches, process_share
 from ted.method.heads import POOLED_POSITION
 
 logger = logging.getLogger(__name__)
 
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+# The precision of the one backbone pass: the run's own (a float32 run caches float32 features, so the cached
+# Stage I equals the uncached eval-mode one). The name stays for the stages and benchmarks that import it.
+cache_autocast_dtype = frozen_pass.autocast_dtype
 _REDUCE_ROWS = 4096  # rows summed across processes at a time (bounds device memory under DDP)
 
 
@@ -45,17 +50,6 @@ class CachedFeatures(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"features": self.features[index], "labels": self.labels[index]}
-
-
-def cache_autocast_dtype(device: torch.device, bf16: bool = False, fp16: bool = False) -> Optional[torch.dtype]:
-    """The precision of the one backbone pass: the run's own. A float32 run caches float32 features, so the
-    cached Stage I equals the uncached eval-mode one; --bf16 autocasts (and stores) in bf16, --fp16 autocasts
-    in fp16 on CUDA (fp16 autocast is CUDA-only) and stores float32."""
-    if bf16:
-        return torch.bfloat16
-    if fp16 and device.type == "cuda":
-        return torch.float16
-    return None
 
 
 def cache_bytes(rows: int, layers: int, hidden_size: int, dtype: Optional[torch.dtype]) -> int:
@@ -83,12 +77,6 @@ def cache_fits(needed_per_process: int, processes_on_node: int, fraction: float 
     return total <= fraction * available, why + f" of {available / gib:.2f} GiB available"
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def first_token_features(
     backbone: torch.nn.Module,
     dataset,
@@ -98,14 +86,12 @@ def first_token_features(
     batch_size: int = 64,
     autocast_dtype: Optional[torch.dtype] = None,
 ) -> CachedFeatures:
-    """Token 0 of `hidden_states[i + 1]` for every selected layer i, for every row of a tokenized dataset."""
+    """Token 0 of `hidden_states[i + 1]` for every selected layer i, for every row of a tokenized dataset.
+
+    Stored in bf16 under bf16 autocast, else float32 (an fp16 pass is stored in float32)."""
     n = len(dataset)
-    inputs_present = [k for k in INPUT_KEYS if k in dataset.column_names]
     labels = torch.tensor(dataset["labels"])
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    order = sorted(range(n), key=lengths.__getitem__)
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    rank, world = _dist()
+    rank, world = process_share()
     hidden_size = backbone.config.hidden_size
     store_dtype = autocast_dtype if autocast_dtype == torch.bfloat16 else torch.float32
     features = torch.zeros(n, len(layers), hidden_size, dtype=store_dtype)
@@ -118,12 +104,7 @@ def first_token_features(
     )
     try:
         with autocast:
-            for b, index in enumerate(batches):
-                if b % world != rank:
-                    continue
-                rows = dataset[index]
-                batch = tokenizer.pad({k: rows[k] for k in inputs_present}, return_tensors="pt")
-                batch = {k: v.to(device) for k, v in batch.items()}
+            for index, batch in padded_batches(dataset, tokenizer, device, batch_size, rank, world):
                 with torch.inference_mode():
                     hidden = backbone(**batch, output_hidden_states=True).hidden_states
                     token0 = torch.stack([hidden[i + 1][:, POOLED_POSITION] for i in layers], dim=1)
@@ -132,10 +113,13 @@ def first_token_features(
     finally:
         backbone.train(was_training)
     if world > 1:
-        # Each row was computed by exactly one process (zeros elsewhere): a sum gathers them all.
-        reduce_device = device if torch.distributed.get_backend() != "gloo" else torch.device("cpu")
-        for start in range(0, n, _REDUCE_ROWS):
-            chunk = features[start : start + _REDUCE_ROWS].to(reduce_device)
-            torch.distributed.all_reduce(chunk)
-            features[start : start + _REDUCE_ROWS] = chunk.cpu()
+        _gather_rows(features, device)
     return CachedFeatures(features, labels)
+
+
+def _gather_rows(features: torch.Tensor, device: torch.device) -> None:
+    """Each row was computed by exactly one process (zeros elsewhere): a sum across processes gathers them all."""
+    reduce_device = device if torch.distributed.get_backend() != "gloo" else torch.device("cpu")
+    for start in range(0, len(features), _REDUCE_ROWS):
+        chunk = features[start : start + _REDUCE_ROWS].to(reduce_device)
+        features[start : start + _REDUCE_ROWS] = reduce(chunk, reduction="sum").cpu()

@@ -17,7 +17,7 @@ from ted.method.divergences import DIVERGENCES, LAYER_LOSSES
 from ted.method.filters import TaskAwareFilters
 from ted.method.heads import StageOneHeads
 from ted.method.kinds import get_kind
-from ted.method.teacher_cache import strip_batch_keys
+from ted.method.teacher_cache.collate import strip_batch_keys
 
 
 def split_labels(head: str, inputs: dict) -> tuple[dict, object]:
