@@ -335,3 +335,18 @@ def test_report_never_changes_the_matplotlib_backend(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "l.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_speed_loads_each_folder_with_its_own_head(tmp_path):
+    from transformers import AutoModelForQuestionAnswering
+
+    from ted.reporting.speed import load_for_inference
+
+    tokenizer = tiny.build_tokenizer()
+    backbone = tiny.write_model(tmp_path / "backbone", tokenizer)
+    classifier = tiny.write_model(tmp_path / "classifier", tokenizer, head_labels=["a", "b"])
+    qa = tmp_path / "qa"
+    AutoModelForQuestionAnswering.from_config(tiny.model_config("bert", len(tokenizer), 2, 0)).save_pretrained(qa)
+    assert type(load_for_inference(backbone)).__name__ == "BertModel"
+    assert type(load_for_inference(classifier)).__name__ == "BertForSequenceClassification"
+    assert type(load_for_inference(qa)).__name__ == "BertForQuestionAnswering"

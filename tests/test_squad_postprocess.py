@@ -5,12 +5,23 @@ import json
 import numpy as np
 import pytest
 
-from ted.squad.postprocess import SpanPostprocessor, postprocess_predictions
+from ted.squad.postprocess import SpanPostprocessor, write_prediction_files
 
 CONTEXT = "hello big world today"
 # Window layout: 0 CLS, 1 question, 2 SEP, 3 hello, 4 big, 5 world, 6 today, 7 SEP.
 OFFSETS = [None, None, None, (0, 5), (6, 9), (10, 15), (16, 21), None]
 LOW = -10.0
+
+
+def postprocess_predictions(examples, features, start, end, v2, output_dir=None, prefix=None, **options):
+    """All windows' logits (one array, or a list of per-batch arrays in window order) -> (preds, nbest, odds)."""
+    proc = SpanPostprocessor(examples, features, v2, **options)
+    for s, e in zip(*(x if isinstance(x, list) else [x] for x in (start, end))):
+        proc.add_next(s, e)
+    preds, nbest, odds = proc.finalize()
+    if output_dir is not None:
+        write_prediction_files(output_dir, preds, nbest, odds if v2 else None, prefix)
+    return preds, nbest, odds
 
 
 def logits(peaks, n=8):

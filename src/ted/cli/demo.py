@@ -67,38 +67,19 @@ def run_chain(out: Path, seed: int) -> None:
     student_init = write_tiny_model(out / "init" / "student", tokenizer, seed=seed + 1, **STUDENT)
     common = _common(train, dev, seed, out)
     runs = out / "runs"
-    stage(
-        "finetune",
-        model_name_or_path=str(teacher_init),
-        output_dir=str(runs / "teacher"),
-        learning_rate=2e-3,
-        num_train_epochs=6,
-        **common,
-    )
-    stage(
-        "finetune",
-        model_name_or_path=str(student_init),
-        output_dir=str(runs / "student"),
-        learning_rate=2e-3,
-        num_train_epochs=6,
-        **common,
-    )
+    finetune = dict(learning_rate=2e-3, num_train_epochs=6, **common)
+    for role, init in (("teacher", teacher_init), ("student", student_init)):
+        stage("finetune", model_name_or_path=str(init), output_dir=str(runs / role), **finetune)
     # Stage I: teacher filters on every 2nd layer, student filters on every layer, both 64 wide.
     stage1 = dict(learning_rate=2e-3, num_train_epochs=3, filter_output_dim=TEACHER["hidden"], **common)
-    stage(
-        "learn-filters",
-        model_name_or_path=str(runs / "teacher"),
-        output_dir=str(runs / "teacher_stage1"),
-        filter_interval=2,
-        **stage1,
-    )
-    stage(
-        "learn-filters",
-        model_name_or_path=str(runs / "student"),
-        output_dir=str(runs / "student_stage1"),
-        filter_interval=1,
-        **stage1,
-    )
+    for role, interval in (("teacher", 2), ("student", 1)):
+        stage(
+            "learn-filters",
+            model_name_or_path=str(runs / role),
+            output_dir=str(runs / f"{role}_stage1"),
+            filter_interval=interval,
+            **stage1,
+        )
     stage2 = dict(
         learning_rate=2e-3, num_train_epochs=6, kl_alpha=5.0, teacher_filter_interval=2, filter_interval=1, **common
     )
@@ -112,24 +93,16 @@ def run_chain(out: Path, seed: int) -> None:
         **stage2,
     )
     # Baselines start from the student before fine-tuning, as in the paper's scripts.
-    stage(
-        "distill",
-        model_name_or_path=str(student_init),
-        teacher_model_name_or_path=str(runs / "teacher"),
-        output_dir=str(runs / "kd"),
-        mse_alpha=0.0,
-        filter_disabled=True,
-        **stage2,
-    )
-    stage(
-        "distill",
-        model_name_or_path=str(student_init),
-        teacher_model_name_or_path=str(runs / "teacher"),
-        output_dir=str(runs / "lwd"),
-        mse_alpha=20.0,
-        filter_disabled=True,
-        **stage2,
-    )
+    for method, mse_alpha in (("kd", 0.0), ("lwd", 20.0)):
+        stage(
+            "distill",
+            model_name_or_path=str(student_init),
+            teacher_model_name_or_path=str(runs / "teacher"),
+            output_dir=str(runs / method),
+            mse_alpha=mse_alpha,
+            filter_disabled=True,
+            **stage2,
+        )
 
 
 def write_report(out: Path, runs: Path, elapsed: float, seed: int) -> Path:

@@ -16,6 +16,7 @@ probabilities and taking a log, so tiny probabilities keep their precision.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Optional
@@ -107,22 +108,40 @@ def _mix(log_p: torch.Tensor, log_q: torch.Tensor, weight: float) -> torch.Tenso
 # ------------------------------------------------------------------------------------------ divergences
 
 
+def _softened(pointwise: Callable[..., torch.Tensor]) -> Divergence:
+    """The divergence whose pointwise term is `pointwise(log_p_s, log_p_t, **params)`: soften both by the
+    temperature, drop masked entries, sum, divide by the batch size, multiply by T^2."""
+
+    def divergence(student_logits, teacher_logits, temperature: float, mask=None, **params) -> torch.Tensor:
+        log_p_s, log_p_t, dropped = _log_probs(student_logits, teacher_logits, temperature, mask)
+        return _reduce(pointwise(log_p_s, log_p_t, **params), dropped, student_logits.size(0), temperature)
+
+    divergence.__name__ = divergence.__qualname__ = pointwise.__name__
+    divergence.__doc__ = pointwise.__doc__
+    # The public signature: the divergence's arguments, then the pointwise term's parameters (a spec's numbers).
+    params = [p for p in inspect.signature(pointwise).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    outer = [p for p in inspect.signature(divergence).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    divergence.__signature__ = inspect.Signature([*outer, *params], return_annotation=torch.Tensor)
+    return divergence
+
+
 @DIVERGENCES.register("forward_kl")
-def forward_kl(student_logits, teacher_logits, temperature: float, mask=None) -> torch.Tensor:
+@_softened
+def forward_kl(log_p_s, log_p_t):
     """T^2 KL(p_t || p_s): the paper's and Hinton's KD term (mean-seeking). The default."""
-    log_p_s, log_p_t, dropped = _log_probs(student_logits, teacher_logits, temperature, mask)
-    return _reduce(_kl(log_p_t, log_p_s), dropped, student_logits.size(0), temperature)
+    return _kl(log_p_t, log_p_s)
 
 
 @DIVERGENCES.register("reverse_kl")
-def reverse_kl(student_logits, teacher_logits, temperature: float, mask=None) -> torch.Tensor:
+@_softened
+def reverse_kl(log_p_s, log_p_t):
     """T^2 KL(p_s || p_t) (mode-seeking, as in MiniLLM)."""
-    log_p_s, log_p_t, dropped = _log_probs(student_logits, teacher_logits, temperature, mask)
-    return _reduce(_kl(log_p_s, log_p_t), dropped, student_logits.size(0), temperature)
+    return _kl(log_p_s, log_p_t)
 
 
 @DIVERGENCES.register("jsd", check=check_beta)
-def jsd(student_logits, teacher_logits, temperature: float, mask=None, *, beta: float = 0.5) -> torch.Tensor:
+@_softened
+def jsd(log_p_s, log_p_t, *, beta: float = 0.5):
     """Generalized Jensen-Shannon divergence, in TRL's GKD convention.
 
     With m = beta * p_t + (1 - beta) * p_s: T^2 [beta KL(p_t || m) + (1 - beta) KL(p_s || m)] for
@@ -132,39 +151,34 @@ def jsd(student_logits, teacher_logits, temperature: float, mask=None, *, beta: 
     """
     check_beta(beta)
     if beta == 0.0:
-        return forward_kl(student_logits, teacher_logits, temperature, mask)
+        return _kl(log_p_t, log_p_s)
     if beta == 1.0:
-        return reverse_kl(student_logits, teacher_logits, temperature, mask)
-    log_p_s, log_p_t, dropped = _log_probs(student_logits, teacher_logits, temperature, mask)
+        return _kl(log_p_s, log_p_t)
     log_m = _mix(log_p_t, log_p_s, beta)
-    pointwise = beta * _kl(log_p_t, log_m) + (1.0 - beta) * _kl(log_p_s, log_m)
-    return _reduce(pointwise, dropped, student_logits.size(0), temperature)
+    return beta * _kl(log_p_t, log_m) + (1.0 - beta) * _kl(log_p_s, log_m)
 
 
 @DIVERGENCES.register("tvd")
-def tvd(student_logits, teacher_logits, temperature: float, mask=None) -> torch.Tensor:
+@_softened
+def tvd(log_p_s, log_p_t):
     """T^2 total variation distance, 1/2 sum |p_t - p_s| (symmetric, each position's value in [0, 1])."""
-    log_p_s, log_p_t, dropped = _log_probs(student_logits, teacher_logits, temperature, mask)
-    pointwise = 0.5 * (log_p_t.exp() - log_p_s.exp()).abs()
-    return _reduce(pointwise, dropped, student_logits.size(0), temperature)
+    return 0.5 * (log_p_t.exp() - log_p_s.exp()).abs()
 
 
 @DIVERGENCES.register("skew_kl", check=check_alpha)
-def skew_kl(student_logits, teacher_logits, temperature: float, mask=None, *, alpha: float = 0.1) -> torch.Tensor:
+@_softened
+def skew_kl(log_p_s, log_p_t, *, alpha: float = 0.1):
     """DistiLLM's skew KL: T^2 KL(p_t || alpha p_t + (1 - alpha) p_s); alpha = 0 is forward KL. 0 <= alpha < 1."""
     check_alpha(alpha)
-    log_p_s, log_p_t, dropped = _log_probs(student_logits, teacher_logits, temperature, mask)
-    pointwise = _kl(log_p_t, _mix(log_p_t, log_p_s, alpha))
-    return _reduce(pointwise, dropped, student_logits.size(0), temperature)
+    return _kl(log_p_t, _mix(log_p_t, log_p_s, alpha))
 
 
 @DIVERGENCES.register("skew_rkl", check=check_alpha)
-def skew_rkl(student_logits, teacher_logits, temperature: float, mask=None, *, alpha: float = 0.1) -> torch.Tensor:
+@_softened
+def skew_rkl(log_p_s, log_p_t, *, alpha: float = 0.1):
     """DistiLLM's skew reverse KL: T^2 KL(p_s || alpha p_s + (1 - alpha) p_t); alpha = 0 is reverse KL."""
     check_alpha(alpha)
-    log_p_s, log_p_t, dropped = _log_probs(student_logits, teacher_logits, temperature, mask)
-    pointwise = _kl(log_p_s, _mix(log_p_s, log_p_t, alpha))
-    return _reduce(pointwise, dropped, student_logits.size(0), temperature)
+    return _kl(log_p_s, _mix(log_p_s, log_p_t, alpha))
 
 
 # ------------------------------------------------------------------------------------------ layer losses

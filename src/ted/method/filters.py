@@ -9,17 +9,16 @@ State-dict keys are `filters.{i}.weight` (linear) or `filters.{i}.0.*` / `filter
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.activations import ACT2FN
 
 from ted.errors import TedInputError
+from ted.method.saved_module import SavedModule
 
 FILTERS_WEIGHTS = "filters.safetensors"
 FILTERS_CONFIG = "filters.json"
@@ -66,8 +65,10 @@ class FilterConfig:
     role: str = "filter"  # "filter" (TED) or "projector" (LWD student side)
 
 
-class TaskAwareFilters(nn.Module):
+class TaskAwareFilters(SavedModule):
     """The filters of one model: maps {layer: hidden state} to {layer: filtered state}."""
+
+    WEIGHTS, CONFIG, WHAT, config_class = FILTERS_WEIGHTS, FILTERS_CONFIG, "filters", FilterConfig
 
     def __init__(self, config: FilterConfig):
         super().__init__()
@@ -99,24 +100,6 @@ class TaskAwareFilters(nn.Module):
     def forward(self, hidden_states: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """Filtered outputs in increasing layer order; `hidden_states` as returned by HF models."""
         return [self.filters[str(i)](hidden_states[i + 1]) for i in self.config.layers]
-
-    def save(self, folder: str | Path, state_dict: dict | None = None) -> None:
-        """Write the weights (`state_dict`: this module's keys, e.g. gathered from FSDP; default: its own)."""
-        folder = Path(folder)
-        state = self.state_dict() if state_dict is None else state_dict
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        save_file(tensors, str(folder / FILTERS_WEIGHTS), metadata={"format": "pt"})
-        (folder / FILTERS_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, folder: str | Path) -> TaskAwareFilters:
-        folder = Path(folder)
-        if not (folder / FILTERS_CONFIG).is_file():
-            raise TedInputError(f"{folder} holds no filters ({FILTERS_CONFIG} is missing).")
-        config = FilterConfig(**json.loads((folder / FILTERS_CONFIG).read_text()))
-        module = cls(config)
-        module.load_state_dict(load_file(str(folder / FILTERS_WEIGHTS)))
-        return module
 
 
 def has_filters(folder: str | Path) -> bool:

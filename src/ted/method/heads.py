@@ -8,16 +8,14 @@ k being the rank of the filter in increasing layer order.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.activations import ACT2FN
 
 from ted.method.kinds import get_kind
+from ted.method.saved_module import SavedModule
 
 HEADS_WEIGHTS = "stage1_heads.safetensors"
 HEADS_CONFIG = "stage1_heads.json"
@@ -44,7 +42,9 @@ class _Pooler(nn.Module):
         self.dense = nn.Linear(dim, dim)
 
 
-class StageOneHeads(nn.Module):
+class StageOneHeads(SavedModule):
+    WEIGHTS, CONFIG, WHAT, config_class = HEADS_WEIGHTS, HEADS_CONFIG, "Stage I heads", HeadsConfig
+
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.config = config
@@ -70,21 +70,6 @@ class StageOneHeads(nn.Module):
             pooled = self.activation(pooler.dense(self.pooler_dropout(state[:, POOLED_POSITION])))
             logits.append(head(self.dropout(pooled)))
         return logits
-
-    def save(self, folder: str | Path, state_dict: dict | None = None) -> None:
-        """Write the weights (`state_dict`: this module's keys, e.g. gathered from FSDP; default: its own)."""
-        folder = Path(folder)
-        state = self.state_dict() if state_dict is None else state_dict
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        save_file(tensors, str(folder / HEADS_WEIGHTS), metadata={"format": "pt"})
-        (folder / HEADS_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, folder: str | Path) -> StageOneHeads:
-        folder = Path(folder)
-        module = cls(HeadsConfig(**json.loads((folder / HEADS_CONFIG).read_text())))
-        module.load_state_dict(load_file(str(folder / HEADS_WEIGHTS)))
-        return module
 
 
 def new_heads(kind: str, num_heads: int, input_dim: int, num_labels: int, model_config) -> StageOneHeads:

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from transformers import Trainer
 
+from ted.method.frozen_pass import autocast_dtype
+
 logger = logging.getLogger(__name__)
 
 # The training guard (issue 14): the task loss this much above its early value while a weighted distillation
@@ -86,7 +88,7 @@ class TedTrainer(Trainer):
         self.teacher = teacher
         if teacher is not None:
             teacher.to(self.args.device)
-            teacher.autocast_dtype = self._teacher_autocast_dtype()
+            teacher.autocast_dtype = autocast_dtype(self.args.device, self.args.bf16, self.args.fp16)
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
         self._checked_terms = False
@@ -94,13 +96,6 @@ class TedTrainer(Trainer):
         self._guard_pred: list[float] = []
         self._guard_weighted: list[dict[str, float]] = []
         self.guard_report: Optional[dict] = None
-
-    def _teacher_autocast_dtype(self):
-        if self.args.bf16:
-            return torch.bfloat16
-        if self.args.fp16 and self.args.device.type == "cuda":
-            return torch.float16
-        return None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, terms, predictions = self.objective(model, inputs)

@@ -60,17 +60,14 @@ def devices() -> list[str]:
 
 def load_for_inference(folder: str | Path):
     """The model of a folder with its task head when it has one (config `architectures`)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModel
+
+    from ted.method.kinds import kind_of_model
 
     config = AutoConfig.from_pretrained(folder)
-    archs = " ".join(config.architectures or [])
-    cls = (
-        AutoModelForQuestionAnswering
-        if "QuestionAnswering" in archs
-        else AutoModelForSequenceClassification
-        if "SequenceClassification" in archs
-        else AutoModel
-    )
+    kind = kind_of_model(config.architectures, config.num_labels)
+    has_head = any(arch.endswith(kind.architecture_suffix) for arch in config.architectures or [])
+    cls = kind.auto_class() if has_head else AutoModel
     return cls.from_pretrained(folder).eval()
 
 

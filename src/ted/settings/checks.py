@@ -113,7 +113,7 @@ def _check_balance(values: Mapping[str, Any]) -> None:
         )
 
 
-TEACHER_CACHE_DTYPES = ("auto", "float32", "float16", "bfloat16")  # teacher_cache.DTYPE_CHOICES (no torch here)
+TEACHER_CACHE_DTYPES = ("auto", "float32", "float16", "bfloat16")  # ted.method.teacher_cache stores these
 
 
 def _check_teacher_cache(values: Mapping[str, Any]) -> None:

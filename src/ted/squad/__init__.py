@@ -14,7 +14,6 @@ _EXPORTS = {
     "main": "metric",
     "normalize_answer": "metric",
     "SpanPostprocessor": "postprocess",
-    "postprocess_predictions": "postprocess",
     "write_prediction_files": "postprocess",
     "prepare_eval_features": "windows",
     "prepare_train_features": "windows",

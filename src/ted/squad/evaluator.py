@@ -23,23 +23,12 @@ class SquadEvaluator:
     """
 
     def __init__(
-        self,
-        examples,
-        features,
-        version_2_with_negative: bool,
-        n_best_size: int = 20,
-        max_answer_length: int = 30,
-        null_score_diff_threshold: float = 0.0,
-        layers: Optional[list[int]] = None,
+        self, examples, features, version_2_with_negative: bool, layers: Optional[list[int]] = None, **options
     ):
+        """`options`: SpanPostprocessor's n_best_size, max_answer_length, null_score_diff_threshold."""
         self.examples = examples
         self.features = features.select_columns(["example_id", "offset_mapping"])
-        self.options = dict(
-            version_2_with_negative=version_2_with_negative,
-            n_best_size=n_best_size,
-            max_answer_length=max_answer_length,
-            null_score_diff_threshold=null_score_diff_threshold,
-        )
+        self.options = dict(version_2_with_negative=version_2_with_negative, **options)
         self.layers = layers
         self.last_predictions = None
         self._processors = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
@@ -267,52 +267,3 @@ def write_prediction_files(
             f.write(json.dumps(obj, indent=4, default=_json_default) + "\n")
         written.append(path)
     return written
-
-
-def _logit_batches(logits) -> Iterable[np.ndarray]:
-    """A [features, seq] array in chunks, or an iterable of per-batch [b, seq] / per-window [seq] arrays."""
-    if isinstance(logits, np.ndarray) or hasattr(logits, "detach"):
-        arr = logits
-        if arr.ndim == 1:
-            yield _to_numpy(arr)
-            return
-        for i in range(0, arr.shape[0], 256):
-            yield _to_numpy(arr[i : i + 256])
-    else:
-        for item in logits:
-            yield _to_numpy(item)
-
-
-def postprocess_predictions(
-    examples,
-    features,
-    start_logits_iter,
-    end_logits_iter,
-    version_2_with_negative: bool,
-    n_best_size: int = 20,
-    max_answer_length: int = 30,
-    null_score_diff_threshold: float = 0.0,
-    output_dir: Optional[str | os.PathLike] = None,
-    prefix: Optional[str] = None,
-    cls_index: int = 0,
-):
-    """Post-process all windows' logits; returns (predictions, nbest, null_odds).
-
-    start/end logits: float32 arrays [num_features, seq_len] (padding such as -100 is ignored) or
-    iterables of per-batch arrays in feature order. Files are written when output_dir is given.
-    """
-    proc = SpanPostprocessor(
-        examples,
-        features,
-        version_2_with_negative,
-        n_best_size,
-        max_answer_length,
-        null_score_diff_threshold,
-        cls_index,
-    )
-    for s, e in zip(_logit_batches(start_logits_iter), _logit_batches(end_logits_iter)):
-        proc.add_next(s, e)
-    predictions, nbest, null_odds = proc.finalize()
-    if output_dir is not None:
-        write_prediction_files(output_dir, predictions, nbest, null_odds if version_2_with_negative else None, prefix)
-    return predictions, nbest, null_odds

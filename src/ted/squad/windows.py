@@ -26,7 +26,8 @@ def _require_fast(tokenizer) -> None:
 def _tokenize_windows(
     examples: dict[str, list], tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length: bool
 ):
-    """Tokenize (question, context) pairs into windows; returns (encoding, context sequence id)."""
+    """Tokenize (question, context) pairs into windows; returns (encoding, context sequence id, window -> example,
+    window -> token offsets)."""
     _require_fast(tokenizer)
     questions = [q.lstrip() for q in examples["question"]]  # leading spaces waste window room
     contexts = list(examples["context"])
@@ -43,7 +44,8 @@ def _tokenize_windows(
         return_offsets_mapping=True,
         padding="max_length" if pad_to_max_length else False,
     )
-    return enc, (1 if pad_on_right else 0)
+    sample_map, offset_map = enc.pop("overflow_to_sample_mapping"), enc.pop("offset_mapping")
+    return enc, (1 if pad_on_right else 0), sample_map, offset_map
 
 
 def _context_span(sequence_ids: list, context_id: int) -> tuple[int, int]:
@@ -69,19 +71,15 @@ def _label_window(offsets, lo: int, hi: int, start_char: int, end_char: int, cls
 
 
 def prepare_train_features(
-    examples: dict[str, list],
-    tokenizer,
-    max_seq_length: int = 384,
-    doc_stride: int = 128,
-    pad_to_max_length: bool = False,
+    examples: dict, tokenizer, max_seq_length: int = 384, doc_stride: int = 128, pad_to_max_length: bool = False
 ) -> dict[str, list]:
     """Batched map function: examples (id, question, context, answers) -> labelled windows.
 
     Output: the tokenizer's model inputs plus ``start_positions`` / ``end_positions``.
     """
-    enc, context_id = _tokenize_windows(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length)
-    sample_map = enc.pop("overflow_to_sample_mapping")
-    offset_map = enc.pop("offset_mapping")
+    enc, context_id, sample_map, offset_map = _tokenize_windows(
+        examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length
+    )
     starts, ends = [], []
     for i, offsets in enumerate(offset_map):
         input_ids = enc["input_ids"][i]
@@ -104,20 +102,16 @@ def prepare_train_features(
 
 
 def prepare_eval_features(
-    examples: dict[str, list],
-    tokenizer,
-    max_seq_length: int = 384,
-    doc_stride: int = 128,
-    pad_to_max_length: bool = False,
+    examples: dict, tokenizer, max_seq_length: int = 384, doc_stride: int = 128, pad_to_max_length: bool = False
 ) -> dict[str, list]:
     """Batched map function: examples -> windows with ``example_id`` and ``offset_mapping``.
 
     Offsets of non-context tokens (question, special tokens, padding) are None, so post-processing
     can tell which positions may hold an answer.
     """
-    enc, context_id = _tokenize_windows(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length)
-    sample_map = enc.pop("overflow_to_sample_mapping")
-    offset_map = enc.pop("offset_mapping")
+    enc, context_id, sample_map, offset_map = _tokenize_windows(
+        examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length
+    )
     out = dict(enc)
     out["example_id"] = [examples["id"][j] for j in sample_map]
     out["offset_mapping"] = [

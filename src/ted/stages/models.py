@@ -59,20 +59,20 @@ def check_weight_files(folder: Path) -> None:
             ) from None
 
 
-def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
+def _from_pretrained(auto_class, what: str, name_or_path: str, cache_dir: Optional[str]):
     check_model_source(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir)
+        return auto_class.from_pretrained(name_or_path, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
-        raise TedInputError(f"Cannot load a tokenizer from {name_or_path!r}: {err}") from err
+        raise TedInputError(f"Cannot load {what} from {name_or_path!r}: {err}") from err
+
+
+def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
+    return _from_pretrained(AutoTokenizer, "a tokenizer", name_or_path, cache_dir)
 
 
 def load_config(name_or_path: str, cache_dir: Optional[str] = None):
-    check_model_source(name_or_path)
-    try:
-        return AutoConfig.from_pretrained(name_or_path, cache_dir=cache_dir)
-    except (OSError, ValueError) as err:
-        raise TedInputError(f"Cannot load a model config from {name_or_path!r}: {err}") from err
+    return _from_pretrained(AutoConfig, "a model config", name_or_path, cache_dir)
 
 
 def has_trained_head(config, task: Task) -> bool:

@@ -47,81 +47,28 @@ class GlueTask:
         return [split for split, _ in self.eval_files]
 
 
+_PAIR = ("sentence1", "sentence2")
+_NLI = ["entailment", "not_entailment"]
+_MNLI_DEV = (("validation_matched", "dev_matched.tsv"), ("validation_mismatched", "dev_mismatched.tsv"))
+
+# One row per task: hub labels, hub text columns, selection metric, GLUE folder, TSV fields (label last), options.
 GLUE_TASKS: dict[str, GlueTask] = {
-    "cola": GlueTask(
-        ["unacceptable", "acceptable"],
-        ("sentence",),
-        "matthews_correlation",
-        "CoLA",
-        tsv_fields=(3, 1),
-        tsv_header=False,
-        tsv_int_labels=True,
-    ),
-    "sst2": GlueTask(
-        ["negative", "positive"],
-        ("sentence",),
-        "accuracy",
-        "SST-2",
-        tsv_fields=("sentence", "label"),
-        tsv_int_labels=True,
-    ),
-    "mrpc": GlueTask(
-        ["not_equivalent", "equivalent"],
-        ("sentence1", "sentence2"),
-        "f1",
-        "MRPC",
-        tsv_fields=("#1 String", "#2 String", "Quality"),
-        tsv_int_labels=True,
-    ),
-    "stsb": GlueTask(
-        None,
-        ("sentence1", "sentence2"),
-        "spearmanr",
-        "STS-B",
-        tsv_fields=("sentence1", "sentence2", "score"),
-    ),
-    "qqp": GlueTask(
-        ["not_duplicate", "duplicate"],
-        ("question1", "question2"),
-        "f1",
-        "QQP",
-        tsv_fields=("question1", "question2", "is_duplicate"),
-        tsv_int_labels=True,
-    ),
-    "mnli": GlueTask(
-        ["entailment", "neutral", "contradiction"],
-        ("premise", "hypothesis"),
-        "accuracy",
-        "MNLI",
-        tsv_fields=("sentence1", "sentence2", "gold_label"),
-        eval_files=(
-            ("validation_matched", "dev_matched.tsv"),
-            ("validation_mismatched", "dev_mismatched.tsv"),
-        ),
-    ),
-    "qnli": GlueTask(
-        ["entailment", "not_entailment"],
-        ("question", "sentence"),
-        "accuracy",
-        "QNLI",
-        tsv_fields=("question", "sentence", "label"),
-    ),
-    "rte": GlueTask(
-        ["entailment", "not_entailment"],
-        ("sentence1", "sentence2"),
-        "accuracy",
-        "RTE",
-        tsv_fields=("sentence1", "sentence2", "label"),
-    ),
-    "wnli": GlueTask(
-        ["not_entailment", "entailment"],
-        ("sentence1", "sentence2"),
-        "accuracy",
-        "WNLI",
-        tsv_fields=("sentence1", "sentence2", "label"),
-        tsv_int_labels=True,
-    ),
-}
+    "cola": GlueTask(["unacceptable", "acceptable"], ("sentence",), "matthews_correlation", "CoLA", (3, 1),
+                     tsv_header=False, tsv_int_labels=True),
+    "sst2": GlueTask(["negative", "positive"], ("sentence",), "accuracy", "SST-2", ("sentence", "label"),
+                     tsv_int_labels=True),
+    "mrpc": GlueTask(["not_equivalent", "equivalent"], _PAIR, "f1", "MRPC", ("#1 String", "#2 String", "Quality"),
+                     tsv_int_labels=True),
+    "stsb": GlueTask(None, _PAIR, "spearmanr", "STS-B", (*_PAIR, "score")),
+    "qqp": GlueTask(["not_duplicate", "duplicate"], ("question1", "question2"), "f1", "QQP",
+                    ("question1", "question2", "is_duplicate"), tsv_int_labels=True),
+    "mnli": GlueTask(["entailment", "neutral", "contradiction"], ("premise", "hypothesis"), "accuracy", "MNLI",
+                     (*_PAIR, "gold_label"), eval_files=_MNLI_DEV),
+    "qnli": GlueTask(_NLI, ("question", "sentence"), "accuracy", "QNLI", ("question", "sentence", "label")),
+    "rte": GlueTask(_NLI, _PAIR, "accuracy", "RTE", (*_PAIR, "label")),
+    "wnli": GlueTask(["not_entailment", "entailment"], _PAIR, "accuracy", "WNLI", (*_PAIR, "label"),
+                     tsv_int_labels=True),
+}  # fmt: skip
 
 # The original QQP train.tsv has a few broken rows (missing fields); like the TFDS and old
 # transformers GLUE readers we skip them there, with a warning, instead of refusing the file.

@@ -69,19 +69,12 @@ def load_squad(data_args, tokenizer) -> tuple[Task, TaskData]:
         raise TedInputError(
             f"--doc_stride {data_args.doc_stride} must be smaller than --max_seq_length {window['max_seq_length']}."
         )
-    train = train_raw.map(
-        prepare_train_features,
-        batched=True,
-        remove_columns=train_raw.column_names,
-        fn_kwargs=window,
-        desc="windows (train)",
-    )
-    features = eval_raw.map(
-        prepare_eval_features,
-        batched=True,
-        remove_columns=eval_raw.column_names,
-        fn_kwargs=window,
-        desc="windows (dev)",
+    train, features = (
+        raw.map(prepare, batched=True, remove_columns=raw.column_names, fn_kwargs=window, desc=f"windows ({name})")
+        for raw, prepare, name in (
+            (train_raw, prepare_train_features, "train"),
+            (eval_raw, prepare_eval_features, "dev"),
+        )
     )
     # The Trainer hands each batch's feature indices to the streaming post-processor.
     features = features.add_column("feature_index", list(range(len(features))))

@@ -13,10 +13,11 @@ import torch
 from ted.method.frozen_pass import autocast_dtype
 from ted.method.kinds import get_kind
 from ted.method.teacher_cache.identity import inputs_identity, module_identity
+from ted.settings.checks import TEACHER_CACHE_DTYPES
 
 FORMAT_VERSION = 1
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_CHOICES = TEACHER_CACHE_DTYPES  # the option's values, listed torch-free in ted.settings
+DTYPES = {name: getattr(torch, name) for name in DTYPE_CHOICES if name != "auto"}
 
 
 @dataclass
