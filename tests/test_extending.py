@@ -109,3 +109,17 @@ def test_a_method_registered_outside_the_package_runs_from_the_cli(assets, tmp_p
     # The user's doubled KL (factor 3) is 3x the built-in KL of the same first batch.
     assert main(distill(assets, tmp_path / "builtin")) == 0
     assert first_log(out)["loss_kl"] == pytest.approx(3 * first_log(tmp_path / "builtin")["loss_kl"], rel=1e-5)
+
+
+def test_the_doctor_checks_a_registered_method_by_its_terms(assets, tmp_path, monkeypatch):
+    # ted_l1 matches Stage I filters like TED, so the doctor loads them and reports a layer term (it once checked
+    # every method not named "ted" or "lwd" as if it were KD).
+    plugin_dir = tmp_path / "user_code"
+    plugin_dir.mkdir()
+    (plugin_dir / "my_ted_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    report = tmp_path / "doctor.json"
+    args = ["doctor", *distill(assets, tmp_path / "unused", "--plugins", "my_ted_plugin", "--method", "ted_l1")[1:]]
+    main([*args, "--json", str(report)])
+    terms = json.loads(report.read_text())["initial_terms"]
+    assert any("mse" in name or "layer" in name for name in terms), terms

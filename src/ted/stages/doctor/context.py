@@ -3,7 +3,10 @@ without an output folder."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ted.errors import TedInputError
+from ted.method.recipes import FILTERS, HIDDEN, METHODS, resolve_method
 
 
 def build_context(model_args, data_args, filter_args, distill_args, training_args) -> dict:
@@ -11,7 +14,6 @@ def build_context(model_args, data_args, filter_args, distill_args, training_arg
     from transformers import set_seed
 
     from ted.method.objectives import DistillStudent, Teacher
-    from ted.method.recipes import resolve_method
     from ted.stages.common import dropout_overrides, load_training_task
     from ted.stages.distill import check_projector_width
     from ted.stages.models import (
@@ -28,7 +30,8 @@ def build_context(model_args, data_args, filter_args, distill_args, training_arg
         raise TedInputError("ted doctor needs --teacher_model_name_or_path (the teacher `ted distill` would use).")
     for path in (student_path, teacher_path):
         check_sequence_length(path, data_args, model_args.cache_dir)
-    if method == "lwd":
+    layers = METHODS.get(method).layers  # what the method's layer term compares (a registered method too)
+    if layers == HIDDEN:
         check_projector_width(filter_args.filter_output_dim, teacher_path, model_args.cache_dir)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or student_path, model_args.cache_dir)
@@ -39,7 +42,7 @@ def build_context(model_args, data_args, filter_args, distill_args, training_arg
         raise TedInputError(f"Teacher {teacher_path!r} has no fine-tuned task head; fine-tune it first.")
     student = load_task_model(student_path, task, model_args.cache_dir, **dropout_overrides(model_args))
     t_layers, pairs, teacher_filters, student_filters = _layer_terms(
-        method, filter_args, student, teacher_model, student_path, teacher_path
+        layers, filter_args, student, teacher_model, student_path, teacher_path
     )
     return {
         "task": task,
@@ -52,29 +55,32 @@ def build_context(model_args, data_args, filter_args, distill_args, training_arg
         "weights": distill_weights(distill_args),
         "pairs": pairs,
         "method": method,
+        "layers": layers,
         "teacher_path": teacher_path,
         "student_path": student_path,
         "training_args": training_args,
     }
 
 
-def _layer_terms(method: str, filter_args, student, teacher_model, student_path: str, teacher_path: str) -> tuple:
+def _layer_terms(
+    layers: Optional[str], filter_args, student, teacher_model, student_path: str, teacher_path: str
+) -> tuple:
     """(teacher layers, matched pairs, teacher filters, student filters or projector) of the method."""
     from ted.method.filters import match_layers, new_filters, select_layers
     from ted.stages.distill import load_filters
     from ted.stages.models import num_layers
 
     s_layers = t_layers = pairs = []
-    if method != "kd":
+    if layers is not None:
         s_layers = select_layers(num_layers(student.config), filter_args.filter_interval)
         t_layers = select_layers(num_layers(teacher_model.config), filter_args.teacher_filter_interval)
         pairs = match_layers(s_layers, t_layers)
     teacher_filters = student_filters = None
-    if method == "ted":
+    if layers == FILTERS:
         dim, nonlinear = filter_args.filter_output_dim, filter_args.filter_nonlinear
         teacher_filters = load_filters(teacher_path, t_layers, dim, nonlinear, "teacher")
         student_filters = load_filters(student_path, s_layers, dim, nonlinear, "student")
-    elif method == "lwd":
+    elif layers == HIDDEN:
         hidden = teacher_model.config.hidden_size
         student_filters = new_filters(
             student.config, s_layers, hidden, nonlinear=False, interval=filter_args.filter_interval, role="projector"

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ted import artifacts
+from ted.method.recipes import FILTERS
 from ted.stages.doctor.checks import chance_band, check_stage1, check_teacher, check_terms, majority_baseline, selection
 from ted.stages.doctor.findings import Findings
 
@@ -111,7 +112,7 @@ def _score_on_dev(findings: Findings, ctx: dict, collator, eval_samples: int) ->
     if has_trained_head(ctx["student"].config, task):  # TED's fine-tuned student (KD/LWD may start fresh)
         preds = predict(ctx["student"], dev, collator, args.per_device_eval_batch_size, device, task.kind)
         findings.student_dev = selection(task, preds, labels)
-    if ctx["method"] == "ted":
+    if ctx["layers"] == FILTERS:  # Stage I heads exist only where filters are matched
         for role, path in (("teacher", ctx["teacher_path"]), ("student", ctx["student_path"])):
             scores = stage1_scores(path)
             full_dev = len(next(iter(data.eval_sets.values())))
