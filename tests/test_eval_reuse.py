@@ -12,7 +12,7 @@ import pytest
 import ted
 import tiny
 from ted.method.trainer import TedTrainer
-from ted.stages import common
+from ted.stages import training as common
 from tiny import one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

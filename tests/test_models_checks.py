@@ -356,7 +356,7 @@ def test_failed_training_leaves_no_output_folder(assets, tmp_path, monkeypatch):
 
 
 def test_failed_write_keeps_previous_output(assets, tmp_path, monkeypatch):
-    from ted.stages import common as stage_common
+    from ted.stages import saving as stage_common
 
     out = tmp_path / "runs" / "ft"
     out.mkdir(parents=True)

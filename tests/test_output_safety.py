@@ -12,6 +12,8 @@ import pytest
 import ted
 import ted.pipelines.runner as pipeline_module
 import ted.stages.common as stage_common
+import ted.stages.fingerprint as stage_fingerprint
+import ted.stages.output as stage_output
 import tiny
 from ted import artifacts
 from ted.cli.main import main
@@ -78,7 +80,7 @@ def test_overwrite_never_replaces_a_folder_ted_did_not_write(assets, tmp_path):
 @pytest.mark.usefixtures("no_model")
 def test_work_folder_ted_did_not_make_is_never_removed(assets, tmp_path):
     out = tmp_path / "run"
-    work = artifacts.work_dir(out)
+    work = stage_output.work_dir(out)
     work.mkdir()
     (work / "notes.txt").write_text("mine")
     with pytest.raises(TedInputError, match="not made by ted"):
@@ -144,19 +146,19 @@ def test_leftovers_of_ted_are_removed_and_nothing_else(tmp_path):
     old = tmp_path / ".stage.old-123"  # killed while the previous folder was replaced
     old.mkdir()
     artifacts.write_json(old / artifacts.STAGE_FILE, {})
-    work = artifacts.work_dir(out)  # killed between the rename and the clean-up
+    work = stage_output.work_dir(out)  # killed between the rename and the clean-up
     (work / "checkpoint-2").mkdir(parents=True)
-    (work / artifacts.WORK_MARKER).write_text("abc\n")
+    (work / stage_output.WORK_MARKER).write_text("abc\n")
     users = [tmp_path / ".stage.backup.tmp", tmp_path / ".stage.old-mine"]
     for folder in users:
         folder.mkdir()
         (folder / "keep.txt").write_text("mine")
-    artifacts.drop_leftovers(out)
+    stage_output.drop_leftovers(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".stage.backup.tmp", ".stage.old-mine", "stage"])
     # A work folder of another, unfinished run is kept for resuming.
     work.mkdir()
-    (work / artifacts.WORK_MARKER).write_text("other\n")
-    artifacts.drop_leftovers(out)
+    (work / stage_output.WORK_MARKER).write_text("other\n")
+    stage_output.drop_leftovers(out)
     assert work.is_dir()
 
 
@@ -217,8 +219,8 @@ def test_paths_are_not_in_the_resume_fingerprint(assets, tmp_path):
 
     copy = tmp_path / "model"
     shutil.copytree(assets["model"], copy)
-    assert artifacts.path_identity(str(copy)) == artifacts.path_identity(str(assets["model"]))
-    assert artifacts.path_identity("org/some-hub-id") == "org/some-hub-id"
+    assert stage_fingerprint.path_identity(str(copy)) == stage_fingerprint.path_identity(str(assets["model"]))
+    assert stage_fingerprint.path_identity("org/some-hub-id") == "org/some-hub-id"
 
 
 def test_pipeline_output_dir_that_is_a_file_fails_before_training(assets, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from transformers import Trainer
 
 from ted import api
 from ted.pipelines.runner import _stage_call_kwargs, plan_seed, task_configs
-from ted.stages.common import training_arguments
+from ted.stages.training import training_arguments
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "paper"
 

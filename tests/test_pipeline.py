@@ -18,10 +18,10 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 import ted
 import ted.pipelines.runner as pipeline_module
-import ted.stages.common as stage_common
+import ted.stages.resume as stage_resume
+import ted.stages.training as stage_training
 import tiny
 from helpers import SHARED
-from ted import artifacts
 from ted.cli.main import main
 from ted.errors import TedInputError
 from ted.pipelines.config import load_file
@@ -149,7 +149,7 @@ class CountSteps(TrainerCallback):
             CountSteps.steps.append(state.global_step)
 
 
-BASE_TRAINER = stage_common.TedTrainer
+BASE_TRAINER = stage_training.TedTrainer
 
 
 def with_callback(callback):
@@ -176,14 +176,14 @@ def test_interrupted_stage_two_resumes(run, tmp_path, monkeypatch):
         "--ted.num_train_epochs",
         "2",
     ]  # 2 steps per epoch: a checkpoint after step 2, 4 steps in all
-    monkeypatch.setattr(stage_common, "TedTrainer", with_callback(Interrupt()))
+    monkeypatch.setattr(stage_training, "TedTrainer", with_callback(Interrupt()))
     with pytest.raises(SimulatedKill):
         main(argv)
     ted_dir = out / "custom" / "seed1" / "ted"
     assert not ted_dir.exists() and (ted_dir.with_name("ted.incomplete") / "checkpoint-2").is_dir()
 
     CountSteps.steps = []
-    monkeypatch.setattr(stage_common, "TedTrainer", with_callback(CountSteps()))
+    monkeypatch.setattr(stage_training, "TedTrainer", with_callback(CountSteps()))
     runs = ted.pipeline(str(run["root"] / "cfg.yaml"), output_dir=str(out), seeds=[1], ted={"num_train_epochs": 2})
     assert {r.role: r.status for r in runs}["ted"] == "trained"
     assert {r.status for r in runs if r.role != "ted"} == {"reused"}
@@ -303,12 +303,12 @@ def test_checkpoint_cut_off_mid_write_is_not_resumed(tmp_path):
     """A checkpoint counts only once CheckpointGuard marked it, after the Trainer wrote every file."""
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    artifacts.mark_checkpoint_complete(tmp_path / "checkpoint-2")
+    stage_resume.mark_checkpoint_complete(tmp_path / "checkpoint-2")
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")  # no mark: cut off before it
-    assert stage_common.last_complete_checkpoint(tmp_path, remove_partial=False) == str(tmp_path / "checkpoint-2")
+    assert stage_resume.last_complete_checkpoint(tmp_path, remove_partial=False) == str(tmp_path / "checkpoint-2")
     assert (tmp_path / "checkpoint-4").exists()
-    assert stage_common.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert stage_resume.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert not (tmp_path / "checkpoint-4").exists()
 
 
@@ -319,12 +319,12 @@ def test_checkpoints_of_other_settings_are_dropped(tmp_path):
     work = tmp_path / "ted.incomplete"
     (work / "checkpoint-2").mkdir(parents=True)
     (work / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    artifacts.mark_checkpoint_complete(work / "checkpoint-2")
+    stage_resume.mark_checkpoint_complete(work / "checkpoint-2")
     (work / "ted_fingerprint.txt").write_text("samesettings\n")
-    assert stage_common.prepare_work_dir(out, "samesettings", overwrite=True)[1] == str(work / "checkpoint-2")
+    assert stage_resume.prepare_work_dir(out, "samesettings", overwrite=True)[1] == str(work / "checkpoint-2")
     with pytest.raises(TedInputError, match="different settings"):
-        stage_common.prepare_work_dir(out, "newsettings", overwrite=False)
-    assert stage_common.prepare_work_dir(out, "newsettings", overwrite=True) == (work, None)
+        stage_resume.prepare_work_dir(out, "newsettings", overwrite=False)
+    assert stage_resume.prepare_work_dir(out, "newsettings", overwrite=True) == (work, None)
     assert not (work / "checkpoint-2").exists()
 
 

@@ -20,8 +20,12 @@ from transformers import TrainerCallback
 import ted
 import ted.stages.common as stage_common
 import ted.stages.finetune as finetune_stage
+import ted.stages.fingerprint as stage_fingerprint
+import ted.stages.output as stage_output
+import ted.stages.resume as stage_resume
+import ted.stages.saving as stage_saving
+import ted.stages.training as stage_training
 import tiny
-from ted import artifacts
 from ted.errors import TedInputError
 from ted.method.trainer import TedTrainer
 from tiny import one_thread  # noqa: F401  (module fixture)
@@ -87,7 +91,7 @@ def with_callback(monkeypatch, callback) -> None:
             super().__init__(*args, **kwargs)
             self.add_callback(callback)
 
-    monkeypatch.setattr(stage_common, "TedTrainer", Trainer)
+    monkeypatch.setattr(stage_training, "TedTrainer", Trainer)
 
 
 def read(folder: Path, name: str):
@@ -106,8 +110,8 @@ def test_resume_gives_the_uninterrupted_result_and_whole_run_train_loss(assets, 
     with_callback(monkeypatch, KillAfterSave(2))
     with pytest.raises(SimulatedKill):
         ted.finetune(**kwargs_for(assets, out))
-    work = artifacts.work_dir(out)
-    assert artifacts.checkpoint_is_complete(work / "checkpoint-2")
+    work = stage_output.work_dir(out)
+    assert stage_resume.checkpoint_is_complete(work / "checkpoint-2")
     counter = CountSteps()
     with_callback(monkeypatch, counter)
     ted.finetune(**kwargs_for(assets, out))
@@ -124,8 +128,8 @@ def test_resume_gives_the_uninterrupted_result_and_whole_run_train_loss(assets, 
 
 def test_whole_run_loss_needs_every_step_logged():
     history = [{"loss": 1.0, "step": 2}, {"loss": 0.5, "step": 3}, {"eval_accuracy": 1.0, "step": 3}]
-    assert stage_common.whole_run_loss(history, 3) == pytest.approx(2.5 / 3)
-    assert stage_common.whole_run_loss(history, 4) is None  # the last step was not logged: a gap
+    assert stage_resume.whole_run_loss(history, 3) == pytest.approx(2.5 / 3)
+    assert stage_resume.whole_run_loss(history, 4) is None  # the last step was not logged: a gap
 
 
 def test_checkpoint_missing_files_is_not_resumed(assets, uninterrupted, tmp_path, monkeypatch):
@@ -134,11 +138,11 @@ def test_checkpoint_missing_files_is_not_resumed(assets, uninterrupted, tmp_path
     with_callback(monkeypatch, KillAfterSave(2))
     with pytest.raises(SimulatedKill):
         ted.finetune(**kwargs_for(assets, out))
-    ckpt = artifacts.work_dir(out) / "checkpoint-2"
+    ckpt = stage_output.work_dir(out) / "checkpoint-2"
     for f in ckpt.iterdir():
-        if f.name not in ("config.json", "trainer_state.json", artifacts.CHECKPOINT_MARKER):
+        if f.name not in ("config.json", "trainer_state.json", stage_resume.CHECKPOINT_MARKER):
             f.unlink()
-    assert not artifacts.checkpoint_is_complete(ckpt)
+    assert not stage_resume.checkpoint_is_complete(ckpt)
     counter = CountSteps()
     with_callback(monkeypatch, counter)
     ted.finetune(**kwargs_for(assets, out))
@@ -186,9 +190,9 @@ def test_fingerprint_follows_content_not_path(tmp_path, assets):
     copy = tmp_path / "train.csv"
     shutil.copy(assets["train"], copy)
     os.utime(copy, (1, 1))
-    assert stage_common.fingerprint(args) == stage_common.fingerprint({**args, "train_file": str(copy)})
+    assert stage_fingerprint.fingerprint(args) == stage_fingerprint.fingerprint({**args, "train_file": str(copy)})
     copy.write_text(copy.read_text().replace("pos", "neg", 1))
-    assert stage_common.fingerprint(args) != stage_common.fingerprint({**args, "train_file": str(copy)})
+    assert stage_fingerprint.fingerprint(args) != stage_fingerprint.fingerprint({**args, "train_file": str(copy)})
 
 
 def test_last_checkpoint_kept_until_the_stage_folder_is_written(assets, tmp_path, monkeypatch):
@@ -203,23 +207,23 @@ def test_last_checkpoint_kept_until_the_stage_folder_is_written(assets, tmp_path
     def killed(*args, **kwargs):
         raise SimulatedKill("killed while the stage folder was written")
 
-    monkeypatch.setattr(stage_common, "write_predictions", killed)  # inside the stage-folder write
+    monkeypatch.setattr(stage_saving, "write_predictions", killed)  # inside the stage-folder write
     out = tmp_path / "tail"
     with pytest.raises(SimulatedKill):
         ted.finetune(**kwargs_for(assets, out))
-    work = artifacts.work_dir(out)
+    work = stage_output.work_dir(out)
     assert {p.name for p in work.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-4"}
-    assert stage_common.last_complete_checkpoint(work, remove_partial=False).endswith("checkpoint-4")
+    assert stage_resume.last_complete_checkpoint(work, remove_partial=False).endswith("checkpoint-4")
     assert not out.exists() and not list(tmp_path.glob(".tail.*"))  # nothing half-written left
 
 
 def test_other_runs_checkpoints_refused_before_loading(assets, tmp_path, monkeypatch):
     out = tmp_path / "other"
-    work = artifacts.work_dir(out)
+    work = stage_output.work_dir(out)
     (work / "checkpoint-2").mkdir(parents=True)
     (work / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    artifacts.mark_checkpoint_complete(work / "checkpoint-2")
-    (work / artifacts.WORK_MARKER).write_text("0123456789abcdef\n")
+    stage_resume.mark_checkpoint_complete(work / "checkpoint-2")
+    (work / stage_output.WORK_MARKER).write_text("0123456789abcdef\n")
 
     def no_load(*args, **kwargs):
         raise AssertionError("a model was loaded before the checks")
@@ -235,9 +239,9 @@ def test_other_runs_checkpoints_refused_before_loading(assets, tmp_path, monkeyp
 def test_fingerprint_only_work_dir_is_taken_over(assets, uninterrupted, tmp_path):
     """A failed run leaves `.incomplete/` with a fingerprint and no checkpoint: the corrected command runs."""
     out = tmp_path / "failed"
-    work = artifacts.work_dir(out)
+    work = stage_output.work_dir(out)
     work.mkdir()
-    (work / artifacts.WORK_MARKER).write_text("0123456789abcdef\n")
+    (work / stage_output.WORK_MARKER).write_text("0123456789abcdef\n")
     (work / "checkpoint-9").mkdir()  # cut off mid-write: no completion marker
     (work / "checkpoint-9" / "config.json").write_text("{}")
     ted.finetune(**kwargs_for(assets, out))

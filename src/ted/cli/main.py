@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Optional
 
-from ted.artifacts import is_main_launch_process
 from ted.errors import TedInputError
 from ted.settings.parse import STAGE_COMMANDS, TedArgumentParser, suggestion
+from ted.stages.output import is_main_launch_process
 
 # Stage modules (and torch / transformers) are imported only when a command runs, so that `ted`,
 # `ted --help`, `ted --version` and `ted score-squad` start instantly.

@@ -12,6 +12,7 @@ from typing import Optional
 from transformers import set_seed
 
 from ted import artifacts
+from ted.artifacts import StageResult
 from ted.errors import TedInputError
 from ted.method import teacher_cache
 from ted.method.divergences import DIVERGENCES, LAYER_LOSSES
@@ -26,18 +27,7 @@ from ted.method.filters import (
 from ted.method.kinds import get_kind
 from ted.method.objectives import DistillObjective, DistillStudent, DistillWeights, Teacher
 from ted.method.recipes import FILTERS, HIDDEN, METHODS, resolve_method
-from ted.stages.common import (
-    StageResult,
-    args_dict,
-    dropout_overrides,
-    load_training_task,
-    make_collator,
-    open_output,
-    run_trainer,
-    save_stage,
-    sub_state,
-    task_metrics,
-)
+from ted.stages.common import args_dict, dropout_overrides, load_training_task, make_collator, open_output
 from ted.stages.doctor import distill_weights, preflight
 from ted.stages.models import (
     check_same_vocabulary,
@@ -48,6 +38,9 @@ from ted.stages.models import (
     load_tokenizer,
     num_layers,
 )
+from ted.stages.saving import save_stage, sub_state
+from ted.stages.scoring import task_metrics
+from ted.stages.training import StageTraining, run_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -185,23 +178,12 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     teacher = Teacher(teacher_model, teacher_filters, t_layers, task.head)
     module = DistillStudent(student, student_filters)
     # ted doctor's cheap checks (128 dev examples, 2 batches): warnings printed before training, never a stop.
-    checked = preflight(
-        dict(
-            task=task,
-            data=data,
-            tokenizer=tokenizer,
-            teacher_model=teacher_model,
-            student=student,
-            teacher=teacher,
-            module=module,
-            weights=weights,
-            pairs=pairs,
-            method=method,
-            teacher_path=teacher_path,
-            student_path=student_path,
-            training_args=training_args,
-        )
+    run = dict(
+        task=task, data=data, tokenizer=tokenizer, weights=weights, pairs=pairs, method=method, layers=recipe.layers
     )
+    models = dict(teacher_model=teacher_model, student=student, teacher=teacher, module=module)
+    where = dict(teacher_path=teacher_path, student_path=student_path, training_args=training_args)
+    checked = preflight({**run, **models, **where})
     cache = teacher_cache.prepare(
         distill_args=distill_args,
         training_args=training_args,
@@ -214,20 +196,17 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
     )
     teacher = cache.teacher
     teacher_model = teacher_filters = None  # with a cache nothing holds the teacher's weights from here on
-    trainer, train_metrics, eval_metrics = run_trainer(
+    cached = dataclasses.replace(data, train=cache.train)
+    trained = run_trainer(
+        StageTraining(output_dir, run_args, training_args, tokenizer, task, cached),
         module=module,
         objective=DistillObjective(task.head, teacher, weights),
-        tokenizer=tokenizer,
-        task=task,
-        data=dataclasses.replace(data, train=cache.train),
         data_collator=cache.collator,
-        training_args=training_args,
-        output_dir=output_dir,
-        run_args=run_args,
         compute_metrics=task_metrics(task, data, data_args),
         selection_metric=task.selection_metric,
         teacher=teacher,
     )
+    trainer = trained.trainer
     lineage = {"student": student_path, "teacher": teacher_path, "layer_pairs": [list(p) for p in pairs]}
     description = artifacts.describe_stage("distill", task, run_args, lineage, method=method)
     description["teacher_cache"] = cache.record
@@ -241,17 +220,7 @@ def run_distill(model_args, data_args, filter_args, distill_args, training_args)
         if student_filters is not None:
             student_filters.save(folder, sub_state(state, "filters"))
 
-    save_stage(
-        trainer,
-        output_dir,
-        model=student,
-        tokenizer=tokenizer,
-        description=description,
-        train_metrics=train_metrics,
-        eval_metrics=eval_metrics,
-        model_prefix="model",
-        extras=extras,
-    )
+    save_stage(trained, model=student, description=description, model_prefix="model", extras=extras)
     if trainer.is_world_process_zero():
         teacher_cache.remove_root(cache.cleanup)
-    return StageResult(str(output_dir), eval_metrics, {"method": method, "layer_pairs": pairs})
+    return StageResult(str(output_dir), trained.eval_metrics, {"method": method, "layer_pairs": pairs})

@@ -10,12 +10,15 @@ from pathlib import Path
 from transformers import set_seed
 
 from ted import artifacts
+from ted.artifacts import StageResult
 from ted.method.kinds import get_kind
 from ted.method.objectives import TaskObjective
 from ted.method.trainer import TedTrainer
 from ted.settings.training_args import DataArguments
-from ted.stages.common import StageResult, make_collator, model_columns, task_metrics, write_predictions
+from ted.stages.common import make_collator, model_columns
 from ted.stages.models import load_config, load_task_model, load_tokenizer
+from ted.stages.saving import write_predictions
+from ted.stages.scoring import task_metrics
 from ted.tasks import GLUE_TASKS, is_custom, load_task, with_model_labels
 
 logger = logging.getLogger(__name__)

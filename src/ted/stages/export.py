@@ -7,14 +7,15 @@ loadable weights) and renamed into place: the output folder is a complete export
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ted import artifacts
 from ted.artifacts import StageResult
 from ted.errors import TedInputError
+from ted.stages import output
 
 EXPORTABLE = ("distill", "finetune")
 INDEX_FILE = "model.safetensors.index.json"
@@ -84,10 +85,11 @@ def is_export(folder: Path) -> bool:
 
 
 def only_export_files(folder: Path) -> bool:
+    """Every entry is a plain file `ted export` writes (the card, or a file of a stock model folder)."""
     return all(
         p.is_file()
         and not p.is_symlink()
-        and (p.name == CARD or any(fnmatch.fnmatch(p.name, pattern) for pattern in artifacts._EXPORT_PATTERNS))
+        and (p.name == CARD or artifacts.matches(p.name, artifacts.STOCK_MODEL_PATTERNS))
         for p in folder.iterdir()
     )
 
@@ -140,21 +142,34 @@ def verify_copy(src: Path, copy: Path) -> None:
 def drop_leftovers(dst: Path) -> None:
     """What a killed export of `dst` left: `.NAME.*.tmp` (being built) and `.NAME.old-*` (being replaced).
 
-    `artifacts.drop_leftovers` removes a folder still being written; here also one that holds a whole export
+    `output.drop_leftovers` removes a folder still being written; here also one that holds a whole export
     (killed between the renames), and nothing else."""
-    artifacts.drop_leftovers(dst)
+    output.drop_leftovers(dst)
     for path in [*dst.parent.glob(f".{dst.name}.*.tmp"), *dst.parent.glob(f".{dst.name}.old-*")]:
         if path.is_dir() and not path.is_symlink() and is_export(path):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def export_student(stage_dir: Path, output_dir: Path, model_card: str, verify: Callable[[Path], None]) -> Path:
+    """Copy the stock Hugging Face model and tokenizer of a stage folder, without filters or heads, with its card.
+
+    The caller checks `output_dir` first (`run_export`). The copy is built in a temporary sibling folder and
+    renamed into place only after `verify(folder)` passes: a complete export or nothing."""
+    src, dst = Path(stage_dir), Path(output_dir)
+    if not (src / "config.json").is_file():
+        raise TedInputError(f"{src} is not a model folder (no config.json). Pass a ted stage folder.")
+    with artifacts.atomic_folder(dst) as tmp:
+        artifacts.copy_matching(src, tmp, artifacts.STOCK_MODEL_PATTERNS)
+        (tmp / CARD).write_text(model_card)
+        verify(tmp)
+    return dst
 
 
 def run_export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_speed: bool = True) -> StageResult:
     src, dst = Path(stage_dir), Path(output_dir)
     stage = check_source(src)
     # Refuse an output that is, contains or is inside an input, or a folder `ted export` did not write.
-    artifacts.check_output_dir(
-        str(dst), overwrite, inputs=tuple(map(str, inputs_of(src, stage))), replaceable=replaceable
-    )
+    output.check_output_dir(str(dst), overwrite, inputs=tuple(map(str, inputs_of(src, stage))), replaceable=replaceable)
     check_weights(src)  # fail before timing anything
     metrics_path = src / artifacts.EVAL_RESULTS
     metrics = artifacts.read_json(metrics_path) if metrics_path.is_file() else {}
@@ -167,5 +182,5 @@ def run_export(stage_dir: str, output_dir: str, overwrite: bool = False, measure
 
     card = build(src, stage, metrics, speed_rows)
     drop_leftovers(dst)
-    artifacts.export_student(src, dst, card, verify=lambda copy: verify_copy(src, copy))
+    export_student(src, dst, card, verify=lambda copy: verify_copy(src, copy))
     return StageResult(str(dst), metrics)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
@@ -23,22 +22,13 @@ from typing import Optional
 from ted import artifacts
 from ted.errors import TedInputError
 from ted.method.kinds import get_kind, kind_of_model
+from ted.stages.output import check_output_dir
 
 logger = logging.getLogger(__name__)
 
 TED_FIELDS = ("train_filters", "filter_interval", "filter_output_dim", "filter_nonlinear", "filter_disabled")
 FILTER_KEY = re.compile(r"^deberta\.encoder\.layer\.(\d+)\.filter\.(.+)$")
 HEAD_PREFIXES = ("filter_pooler.", "filter_head.")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "spm.model",
-    "vocab.txt",
-    "added_tokens.json",
-    "merges.txt",
-    "vocab.json",
-)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -198,7 +188,7 @@ def import_original(
     if not src.is_dir():
         raise TedInputError(f"{src} is not a folder. Pass a checkpoint folder saved by the original TED code.")
     original = read_original_config(src)
-    dst = artifacts.check_output_dir(output_dir, overwrite)
+    dst = check_output_dir(output_dir, overwrite)
     model_w, filter_w, head_w = split_weights(read_weights(src))
     kind = head_kind(original)
     config = stock_config(original)
@@ -214,24 +204,20 @@ def import_original(
         heads = StageOneHeads(heads_config(original, head_w, kind, filters.config.output_dim))
         heads.load_state_dict(head_w)
     stage1 = bool(head_w) or bool(original.get("train_filters"))
-    with artifacts.atomic_folder(dst) as tmp:
+    description = artifacts.describe_stage(
+        "learn_filters" if stage1 else "distill",
+        describe_task(task_name, kind, original),
+        {"imported": {k: original[k] for k in TED_FIELDS if k in original}},
+        lineage={"imported_from": str(src.resolve())},
+        method=None if stage1 else (method or ("kd" if filters is None else None)),
+    )
+    with artifacts.stage_folder(dst, description) as tmp:
         model.save_pretrained(tmp)
-        for name in TOKENIZER_FILES:
-            if (src / name).is_file():
-                shutil.copy2(src / name, tmp / name)
+        artifacts.copy_matching(src, tmp, artifacts.TOKENIZER_PATTERNS)
         if filters is not None:
             filters.save(tmp)
         if heads is not None:
             heads.save(tmp)
-        ted_fields = {k: original[k] for k in TED_FIELDS if k in original}
-        description = artifacts.describe_stage(
-            "learn_filters" if stage1 else "distill",
-            describe_task(task_name, kind, original),
-            {"imported": ted_fields},
-            lineage={"imported_from": str(src.resolve())},
-            method=None if stage1 else (method or ("kd" if filters is None else None)),
-        )
-        artifacts.write_json(tmp / artifacts.STAGE_FILE, description)
     logger.info(
         "Imported %s -> %s (%s%s%s)",
         src,

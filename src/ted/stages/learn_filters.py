@@ -11,20 +11,16 @@ import torch
 from transformers import default_data_collator
 
 from ted import artifacts
+from ted.artifacts import StageResult
 from ted.method.feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, first_token_features
 from ted.method.filters import new_filters, select_layers
 from ted.method.heads import new_heads
 from ted.method.objectives import CachedFilterLearner, FilterLearner, FilterObjective
-from ted.stages.common import (
-    StageResult,
-    args_dict,
-    per_filter_metrics,
-    run_trainer,
-    save_stage,
-    start_model_stage,
-    sub_state,
-)
+from ted.stages.common import args_dict, start_model_stage
 from ted.stages.models import has_trained_head, num_layers
+from ted.stages.saving import save_stage, sub_state
+from ted.stages.scoring import per_filter_metrics
+from ted.stages.training import StageTraining, run_trainer
 from ted.tasks.base import TaskData
 
 logger = logging.getLogger(__name__)
@@ -126,20 +122,15 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
         # token, so SQuAD always takes this path; so does an eval-mode run whose cache would not fit in memory.
         learner = FilterLearner(model, filters, heads, backbone_mode=filter_args.stage1_backbone_mode)
     # The paper keeps the last epoch (no selection); every epoch still scores each filter head on dev.
-    trainer, train_metrics, eval_metrics = run_trainer(
+    trained = run_trainer(
+        StageTraining(output_dir, run_args, training_args, tokenizer, task, data),
         module=learner,
         objective=FilterObjective(task.head),
-        tokenizer=tokenizer,
-        task=task,
-        data=data,
-        training_args=training_args,
-        output_dir=output_dir,
-        run_args=run_args,
         compute_metrics=per_filter_metrics(task, layers, data, data_args),
         selection_metric=None,
         data_collator=collator,
     )
-    scores = layer_scores(eval_metrics, layers)
+    scores = layer_scores(trained.eval_metrics, layers)
     description = artifacts.describe_stage(
         "learn_filters", task, run_args, lineage={"model": model_args.model_name_or_path}
     )
@@ -152,15 +143,5 @@ def run_learn_filters(model_args, data_args, filter_args, training_args) -> Stag
         heads.save(folder, sub_state(state, "heads"))
         artifacts.write_json(folder / artifacts.STAGE1_SCORES, scores)
 
-    save_stage(
-        trainer,
-        output_dir,
-        model=model,
-        tokenizer=tokenizer,
-        description=description,
-        train_metrics=train_metrics,
-        eval_metrics=eval_metrics,
-        model_prefix="backbone",
-        extras=extras,
-    )
-    return StageResult(str(output_dir), eval_metrics, {"layer_scores": scores})
+    save_stage(trained, model=model, description=description, model_prefix="backbone", extras=extras)
+    return StageResult(str(output_dir), trained.eval_metrics, {"layer_scores": scores})
