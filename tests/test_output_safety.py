@@ -40,9 +40,9 @@ def no_model(monkeypatch):
         raise AssertionError("a model was loaded before the output folder was checked")
 
     monkeypatch.setattr(stage_common, "load_tokenizer", refuse)
-    import ted.stages.distill as distill_stage
+    import ted.stages.distill_setup as distill_setup
 
-    monkeypatch.setattr(distill_stage, "load_tokenizer", refuse)
+    monkeypatch.setattr(distill_setup, "load_tokenizer", refuse)
 
 
 def run_kwargs(a, out, **kw) -> dict:

@@ -16,7 +16,7 @@ import torch
 from transformers import Trainer
 
 from ted import api
-from ted.pipelines.runner import _stage_call_kwargs, plan_seed, task_configs
+from ted.pipelines.plan import plan_seed, stage_call_kwargs, task_configs
 from ted.stages.training import training_arguments
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "paper"
@@ -153,7 +153,7 @@ def resolved_stages(task: str, tmp_path: Path) -> dict[str, dict]:
     seed_dir = tmp_path / name / "seed42"
     out = {}
     for spec in plan_seed(name, cfg, 42, seed_dir):
-        groups = api.parse_kwargs(spec.command, _stage_call_kwargs(spec, seed_dir))
+        groups = api.parse_kwargs(spec.command, stage_call_kwargs(spec, seed_dir))
         selection = None if spec.command == "learn-filters" else SELECTION[task]
         head = "span" if task == "squad_v2" else "classification"
         final = training_arguments(groups[-1], tmp_path / "work", selection, head)

@@ -24,6 +24,7 @@ import tiny
 from helpers import SHARED
 from ted.cli.main import main
 from ted.errors import TedInputError
+from ted.pipelines import plan
 from ted.pipelines.config import load_file
 from tiny import one_thread  # noqa: F401  (module fixture)
 
@@ -260,9 +261,9 @@ def test_presets_resolve(monkeypatch, tmp_path):
     )
     plans = {}
     for path in sorted((REPO / "configs" / "paper").glob("*.yaml")):
-        [(task, c)] = pipeline_module.task_configs([str(path)], {"output_dir": str(tmp_path)})
-        specs = {s.role: s.kwargs for s in pipeline_module.plan_seed(task, c, 42, tmp_path)}
-        pipeline_module.validate(pipeline_module.plan_seed(task, c, 42, tmp_path))
+        [(task, c)] = plan.task_configs([str(path)], {"output_dir": str(tmp_path)})
+        specs = {s.role: s.kwargs for s in plan.plan_seed(task, c, 42, tmp_path)}
+        plan.validate(plan.plan_seed(task, c, 42, tmp_path))
         assert set(c["paper_results"]) == {"metrics", "teacher", "student", "kd", "lwd", "ted"}
         assert all(s["fp16"] and s["per_device_eval_batch_size"] == 8 for s in specs.values())
         assert specs["student_stage1"]["filter_output_dim"] == specs["ted"]["filter_output_dim"] == 768
@@ -291,10 +292,10 @@ def test_presets_resolve(monkeypatch, tmp_path):
 @pytest.mark.skipif(not (SHARED / "models").is_dir(), reason=f"shared models not found at {SHARED}")
 def test_minilm_presets_plan(tmp_path):
     for path in sorted((REPO / "configs" / "minilm").glob("*.yaml")):
-        [(task, c)] = pipeline_module.task_configs([str(path)], {"output_dir": str(tmp_path)})
-        pipeline_module._check_top(c)
-        specs = {s.role: s for s in pipeline_module.plan_seed(task, c, 1, tmp_path)}
-        pipeline_module.validate(list(specs.values()))
+        [(task, c)] = plan.task_configs([str(path)], {"output_dir": str(tmp_path)})
+        plan.check_models(c)
+        specs = {s.role: s for s in plan.plan_seed(task, c, 1, tmp_path)}
+        plan.validate(list(specs.values()))
         assert specs["ted"].kwargs["teacher_filter_interval"] == 2 and specs["lwd"].kwargs["filter_interval"] == 1
         assert Path(specs["teacher"].kwargs["data_dir"]).is_dir()
 

@@ -72,7 +72,7 @@ def task_configs(config_files: list[str], overrides: dict) -> list[tuple[str, di
     return out
 
 
-def _check_top(cfg: dict) -> None:
+def check_models(cfg: dict) -> None:
     for key in ("teacher", "student"):
         if not cfg.get(key):
             raise TedInputError(f"{cfg['config_file']}: set `{key}:` (a model folder or hub id).")
@@ -178,7 +178,7 @@ def stage_fingerprint(spec: StageSpec, parents: dict[str, str]) -> str:
     return fingerprint.stage_fingerprint(spec.command, spec.kwargs, inputs)
 
 
-def _stage_call_kwargs(spec: StageSpec, seed_dir: Path) -> dict:
+def stage_call_kwargs(spec: StageSpec, seed_dir: Path) -> dict:
     kwargs = dict(spec.kwargs)
     for key, src in spec.inputs.items():
         kwargs[key] = str(seed_dir / src.role) if src.role else src.path
@@ -195,7 +195,7 @@ def validate(specs: list[StageSpec]) -> None:
                 f"data_dir {data_dir!r} does not exist (set common.data_dir, --data_dir, or "
                 "TED_SHARED_DIR for the presets)."
             )
-        parse_mapping(spec.command, _stage_call_kwargs(spec, spec.folder.parent))
+        parse_mapping(spec.command, stage_call_kwargs(spec, spec.folder.parent))
 
 
 def check_run_folder(task_dir: Path) -> None:
@@ -222,7 +222,7 @@ def plan_jobs(config_files: list[str], overrides: dict) -> list[Job]:
     of the stages it reads). The configs and run folders are checked; nothing is loaded."""
     jobs: list[Job] = []
     for task, cfg in task_configs(config_files, overrides):
-        _check_top(cfg)
+        check_models(cfg)
         _check_common_keys(cfg)
         if not cfg.get("output_dir"):
             raise TedInputError("Give the run folder with --output_dir DIR (or `output_dir:` in the config).")

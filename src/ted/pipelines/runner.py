@@ -28,23 +28,10 @@ from ted import artifacts
 from ted.method import teacher_cache
 from ted.method.recipes import PIPELINE_METHODS as METHODS
 from ted.pipelines.config import STAGE_SECTIONS, parse_overrides
-
-# The plan's names stay importable from here (their old home, also as ted.pipeline_runner).
-from ted.pipelines.plan import (  # noqa: F401
-    ROLE_COMMAND,
-    ROLE_SECTION,
-    ROLES,
-    Source,
+from ted.pipelines.plan import (
     StageSpec,
-    _check_top,
-    _stage_call_kwargs,
-    check_run_folder,
-    model_inputs,
     plan_jobs,
-    plan_seed,
-    roles_for,
-    stage_fingerprint,
-    task_configs,
+    stage_call_kwargs,
     validate,
 )
 from ted.stages.output import drop_leftovers, is_main_launch_process
@@ -97,7 +84,7 @@ def run_stage(spec: StageSpec, fp: str, task: str, seed: int) -> StageRun:
     if reusable(spec.folder, fp):
         logger.info("%s: reused %s (fingerprint %s)", label, spec.folder, fp)
         return StageRun(task, seed, spec.role, str(spec.folder), "reused", fp, time.time() - start, _metrics(spec))
-    kwargs = _stage_call_kwargs(spec, spec.folder.parent)
+    kwargs = stage_call_kwargs(spec, spec.folder.parent)
     if spec.folder.exists():
         logger.warning("%s: %s was made with other settings or inputs; training it again.", label, spec.folder)
     # Replace an outdated stage folder, and start over when its checkpoints are of other settings (the stage

@@ -28,7 +28,7 @@ from ted.stages.doctor.checks import (
     majority_baseline,
 )
 from ted.stages.doctor.command import run_doctor
-from ted.stages.doctor.context import build_context, distill_weights
+from ted.stages.doctor.context import build_context
 from ted.stages.doctor.findings import Findings, report_text, write_findings
 from ted.stages.doctor.measure import diagnose, preflight
 from ted.stages.doctor.pipeline import PIPELINE_HELP, run_pipeline_doctor
@@ -43,7 +43,6 @@ __all__ = [
     "check_terms",
     "constant_predictions",
     "diagnose",
-    "distill_weights",
     "majority_baseline",
     "preflight",
     "report_text",

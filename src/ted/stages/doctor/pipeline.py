@@ -37,7 +37,7 @@ def _parser():
 def run_pipeline_doctor(argv: list[str]) -> Findings:
     """Find the pipeline's stage call for the chosen task, seed and method, and run the doctor with it."""
     from ted.pipelines.config import parse_overrides
-    from ted.pipelines.runner import _stage_call_kwargs, plan_seed, task_configs
+    from ted.pipelines.plan import plan_seed, stage_call_kwargs, task_configs
     from ted.settings.parse import parse_mapping
     from ted.stages.registry import run_command
 
@@ -61,7 +61,7 @@ def run_pipeline_doctor(argv: list[str]) -> Findings:
                 f"the pipeline made. Run `ted pipeline --config {args.pipeline_config} --seeds {seed} --methods kd` "
                 "(teachers and students) or the Stage I sections first."
             )
-    kwargs = _stage_call_kwargs(spec, seed_dir)
+    kwargs = stage_call_kwargs(spec, seed_dir)
     kwargs.pop("output_dir", None)
     kwargs.update(json=args.json, doctor_eval_samples=args.doctor_eval_samples, doctor_batches=args.doctor_batches)
     return run_command("doctor", parse_mapping("doctor", kwargs, where=args.pipeline_config))
