@@ -1,5 +1,5 @@
 """A stage scores the model it keeps once: the in-training evaluation of the kept weights is reused instead
-of a second pass over the dev set (stages.common.score_kept_model), with the same metrics as before."""
+of a second pass over the dev set (stages.training.score_kept_model), with the same metrics as before."""
 
 from __future__ import annotations
 

@@ -539,7 +539,7 @@ def trainer_trajectory(case: dict, batch: dict, output_dir, **flags):
     )
     args = api.parse_kwargs("distill", {**options, **flags})[-1]
     args = copy.copy(args)
-    args.remove_unused_columns = False  # as stages.common.training_arguments
+    args.remove_unused_columns = False  # as stages.training.training_arguments
     student, objective = stage2_setup(case)
     recording = _Recording(objective)
     rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]

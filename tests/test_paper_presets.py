@@ -3,7 +3,7 @@
 
 The expected values below are copied from the reference document's tables (4.1, 4.3-4.6, 5.1), not from
 ted's defaults. Each preset is resolved the way `ted pipeline` resolves it (pipeline_runner.plan_seed ->
-api.parse_kwargs -> stages.common.training_arguments) into the TrainingArguments the Trainer gets, and the
+api.parse_kwargs -> stages.training.training_arguments) into the TrainingArguments the Trainer gets, and the
 Trainer's own optimizer choice is read back, so a change of a Trainer default cannot slip through.
 """
 
