@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
@@ -18,6 +19,9 @@ from ted.errors import TedInputError
 from ted.reporting.plots import plot_loss_terms
 from ted.reporting.tables import results_table
 from ted.stages.registry import run_options
+
+if TYPE_CHECKING:
+    from ted.stages.doctor.findings import Findings
 
 TEACHER = {"layers": 4, "hidden": 64}
 STUDENT = {"layers": 2, "hidden": 32}
@@ -38,7 +42,7 @@ def _common(train: Path, dev: Path, seed: int, out: Path) -> dict:
     )
 
 
-def stage(command: str, **options):
+def stage(command: str, **options: Any) -> Union[artifacts.StageResult, Findings]:
     """Run one stage of the chain, exactly as `ted <command>` would."""
     return run_options(command, options)
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "pleasant", "brilliant", "solid", "charming", "fun"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak", "messy", "clumsy", "bland", "grim"]
@@ -58,7 +63,9 @@ def _sentence(rng: random.Random) -> tuple[str, int]:
     return " ".join(words), int(score > 0)
 
 
-def write_train_dev_csv(folder: Path, make_row, n_train: int, n_dev: int) -> tuple[Path, Path]:
+def write_train_dev_csv(
+    folder: Path, make_row: Callable[[int], Sequence[object]], n_train: int, n_dev: int
+) -> tuple[Path, Path]:
     """folder/train.csv and folder/dev.csv with columns sentence,label; `make_row(i)` gives (text, label)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -75,14 +82,14 @@ def write_train_dev_csv(folder: Path, make_row, n_train: int, n_dev: int) -> tup
 def write_synthetic_task(folder: Path, n_train: int = 2000, n_dev: int = 400, seed: int = 0) -> tuple[Path, Path]:
     rng = random.Random(seed)
 
-    def row(_):
+    def row(_: int) -> tuple[str, str]:
         text, label = _sentence(rng)
         return text, LABELS[label]
 
     return write_train_dev_csv(folder, row, n_train, n_dev)
 
 
-def build_tokenizer(words: list[str] | None = None, model_max_length: int = 64):
+def build_tokenizer(words: list[str] | None = None, model_max_length: int = 64) -> PreTrainedTokenizerFast:
     """A word-level tokenizer with BERT-style special tokens over `words` (default: the demo's vocabulary)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -108,7 +115,7 @@ def build_tokenizer(words: list[str] | None = None, model_max_length: int = 64):
     )
 
 
-def write_tiny_model(folder: Path, tokenizer, layers: int, hidden: int, seed: int) -> Path:
+def write_tiny_model(folder: Path, tokenizer: PreTrainedTokenizerBase, layers: int, hidden: int, seed: int) -> Path:
     """A randomly initialised BERT encoder (no task head) saved with its tokenizer."""
     import torch
     from transformers import BertConfig, BertModel

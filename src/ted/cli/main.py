@@ -6,11 +6,18 @@ import json
 import logging
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from ted.errors import TedInputError
 from ted.settings.parse import STAGE_COMMANDS, TedArgumentParser, suggestion
 from ted.stages.output import is_main_launch_process
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ted.artifacts import StageResult
+    from ted.pipelines.runner import StageRun
+    from ted.stages.doctor.findings import Findings
 
 # Stage modules (and torch / transformers) are imported only when a command runs, so that `ted`,
 # `ted --help`, `ted --version` and `ted score-squad` start instantly.
@@ -35,7 +42,7 @@ USAGE = (
 )
 
 
-def run_stage(command: str, argv: list[str]):
+def run_stage(command: str, argv: list[str]) -> Union[StageResult, Findings]:
     from ted.settings.parse import parse_cli
 
     groups = parse_cli(command, argv, description=COMMANDS[command])
@@ -44,7 +51,7 @@ def run_stage(command: str, argv: list[str]):
     return run_command(command, groups)
 
 
-def run_export_cli(argv: list[str]):
+def run_export_cli(argv: list[str]) -> StageResult:
     parser = TedArgumentParser(prog="ted export", description=COMMANDS["export"])
     parser.add_argument("stage_dir", help="a ted stage folder (e.g. the output of `ted distill`)")
     parser.add_argument("--output_dir", required=True, help="folder to write the stock model to")
@@ -56,7 +63,7 @@ def run_export_cli(argv: list[str]):
     return run_export(args.stage_dir, args.output_dir, args.overwrite_output_dir, not args.no_speed)
 
 
-def run_demo_cli(argv: list[str]):
+def run_demo_cli(argv: list[str]) -> None:
     parser = TedArgumentParser(prog="ted demo", description=COMMANDS["demo"])
     parser.add_argument("--output_dir", default="ted-demo", help="where the runs and report.md go")
     parser.add_argument("--seed", type=int, default=42)
@@ -72,25 +79,25 @@ def run_demo_cli(argv: list[str]):
     return None
 
 
-def run_score_squad(argv: list[str]):
+def run_score_squad(argv: list[str]) -> int:
     from ted.squad.metric import main
 
     return main(argv)
 
 
-def run_pipeline_cli(argv: list[str]):
+def run_pipeline_cli(argv: list[str]) -> list[StageRun]:
     from ted.pipelines.runner import run_pipeline_cli as run
 
     return run(argv)
 
 
-def run_report_cli(argv: list[str]):
+def run_report_cli(argv: list[str]) -> tuple[Path, Path]:
     from ted.reporting.report import run_report_cli as run
 
     return run(argv)
 
 
-def run_import_original_cli(argv: list[str]):
+def run_import_original_cli(argv: list[str]) -> Path:
     from ted.stages.import_original import run_import_original_cli as run
 
     return run(argv)

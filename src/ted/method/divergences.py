@@ -70,7 +70,9 @@ def _dropped(mask: Optional[torch.Tensor], logits: torch.Tensor) -> Optional[tor
     )
 
 
-def _log_probs(student_logits, teacher_logits, temperature, mask):
+def _log_probs(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, mask: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """(log p_s, log p_t, dropped): softened float32 log-probabilities, dropped entries pushed to ~ -inf."""
     s = student_logits.float() / temperature
     t = teacher_logits.detach().float() / temperature
@@ -84,7 +86,9 @@ def _log_probs(student_logits, teacher_logits, temperature, mask):
     return F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), dropped
 
 
-def _reduce(pointwise: torch.Tensor, dropped, batch_size: int, temperature: float) -> torch.Tensor:
+def _reduce(
+    pointwise: torch.Tensor, dropped: Optional[torch.Tensor], batch_size: int, temperature: float
+) -> torch.Tensor:
     """Sum over kept entries / batch size * T^2 (the convention of `losses.kl_divergence`)."""
     if dropped is not None:
         pointwise = pointwise.masked_fill(dropped, 0.0)
@@ -112,7 +116,13 @@ def _softened(pointwise: Callable[..., torch.Tensor]) -> Divergence:
     """The divergence whose pointwise term is `pointwise(log_p_s, log_p_t, **params)`: soften both by the
     temperature, drop masked entries, sum, divide by the batch size, multiply by T^2."""
 
-    def divergence(student_logits, teacher_logits, temperature: float, mask=None, **params) -> torch.Tensor:
+    def divergence(
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        temperature: float,
+        mask: Optional[torch.Tensor] = None,
+        **params: float,
+    ) -> torch.Tensor:
         log_p_s, log_p_t, dropped = _log_probs(student_logits, teacher_logits, temperature, mask)
         return _reduce(pointwise(log_p_s, log_p_t, **params), dropped, student_logits.size(0), temperature)
 
@@ -127,21 +137,21 @@ def _softened(pointwise: Callable[..., torch.Tensor]) -> Divergence:
 
 @DIVERGENCES.register("forward_kl")
 @_softened
-def forward_kl(log_p_s, log_p_t):
+def forward_kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor) -> torch.Tensor:
     """T^2 KL(p_t || p_s): the paper's and Hinton's KD term (mean-seeking). The default."""
     return _kl(log_p_t, log_p_s)
 
 
 @DIVERGENCES.register("reverse_kl")
 @_softened
-def reverse_kl(log_p_s, log_p_t):
+def reverse_kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor) -> torch.Tensor:
     """T^2 KL(p_s || p_t) (mode-seeking, as in MiniLLM)."""
     return _kl(log_p_s, log_p_t)
 
 
 @DIVERGENCES.register("jsd", check=check_beta)
 @_softened
-def jsd(log_p_s, log_p_t, *, beta: float = 0.5):
+def jsd(log_p_s: torch.Tensor, log_p_t: torch.Tensor, *, beta: float = 0.5) -> torch.Tensor:
     """Generalized Jensen-Shannon divergence, in TRL's GKD convention.
 
     With m = beta * p_t + (1 - beta) * p_s: T^2 [beta KL(p_t || m) + (1 - beta) KL(p_s || m)] for
@@ -160,14 +170,14 @@ def jsd(log_p_s, log_p_t, *, beta: float = 0.5):
 
 @DIVERGENCES.register("tvd")
 @_softened
-def tvd(log_p_s, log_p_t):
+def tvd(log_p_s: torch.Tensor, log_p_t: torch.Tensor) -> torch.Tensor:
     """T^2 total variation distance, 1/2 sum |p_t - p_s| (symmetric, each position's value in [0, 1])."""
     return 0.5 * (log_p_t.exp() - log_p_s.exp()).abs()
 
 
 @DIVERGENCES.register("skew_kl", check=check_alpha)
 @_softened
-def skew_kl(log_p_s, log_p_t, *, alpha: float = 0.1):
+def skew_kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor, *, alpha: float = 0.1) -> torch.Tensor:
     """DistiLLM's skew KL: T^2 KL(p_t || alpha p_t + (1 - alpha) p_s); alpha = 0 is forward KL. 0 <= alpha < 1."""
     check_alpha(alpha)
     return _kl(log_p_t, _mix(log_p_t, log_p_s, alpha))
@@ -175,7 +185,7 @@ def skew_kl(log_p_s, log_p_t, *, alpha: float = 0.1):
 
 @DIVERGENCES.register("skew_rkl", check=check_alpha)
 @_softened
-def skew_rkl(log_p_s, log_p_t, *, alpha: float = 0.1):
+def skew_rkl(log_p_s: torch.Tensor, log_p_t: torch.Tensor, *, alpha: float = 0.1) -> torch.Tensor:
     """DistiLLM's skew reverse KL: T^2 KL(p_s || alpha p_s + (1 - alpha) p_t); alpha = 0 is reverse KL."""
     check_alpha(alpha)
     return _kl(log_p_s, _mix(log_p_s, log_p_t, alpha))
@@ -191,7 +201,7 @@ def _position_weights(mask: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
 
 
 @LAYER_LOSSES.register("mse")
-def mse(student_state, teacher_state, mask=None) -> torch.Tensor:
+def mse(student_state: torch.Tensor, teacher_state: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean squared difference per element; with a mask, over real positions only (also `losses.layer_mse`).
 
     The teacher state may be an inference tensor: here it is only subtracted or masked, never saved for
@@ -207,7 +217,9 @@ def mse(student_state, teacher_state, mask=None) -> torch.Tensor:
 
 
 @LAYER_LOSSES.register("cosine")
-def cosine(student_state, teacher_state, mask=None) -> torch.Tensor:
+def cosine(
+    student_state: torch.Tensor, teacher_state: torch.Tensor, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Mean over (real) positions of 1 - cos(student, teacher): direction only, blind to scale."""
     # Normalising the teacher makes a new tensor, so an inference-mode teacher is never saved for backward.
     teacher_unit = F.normalize(teacher_state.detach().float(), dim=-1)
@@ -219,7 +231,7 @@ def cosine(student_state, teacher_state, mask=None) -> torch.Tensor:
 
 
 @LAYER_LOSSES.register("nmse")
-def nmse(student_state, teacher_state, mask=None) -> torch.Tensor:
+def nmse(student_state: torch.Tensor, teacher_state: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Normalised MSE: sum over (real) positions of ||s - t||^2 / sum over them of ||t||^2.
 
     Independent of the teacher's scale and width, so layers whose states differ in magnitude weigh alike.

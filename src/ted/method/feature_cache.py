@@ -5,7 +5,7 @@ position (token 0, `heads.POOLED_POSITION`) of its filter's output, and a filter
 backbone is run once over the data, under `torch.inference_mode()` in the run's own precision (bf16
 autocast only under --bf16, fp16 only under --fp16 on CUDA, else float32), keeping token 0 of each
 selected layer's hidden state; the filters and heads then train on these [K, hidden] features for
-all epochs through the same `TedTrainer` (`objectives.CachedFilterLearner`).
+all epochs through the same `TedTrainer` (`modules.CachedFilterLearner`).
 
 Batches for the single backbone pass are sorted by length (least padding). Under DDP every process
 computes a share of the batches and the shares are summed across processes, so the pass is split
@@ -18,7 +18,7 @@ its available memory, Stage I runs the eval-mode backbone on every batch instead
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from accelerate.utils import reduce
@@ -27,6 +27,10 @@ from torch.utils.data import Dataset
 from ted.method import frozen_pass
 from ted.method.frozen_pass import padded_batches, process_share
 from ted.method.heads import POOLED_POSITION
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ _REDUCE_ROWS = 4096  # rows summed across processes at a time (bounds device mem
 class CachedFeatures(Dataset):
     """Rows {"features": [K, hidden], "labels": label} for `CachedFilterLearner` + `FilterObjective`."""
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if len(features) != len(labels):
             raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
         self.features = features
@@ -79,9 +83,9 @@ def cache_fits(needed_per_process: int, processes_on_node: int, fraction: float 
 
 def first_token_features(
     backbone: torch.nn.Module,
-    dataset,
+    dataset: datasets.Dataset,
     layers: list[int],
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     device: torch.device,
     batch_size: int = 64,
     autocast_dtype: Optional[torch.dtype] = None,

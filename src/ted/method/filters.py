@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from transformers.activations import ACT2FN
 
 from ted.errors import TedInputError
 from ted.method.saved_module import SavedModule
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 FILTERS_WEIGHTS = "filters.safetensors"
 FILTERS_CONFIG = "filters.json"
@@ -70,7 +73,7 @@ class TaskAwareFilters(SavedModule):
 
     WEIGHTS, CONFIG, WHAT, config_class = FILTERS_WEIGHTS, FILTERS_CONFIG, "filters", FilterConfig
 
-    def __init__(self, config: FilterConfig):
+    def __init__(self, config: FilterConfig) -> None:
         super().__init__()
         self.config = config
         self.filters = nn.ModuleDict({str(i): self._build(config) for i in config.layers})
@@ -107,7 +110,7 @@ def has_filters(folder: str | Path) -> bool:
 
 
 def new_filters(
-    model_config,
+    model_config: PretrainedConfig,
     layers: list[int],
     output_dim: Optional[int],
     nonlinear: bool,

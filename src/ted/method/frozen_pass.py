@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
 
 INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -27,7 +31,7 @@ def autocast_dtype(device: torch.device, bf16: bool = False, fp16: bool = False)
     return None
 
 
-def length_sorted_batches(dataset, batch_size: int) -> list[list[int]]:
+def length_sorted_batches(dataset: datasets.Dataset, batch_size: int) -> list[list[int]]:
     """Row indices in batches of similar length (least padding), shortest first."""
     sizes = [len(ids) for ids in dataset["input_ids"]]
     order = sorted(range(len(sizes)), key=sizes.__getitem__)
@@ -35,7 +39,12 @@ def length_sorted_batches(dataset, batch_size: int) -> list[list[int]]:
 
 
 def padded_batches(
-    dataset, tokenizer, device: torch.device, batch_size: int, rank: int = 0, world: int = 1
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """(row indices, padded model inputs on `device`) for every `world`-th length-sorted batch, from `rank`."""
     columns = [k for k in INPUT_COLUMNS if k in dataset.column_names]

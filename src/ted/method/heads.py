@@ -9,6 +9,7 @@ k being the rank of the filter in increasing layer order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from transformers.activations import ACT2FN
 
 from ted.method.kinds import get_kind
 from ted.method.saved_module import SavedModule
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 HEADS_WEIGHTS = "stage1_heads.safetensors"
 HEADS_CONFIG = "stage1_heads.json"
@@ -37,7 +41,7 @@ class HeadsConfig:
 
 
 class _Pooler(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         super().__init__()
         self.dense = nn.Linear(dim, dim)
 
@@ -45,7 +49,7 @@ class _Pooler(nn.Module):
 class StageOneHeads(SavedModule):
     WEIGHTS, CONFIG, WHAT, config_class = HEADS_WEIGHTS, HEADS_CONFIG, "Stage I heads", HeadsConfig
 
-    def __init__(self, config: HeadsConfig):
+    def __init__(self, config: HeadsConfig) -> None:
         super().__init__()
         self.config = config
         self.sequence_level = get_kind(config.kind).sequence_level
@@ -72,7 +76,9 @@ class StageOneHeads(SavedModule):
         return logits
 
 
-def new_heads(kind: str, num_heads: int, input_dim: int, num_labels: int, model_config) -> StageOneHeads:
+def new_heads(
+    kind: str, num_heads: int, input_dim: int, num_labels: int, model_config: PretrainedConfig
+) -> StageOneHeads:
     """Heads for one filter set; dropouts come from the model config as in the paper's pooler."""
     classifier_dropout = next(
         (

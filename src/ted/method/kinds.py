@@ -7,9 +7,19 @@ strings. Adding a kind (the causal-LM kind comes next) means one new class here 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ted.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+    from transformers.utils import ModelOutput
+
+    from ted.method.divergences import Divergence
+
+    # One tensor for a sequence-level head; (start, end) logits or positions for a span head.
+    Predictions = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 KINDS: Registry = Registry("head kind")
 
@@ -38,20 +48,20 @@ class HeadKind:
     def num_labels(self, label_list: Optional[list[str]]) -> int:
         return len(label_list or [])
 
-    def auto_class(self):
+    def auto_class(self) -> type[_BaseAutoModelClass]:
         import transformers
 
         return getattr(transformers, self.auto_class_name)
 
-    def predictions(self, outputs):
+    def predictions(self, outputs: ModelOutput) -> Predictions:
         """The prediction tensor(s) of a Hugging Face task model output."""
         return outputs.logits
 
-    def stack(self, predictions):
+    def stack(self, predictions: Predictions) -> torch.Tensor:
         """Predictions as one tensor for the Trainer to gather."""
         return predictions
 
-    def unstack(self, stacked):
+    def unstack(self, stacked: torch.Tensor) -> Predictions:
         """The inverse of `stack` (Stage I heads return stacked logits)."""
         return stacked
 
@@ -64,18 +74,25 @@ class HeadKind:
             return model_inputs, None
         return model_inputs, found[0] if len(found) == 1 else tuple(found)
 
-    def trainer_labels(self, inputs: dict):
+    def trainer_labels(self, inputs: dict) -> Optional[torch.Tensor]:
         """What the Trainer passes to compute_metrics as label_ids."""
         return inputs.get("labels")
 
-    def task_loss(self, predictions, labels, label_smoothing: float = 0.0):
+    def task_loss(self, predictions: Predictions, labels: Predictions, label_smoothing: float = 0.0) -> torch.Tensor:
         from ted.method import losses
 
         return losses.classification_loss(predictions, labels, label_smoothing)
 
     def output_distillation(
-        self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool, divergence=None
-    ):
+        self,
+        student: Predictions,
+        teacher: Predictions,
+        *,
+        temperature: float,
+        attention_mask: Optional[torch.Tensor],
+        paper_compat: bool,
+        divergence: Optional[Divergence] = None,
+    ) -> torch.Tensor:
         """The KD term between the student's and the teacher's predictions: `divergence` (--kd_loss, a
         ted.method.divergences function; default the paper's T^2-scaled forward KL) of the class distributions."""
         return (divergence or _forward_kl())(student, teacher, temperature)
@@ -96,15 +113,22 @@ class RegressionKind(HeadKind):
     def num_labels(self, label_list: Optional[list[str]]) -> int:
         return 1
 
-    def task_loss(self, predictions, labels, label_smoothing: float = 0.0):
+    def task_loss(self, predictions: Predictions, labels: Predictions, label_smoothing: float = 0.0) -> torch.Tensor:
         # No classes to smooth over: stages refuse --label_smoothing_factor for regression up front.
         from ted.method import losses
 
         return losses.regression_loss(predictions, labels)
 
     def output_distillation(
-        self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool, divergence=None
-    ):
+        self,
+        student: Predictions,
+        teacher: Predictions,
+        *,
+        temperature: float,
+        attention_mask: Optional[torch.Tensor],
+        paper_compat: bool,
+        divergence: Optional[Divergence] = None,
+    ) -> torch.Tensor:
         """MSE between predictions; --paper_compat: the original code's KL as a softmax across the batch.
         (A score has no class distribution, so --kd_loss does not apply: distill refuses it up front.)"""
         from ted.method import losses
@@ -132,32 +156,39 @@ class SpanKind(HeadKind):
     def num_labels(self, label_list: Optional[list[str]]) -> int:
         return 2
 
-    def predictions(self, outputs):
+    def predictions(self, outputs: ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
         return outputs.start_logits, outputs.end_logits
 
-    def stack(self, predictions):
+    def stack(self, predictions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         import torch
 
         return torch.stack(predictions, dim=-1)  # [B, T, 2]
 
-    def unstack(self, stacked):
+    def unstack(self, stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return stacked[..., 0], stacked[..., 1]
 
-    def trainer_labels(self, inputs: dict):
+    def trainer_labels(self, inputs: dict) -> Optional[torch.Tensor]:
         import torch
 
         if "start_positions" not in inputs:  # dev windows: post-processing needs their indices
             return inputs.get("feature_index")
         return torch.stack([inputs["start_positions"], inputs["end_positions"]], dim=-1)
 
-    def task_loss(self, predictions, labels, label_smoothing: float = 0.0):
+    def task_loss(self, predictions: Predictions, labels: Predictions, label_smoothing: float = 0.0) -> torch.Tensor:
         from ted.method import losses
 
         return losses.span_loss(predictions[0], predictions[1], labels[0], labels[1], label_smoothing)
 
     def output_distillation(
-        self, student, teacher, *, temperature: float, attention_mask, paper_compat: bool, divergence=None
-    ):
+        self,
+        student: Predictions,
+        teacher: Predictions,
+        *,
+        temperature: float,
+        attention_mask: Optional[torch.Tensor],
+        paper_compat: bool,
+        divergence: Optional[Divergence] = None,
+    ) -> torch.Tensor:
         """The mean of the start and end divergences over the window's tokens (padding too under --paper_compat).
         The mask has the logits' shape: padded tokens leave each softmax."""
         divergence = divergence or _forward_kl()
@@ -168,7 +199,7 @@ class SpanKind(HeadKind):
         ) / 2
 
 
-def _forward_kl():
+def _forward_kl() -> Divergence:
     from ted.method.divergences import DIVERGENCES
 
     return DIVERGENCES.get("forward_kl")

@@ -1,23 +1,36 @@
-"""What each stage trains and how its loss is computed.
+"""How each stage's loss is computed: the objectives that map (module, batch) to loss, terms and predictions.
 
 Every stage is (a module to train, an objective). An objective maps (module, batch) to
 (total loss, named loss terms, predictions). The one Trainer subclass in training.py runs all of them.
+The modules live in `ted.method.modules`; their names are importable from here too, as before.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import nn
 
 from ted.method.divergences import DIVERGENCES, LAYER_LOSSES
-from ted.method.filters import TaskAwareFilters
-from ted.method.heads import StageOneHeads
 from ted.method.kinds import get_kind
-from ted.method.teacher_cache.collate import strip_batch_keys
+
+# The stages' modules, importable from here as before.
+from ted.method.modules import (  # noqa: F401
+    CachedFilterLearner,
+    DistillStudent,
+    FilterLearner,
+    Teacher,
+    real_tokens,
+    unwrap,
+)
+
+if TYPE_CHECKING:
+    from ted.method.kinds import Predictions
+
+# (total loss or None without labels, named loss terms, predictions stacked for the Trainer)
+ObjectiveOutput = tuple[Optional[torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
 
 
 def split_labels(head: str, inputs: dict) -> tuple[dict, object]:
@@ -25,22 +38,7 @@ def split_labels(head: str, inputs: dict) -> tuple[dict, object]:
     return get_kind(head).split_labels(inputs)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module itself under a DDP (or similar `.module`) wrapper, to read attributes such as `.filters`."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    return model
-
-
-def real_tokens(hidden_states, layers: list[int], token_index: torch.Tensor) -> dict[int, torch.Tensor]:
-    """The selected layers' hidden states at the real tokens only, flattened to [tokens, hidden].
-
-    Keyed like HF hidden states (layer i -> i + 1), so position-wise filters read them unchanged.
-    """
-    return {i + 1: hidden_states[i + 1].flatten(0, 1).index_select(0, token_index) for i in layers}
-
-
-def stack_predictions(head: str, outputs) -> torch.Tensor:
+def stack_predictions(head: str, outputs: Predictions) -> torch.Tensor:
     """Predictions in one tensor for the Trainer to gather: logits, or [B, T, 2] start/end for spans."""
     return get_kind(head).stack(outputs)
 
@@ -51,63 +49,15 @@ class TaskObjective:
     # --label_smoothing_factor, set by TedTrainer (the Trainer's own label smoother never sees our loss).
     label_smoothing: float = 0.0
 
-    def __init__(self, head: str):
+    def __init__(self, head: str) -> None:
         self.head = head
         self.kind = get_kind(head)
 
-    def __call__(self, model, inputs):
+    def __call__(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> ObjectiveOutput:
         model_inputs, labels = self.kind.split_labels(inputs)
         preds = self.kind.predictions(model(**model_inputs))
         loss = self.kind.task_loss(preds, labels, self.label_smoothing) if labels is not None else None
         return loss, {}, self.kind.stack(preds)
-
-
-class FilterLearner(nn.Module):
-    """Stage I module: a frozen backbone, trainable filters and one head per filter."""
-
-    def __init__(
-        self, backbone: nn.Module, filters: TaskAwareFilters, heads: StageOneHeads, backbone_mode: str = "train"
-    ):
-        super().__init__()
-        if backbone_mode not in ("train", "eval"):
-            raise ValueError(f"backbone_mode must be 'train' or 'eval', got {backbone_mode!r}")
-        self.backbone = backbone
-        self.filters = filters
-        self.heads = heads
-        self.backbone_mode = backbone_mode
-        self.backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        # The paper keeps dropout on inside the frozen backbone; "eval" turns it off.
-        self.backbone.train(mode and self.backbone_mode == "train")
-        return self
-
-    def forward(self, **inputs) -> list[torch.Tensor]:
-        with torch.no_grad():
-            hidden = self.backbone(**inputs, output_hidden_states=True).hidden_states
-        return self.heads(self.filters(hidden))
-
-
-class CachedFilterLearner(nn.Module):
-    """Stage I on cached features: the filters and heads alone, fed token 0 of each selected layer.
-
-    With the frozen backbone in eval mode the classification / regression heads only read token 0 of each
-    filter's output, and a filter is position-wise, so `features` [B, K, hidden] (token 0 of the K selected
-    layers' hidden states, computed once, see `ted.method.feature_cache`) give exactly the logits of a `FilterLearner`
-    in "eval" mode, without running the backbone every epoch.
-    """
-
-    def __init__(self, filters: TaskAwareFilters, heads: StageOneHeads):
-        super().__init__()
-        self.filters = filters
-        self.heads = heads
-
-    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
-        features = features.to(self.heads.filter_head[0].weight.dtype)
-        # Indexed like HF hidden states (layer i -> i + 1), one position each: what the heads read.
-        hidden = {layer + 1: features[:, k : k + 1] for k, layer in enumerate(self.filters.layers)}
-        return self.heads(self.filters(hidden))
 
 
 class FilterObjective:
@@ -115,11 +65,11 @@ class FilterObjective:
 
     label_smoothing: float = 0.0
 
-    def __init__(self, head: str):
+    def __init__(self, head: str) -> None:
         self.head = head
         self.kind = get_kind(head)
 
-    def __call__(self, model: FilterLearner, inputs):
+    def __call__(self, model: FilterLearner, inputs: dict[str, torch.Tensor]) -> ObjectiveOutput:
         model_inputs, labels = self.kind.split_labels(inputs)
         per_head = [self.kind.unstack(logits) for logits in model(**model_inputs)]  # heads return stacked logits
         terms, loss = {}, None
@@ -130,79 +80,6 @@ class FilterObjective:
             terms = {f"filter_layer{layer}": value for layer, value in zip(layers, head_losses)}
         preds = torch.stack([self.kind.stack(out) for out in per_head], dim=1)
         return loss, terms, preds
-
-
-class DistillStudent(nn.Module):
-    """Stage II module: the student model and, for TED / LWD, its filters or projector."""
-
-    def __init__(self, model: nn.Module, filters: Optional[TaskAwareFilters]):
-        super().__init__()
-        self.model = model
-        self.filters = filters
-
-    # --gradient_checkpointing: the Trainer asks the trained module; the student's layers are what is
-    # recomputed (the filters are tiny). Newer transformers call it activation checkpointing.
-    def activation_checkpointing_enable(self, **kwargs):
-        self.model.activation_checkpointing_enable(**kwargs)
-
-    def gradient_checkpointing_enable(self, **kwargs):
-        self.model.gradient_checkpointing_enable(**kwargs)
-
-    def forward(self, with_states: bool = False, token_index: Optional[torch.Tensor] = None, **inputs):
-        """`token_index` (flat indices of the real tokens): filter only those, see `DistillObjective`."""
-        inputs = strip_batch_keys(inputs)  # the cached teacher signal rides in the batch (ted.method.teacher_cache)
-        outputs = self.model(**inputs, output_hidden_states=with_states)
-        states = None
-        if with_states and self.filters is not None:
-            hidden = outputs.hidden_states
-            if token_index is not None:
-                hidden = real_tokens(hidden, self.filters.layers, token_index)
-            states = self.filters(hidden)
-        return outputs, states
-
-
-class Teacher:
-    """The frozen teacher: eval mode, no gradients, never wrapped for DDP, never saved with the student."""
-
-    def __init__(self, model: nn.Module, filters: Optional[TaskAwareFilters], layers: list[int], head: str):
-        self.model = model.eval().requires_grad_(False)
-        self.filters = filters.eval().requires_grad_(False) if filters is not None else None
-        self.layers = layers
-        self.head = head
-        self.kind = get_kind(head)
-        # Set by TedTrainer from --bf16 / --fp16: the teacher is not prepared by accelerate, so it would
-        # otherwise run in full precision while the student runs under autocast.
-        self.autocast_dtype: Optional[torch.dtype] = None
-        self.device_type = "cpu"
-
-    def to(self, device):
-        self.model.to(device)
-        if self.filters is not None:
-            self.filters.to(device)
-        self.device_type = torch.device(device).type
-        return self
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
-
-    def __call__(self, inputs: dict, with_states: bool, token_index: Optional[torch.Tensor] = None):
-        # Only what the loss reads: logits, and the selected layers (filtered) when there is a layer term.
-        with torch.inference_mode(), self.autocast():
-            outputs = self.model(**inputs, output_hidden_states=with_states)
-            preds = self.kind.predictions(outputs)
-            states = None
-            if with_states:
-                hidden = outputs.hidden_states
-                if token_index is not None:
-                    hidden = real_tokens(hidden, self.layers, token_index)
-                states = self.filters(hidden) if self.filters is not None else [hidden[i + 1] for i in self.layers]
-        # Inference tensors cannot be saved for backward; a clone outside inference mode can. The logits are
-        # small; the layer states are not cloned: the layer losses never save them for backward (they mask
-        # them or subtract them outside inference mode first, which makes ordinary tensors).
-        preds = tuple(p.clone() for p in preds) if isinstance(preds, tuple) else preds.clone()
-        return preds, states
 
 
 @dataclass
@@ -237,7 +114,7 @@ class DistillObjective:
 
     label_smoothing: float = 0.0
 
-    def __init__(self, head: str, teacher: Teacher, weights: DistillWeights):
+    def __init__(self, head: str, teacher: Teacher, weights: DistillWeights) -> None:
         self.head = head
         self.kind = get_kind(head)
         self.teacher = teacher
@@ -247,7 +124,9 @@ class DistillObjective:
         self.balanced: dict[str, float] = {}  # --balance_losses: the weights fixed on the first batch
         self.step0: dict[str, float] = {}  # ... and the raw terms they came from
 
-    def weight(self, name: str, term: torch.Tensor, task_loss: torch.Tensor, terms: dict):
+    def weight(
+        self, name: str, term: torch.Tensor, task_loss: torch.Tensor, terms: dict[str, torch.Tensor]
+    ) -> Union[float, torch.Tensor]:
         """The weight of distillation term `name` (kl or mse) for this batch."""
         if not self.w.balance:
             return self.w.alpha(name)
@@ -279,7 +158,9 @@ class DistillObjective:
         ratios = {n: self.w.ratio(n) for n in ("kl", "mse") if self.w.alpha(n)}
         return {"mode": mode, "ratios": ratios, "alphas": dict(self.balanced), "step0_terms": dict(self.step0)}
 
-    def kd_term(self, s_preds, t_preds, attention_mask) -> torch.Tensor:
+    def kd_term(
+        self, s_preds: Predictions, t_preds: Predictions, attention_mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         return self.kind.output_distillation(
             s_preds,
             t_preds,
@@ -289,7 +170,7 @@ class DistillObjective:
             divergence=self.divergence,
         )
 
-    def __call__(self, model: DistillStudent, inputs):
+    def __call__(self, model: DistillStudent, inputs: dict[str, torch.Tensor]) -> ObjectiveOutput:
         model_inputs, labels = self.kind.split_labels(inputs)
         if not model.training:  # evaluation scores the student's own head only
             s_preds = self.kind.predictions(model(**model_inputs)[0])

@@ -9,12 +9,20 @@ from __future__ import annotations
 import logging
 import statistics
 import warnings
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from transformers import Trainer
 
 from ted.method.frozen_pass import autocast_dtype
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ted.method.modules import Teacher
+    from ted.method.objectives import DistillObjective, FilterObjective, TaskObjective
+
+    Objective = Union[TaskObjective, FilterObjective, DistillObjective]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +78,7 @@ class TedTrainer(Trainer):
     step, so no per-step host synchronisation is added and every term reaches the trackers.
     """
 
-    def __init__(self, *args, objective, teacher=None, **kwargs):
+    def __init__(self, *args: Any, objective: Objective, teacher: Optional[Teacher] = None, **kwargs: Any) -> None:
         train_args = kwargs.get("args")
         if train_args is not None and train_args.dataloader_pin_memory and train_args.device.type == "cpu":
             # Pinned memory only helps copies to an accelerator; on CPU torch warns at every DataLoader.
@@ -97,7 +105,13 @@ class TedTrainer(Trainer):
         self._guard_weighted: list[dict[str, float]] = []
         self.guard_report: Optional[dict] = None
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Optional[torch.Tensor] = None,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         loss, terms, predictions = self.objective(model, inputs)
         if model.training and terms:
             self._accumulate(terms)
@@ -109,7 +123,13 @@ class TedTrainer(Trainer):
             self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
         self._term_steps += 1
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: Optional[list[str]] = None,
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, _, predictions = self.objective(model, inputs)
@@ -119,7 +139,7 @@ class TedTrainer(Trainer):
         labels = self.objective_labels(inputs)
         return loss, predictions.detach(), labels
 
-    def objective_labels(self, inputs):
+    def objective_labels(self, inputs: dict[str, Any]) -> Optional[torch.Tensor]:
         return self.objective.kind.trainer_labels(inputs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

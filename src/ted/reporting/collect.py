@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ted import artifacts
 from ted.errors import TedInputError
 from ted.method.kinds import HeadKind, get_kind
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PIPELINE_ROLES = ("teacher", "student", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
 RESULT_ROWS = (
@@ -51,7 +55,7 @@ def count_parameters(folder: str | Path) -> int:
     return total
 
 
-def _numel(shape) -> int:
+def _numel(shape: Sequence[int]) -> int:
     n = 1
     for d in shape:
         n *= int(d)
@@ -69,7 +73,7 @@ def selection_score(folder: str | Path) -> tuple[str, Optional[float]]:
 class TaskRuns:
     """Stage folders of one task: role -> seed -> folder, plus the run's pipeline.json."""
 
-    def __init__(self, task: str):
+    def __init__(self, task: str) -> None:
         self.task = task
         self.stages: dict[str, dict[int, Path]] = {}
         self.pipeline: dict = {}
@@ -159,7 +163,7 @@ def eval_curve(history: list[dict], key: str) -> list[tuple[float, float]]:
     return sorted(points.items())
 
 
-def metric_function(info: dict):
+def metric_function(info: dict) -> Callable[[np.ndarray, np.ndarray], float]:
     """The selection metric of a stage's task as `fn(decoded predictions, labels) -> float`."""
     from ted.reporting.stats import fast_metric
     from ted.tasks.metrics import classification_metric_fn, glue_metric_fn, regression_metric_fn
@@ -177,7 +181,7 @@ def metric_function(info: dict):
     return lambda preds, labels: fn(preds, labels)[key]
 
 
-def decoded_predictions(folder: Path, kind: HeadKind):
+def decoded_predictions(folder: Path, kind: HeadKind) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(decoded predictions, labels) from a stage's eval_predictions.npz, or None."""
     import numpy as np
 

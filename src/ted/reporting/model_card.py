@@ -9,7 +9,7 @@ the teacher (`ted.reporting.speed`, the same helper `ted report` uses).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ted import artifacts
 from ted.method.kinds import get_kind
@@ -17,6 +17,9 @@ from ted.reporting.collect import count_parameters
 from ted.reporting.render import md_row
 from ted.reporting.speed import SPEED_HEADER, compare, speed_cells
 from ted.reporting.tables import mean_std
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
 
 HYPERPARAMETERS = (
     "method",
@@ -101,7 +104,7 @@ def seed_folders(stage_dir: Path, stage: dict) -> list[Path]:
 TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
 
 
-def card_data(stage: dict, bases: list[str], metrics: dict):
+def card_data(stage: dict, bases: list[str], metrics: dict) -> ModelCardData:
     """The metadata the Hub reads (library, base models, tags, datasets, metrics, pipeline tag)."""
     from huggingface_hub import ModelCardData
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from ted import artifacts
 from ted.errors import TedInputError
 from ted.reporting.collect import METRIC_NAMES, RESULT_ROWS, TaskRuns, constant_baseline, eval_curve
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 LOSS_TERMS = ["loss", "loss_pred", "loss_kl", "loss_mse"]
 METHOD_COLORS = {
@@ -21,7 +27,7 @@ METHOD_COLORS = {
 }
 
 
-def _figure(figsize: tuple[float, float], ncols: int = 1):
+def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Figure, Union[Axes, np.ndarray]]:
     """A figure and its axes without pyplot: the caller's matplotlib backend (a notebook's) stays as it is."""
     from matplotlib.figure import Figure
 
@@ -29,7 +35,7 @@ def _figure(figsize: tuple[float, float], ncols: int = 1):
     return fig, fig.subplots(1, ncols)
 
 
-def save_png(fig, path: Path, dpi: int = 100) -> Path:
+def save_png(fig: Figure, path: Path, dpi: int = 100) -> Path:
     """Render to memory (Agg), then write the file whole: a kill never leaves a 0-byte or cut PNG."""
     import io
 
@@ -38,7 +44,7 @@ def save_png(fig, path: Path, dpi: int = 100) -> Path:
     return artifacts.atomic_write(path, buffer.getvalue())
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     for ax in fig.axes:
@@ -47,7 +53,7 @@ def _save(fig, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def _finish(ax, xlabel: str, ylabel: str, title: str, legend_size: Optional[int] = None) -> None:
+def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, legend_size: Optional[int] = None) -> None:
     """Labels, title, grid and legend of a one-panel plot."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -56,7 +62,7 @@ def _finish(ax, xlabel: str, ylabel: str, title: str, legend_size: Optional[int]
     ax.legend(fontsize=legend_size)
 
 
-def draw_loss_terms(axes, series: list[tuple[str, Optional[str], Path]]) -> None:
+def draw_loss_terms(axes: Union[np.ndarray, Sequence[Axes]], series: list[tuple[str, Optional[str], Path]]) -> None:
     """One panel per Stage II loss term; `series` = (colour, legend label or None, stage folder)."""
     for color, label, folder in series:
         history = artifacts.read_json(Path(folder) / artifacts.LOG_HISTORY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from ted import artifacts
@@ -13,7 +14,7 @@ STYLE = (
 )
 
 
-def md_row(cells) -> str:
+def md_row(cells: Iterable[str]) -> str:
     """One Markdown table row."""
     return "| " + " | ".join(cells) + " |"
 

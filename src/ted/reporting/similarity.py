@@ -7,9 +7,14 @@ Each example is one vector: its layer's hidden states averaged over its real tok
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -25,7 +30,9 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / norm) if norm > 0 else 0.0
 
 
-def pooled_layers(model, batches, layers: list[int]) -> dict[int, np.ndarray]:
+def pooled_layers(
+    model: PreTrainedModel, batches: Iterable[Mapping[str, torch.Tensor]], layers: list[int]
+) -> dict[int, np.ndarray]:
     """Mean over real tokens of each 0-based layer's hidden states, one row per example."""
     import torch
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -58,7 +61,7 @@ def devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def load_for_inference(folder: str | Path):
+def load_for_inference(folder: str | Path) -> PreTrainedModel:
     """The model of a folder with its task head when it has one (config `architectures`)."""
     from transformers import AutoConfig, AutoModel
 
@@ -71,7 +74,7 @@ def load_for_inference(folder: str | Path):
     return cls.from_pretrained(folder).eval()
 
 
-def _batch(model, batch_size: int, seq_len: int, device: str) -> dict:
+def _batch(model: PreTrainedModel, batch_size: int, seq_len: int, device: str) -> dict:
     import torch
 
     gen = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Optional
+from typing import Optional, SupportsFloat
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def paired_bootstrap(
     if not len(preds_a) == len(preds_b) == len(labels) or len(labels) < 2:
         raise ValueError("paired_bootstrap needs predictions of both methods for the same (2+) dev examples")
 
-    def on_rows(rows):
+    def on_rows(rows: np.ndarray) -> float:
         rows = np.asarray(rows, dtype=np.int64)
         return metric(preds_a[rows], labels[rows]) - metric(preds_b[rows], labels[rows])
 
@@ -74,7 +74,7 @@ def paired_bootstrap(
         random_state=rng,
     )
 
-    def swapped(x, y):
+    def swapped(x: np.ndarray, y: np.ndarray) -> float:
         return metric(x, labels) - metric(y, labels)
 
     perm = stats.permutation_test(
@@ -89,7 +89,7 @@ def paired_bootstrap(
     return {"diff": float(observed), "low": _finite(low), "high": _finite(high), "p": float(perm.pvalue)}
 
 
-def _finite(value) -> Optional[float]:
+def _finite(value: SupportsFloat) -> Optional[float]:
     value = float(value)
     return None if math.isnan(value) else value
 
@@ -103,17 +103,17 @@ def significant(p: Optional[float]) -> bool:
 # of times, and scikit-learn's input validation costs ~1 ms a call. tests/test_stats.py checks they agree.
 
 
-def _accuracy(preds, labels) -> float:
+def _accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(preds == labels))
 
 
-def _f1(preds, labels) -> float:
+def _f1(preds: np.ndarray, labels: np.ndarray) -> float:
     tp = np.sum((preds == 1) & (labels == 1))
     wrong = np.sum(preds != labels)  # false positives + false negatives
     return float(2 * tp / (2 * tp + wrong)) if tp + wrong else 0.0
 
 
-def _mcc(preds, labels) -> float:
+def _mcc(preds: np.ndarray, labels: np.ndarray) -> float:
     classes = int(max(preds.max(), labels.max())) + 1
     confusion = np.bincount(labels * classes + preds, minlength=classes * classes).reshape(classes, classes)
     t_sum, p_sum, n = confusion.sum(1), confusion.sum(0), confusion.sum()
@@ -122,13 +122,13 @@ def _mcc(preds, labels) -> float:
     return float(cov_tp / denominator) if denominator else 0.0
 
 
-def _pearson(preds, labels) -> float:
+def _pearson(preds: np.ndarray, labels: np.ndarray) -> float:
     if np.std(preds) == 0 or np.std(labels) == 0:
         return 0.0
     return float(np.corrcoef(preds, labels)[0, 1])
 
 
-def _spearman(preds, labels) -> float:
+def _spearman(preds: np.ndarray, labels: np.ndarray) -> float:
     from scipy.stats import rankdata
 
     return _pearson(rankdata(preds), rankdata(labels))

@@ -69,11 +69,11 @@ def task_results_table(runs: TaskRuns) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _interval(low, high, scale: float) -> str:
+def _interval(low: Optional[float], high: Optional[float], scale: float) -> str:
     return "—" if low is None else f"[{scale * low:+.2f}, {scale * high:+.2f}]"
 
 
-def _p(p) -> str:
+def _p(p: Optional[float]) -> str:
     return "—" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
 
 

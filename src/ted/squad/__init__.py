@@ -4,7 +4,10 @@ Exports load lazily, so ``python -m ted.squad.metric`` runs cleanly and scoring 
 ``datasets`` or ``transformers``.
 """
 
+from __future__ import annotations
+
 import importlib
+from typing import Any
 
 _EXPORTS = {
     "evaluate_squad": "metric",
@@ -25,7 +28,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
         globals()[name] = value
@@ -33,5 +36,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))

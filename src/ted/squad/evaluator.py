@@ -7,12 +7,17 @@ questions never holds every window's logits in memory.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
 from ted.squad.metric import evaluate_squad_rows
 from ted.squad.postprocess import SpanPostprocessor
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from transformers import EvalPrediction
 
 
 class SquadEvaluator:
@@ -23,8 +28,13 @@ class SquadEvaluator:
     """
 
     def __init__(
-        self, examples, features, version_2_with_negative: bool, layers: Optional[list[int]] = None, **options
-    ):
+        self,
+        examples: datasets.Dataset,
+        features: datasets.Dataset,
+        version_2_with_negative: bool,
+        layers: Optional[list[int]] = None,
+        **options: Any,
+    ) -> None:
         """`options`: SpanPostprocessor's n_best_size, max_answer_length, null_score_diff_threshold."""
         self.examples = examples
         self.features = features.select_columns(["example_id", "offset_mapping"])
@@ -37,7 +47,7 @@ class SquadEvaluator:
         heads = len(self.layers) if self.layers is not None else 1
         return [SpanPostprocessor(self.examples, self.features, **self.options) for _ in range(heads)]
 
-    def __call__(self, prediction, compute_result: bool = True) -> dict[str, float]:
+    def __call__(self, prediction: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
         if self._processors is None:
             self._processors = self._new_processors()
         logits = _numpy(prediction.predictions)
@@ -70,7 +80,7 @@ class SquadEvaluator:
         return metrics
 
 
-def _numpy(x) -> np.ndarray:
+def _numpy(x: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
     return np.asarray(x)

@@ -18,8 +18,8 @@ import os
 import re
 import string
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Optional
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Optional, Union
 
 from ted.errors import TedInputError
 
@@ -58,6 +58,12 @@ def f1_score(gold: str, pred: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+# qid -> (gold texts, has an answer); the articles of a SQuAD JSON file (or the whole file); flat HF rows.
+Gold = Mapping[str, tuple[list[str], bool]]
+Articles = Union[Mapping[str, Any], Iterable[Mapping[str, Any]]]
+Rows = Iterable[Mapping[str, Any]]
+
+
 def gold_answer_texts(texts: Iterable[str]) -> list[str]:
     """Gold answers that survive normalisation; [""] for an unanswerable question."""
     gold = [t for t in texts if normalize_answer(t)]
@@ -68,7 +74,7 @@ def gold_answer_texts(texts: Iterable[str]) -> list[str]:
 # the official script: the raw answers list is non-empty (even if every text normalises to "").
 
 
-def _gold_from_articles(dataset) -> collections.OrderedDict[str, tuple[list[str], bool]]:
+def _gold_from_articles(dataset: Articles) -> collections.OrderedDict[str, tuple[list[str], bool]]:
     if isinstance(dataset, Mapping) and "data" in dataset:  # whole JSON file given
         dataset = dataset["data"]
     gold = collections.OrderedDict()
@@ -86,7 +92,7 @@ def _gold_from_articles(dataset) -> collections.OrderedDict[str, tuple[list[str]
     return gold
 
 
-def _gold_from_rows(examples) -> collections.OrderedDict[str, tuple[list[str], bool]]:
+def _gold_from_rows(examples: Rows) -> collections.OrderedDict[str, tuple[list[str], bool]]:
     gold = collections.OrderedDict()
     for row in examples:
         texts = list(row["answers"]["text"])
@@ -94,7 +100,7 @@ def _gold_from_rows(examples) -> collections.OrderedDict[str, tuple[list[str], b
     return gold
 
 
-def _raw_scores(gold, predictions):
+def _raw_scores(gold: Gold, predictions: Mapping[str, str]) -> tuple[dict[str, float], dict[str, float]]:
     exact, f1 = {}, {}
     for qid, (answers, _) in gold.items():
         if qid not in predictions:
@@ -107,7 +113,13 @@ def _raw_scores(gold, predictions):
     return exact, f1
 
 
-def _apply_threshold(scores, na_probs, has_ans, predicted, thresh):
+def _apply_threshold(
+    scores: Mapping[str, float],
+    na_probs: Mapping[str, float],
+    has_ans: Mapping[str, bool],
+    predicted: Mapping[str, str],
+    thresh: float,
+) -> dict[str, float]:
     """A prediction whose na prob exceeds thresh counts as the empty answer."""
     out = {}
     for qid, s in scores.items():
@@ -118,7 +130,9 @@ def _apply_threshold(scores, na_probs, has_ans, predicted, thresh):
     return out
 
 
-def _summary(exact, f1, qids: Sequence[str]) -> collections.OrderedDict[str, float]:
+def _summary(
+    exact: Mapping[str, float], f1: Mapping[str, float], qids: Sequence[str]
+) -> collections.OrderedDict[str, float]:
     total = len(qids)
     return collections.OrderedDict(
         [
@@ -129,7 +143,12 @@ def _summary(exact, f1, qids: Sequence[str]) -> collections.OrderedDict[str, flo
     )
 
 
-def _best_threshold(predictions, scores, na_probs, has_ans):
+def _best_threshold(
+    predictions: Mapping[str, str],
+    scores: Mapping[str, float],
+    na_probs: Mapping[str, float],
+    has_ans: Mapping[str, bool],
+) -> tuple[float, float]:
     """Official find_best_thresh: start with every prediction forced to empty, then un-force them
     in increasing na-prob order, keeping the running score's maximum."""
     # Missing predictions never change with the threshold, they stay wrong.
@@ -147,7 +166,9 @@ def _best_threshold(predictions, scores, na_probs, has_ans):
     return 100.0 * best / len(scores), float(best_thresh)
 
 
-def _evaluate(gold, predictions, na_probs, na_prob_thresh):
+def _evaluate(
+    gold: Gold, predictions: Mapping[str, str], na_probs: Optional[Mapping[str, float]], na_prob_thresh: float
+) -> collections.OrderedDict[str, float]:
     if not gold:
         raise TedInputError("The SQuAD data holds no questions; nothing to score.")
     has_ans = {q: h for q, (_, h) in gold.items()}
@@ -175,7 +196,7 @@ def _evaluate(gold, predictions, na_probs, na_prob_thresh):
 
 
 def evaluate_squad(
-    dataset,
+    dataset: Articles,
     predictions: Mapping[str, str],
     na_probs: Optional[Mapping[str, float]] = None,
     na_prob_thresh: float = 1.0,
@@ -189,7 +210,7 @@ def evaluate_squad(
 
 
 def evaluate_squad_rows(
-    examples,
+    examples: Rows,
     predictions: Mapping[str, str],
     na_probs: Optional[Mapping[str, float]] = None,
     na_prob_thresh: float = 1.0,
@@ -198,7 +219,7 @@ def evaluate_squad_rows(
     return _evaluate(_gold_from_rows(examples), predictions, na_probs, na_prob_thresh)
 
 
-def _load_json(path: str, what: str):
+def _load_json(path: str, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -246,11 +267,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _print(json.dumps(result, indent=2))
 
 
-def _is_probability(value) -> bool:
+def _is_probability(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_values(table, path: str, valid, expected: str) -> None:
+def _check_values(table: Any, path: str, valid: Callable[[Any], bool], expected: str) -> None:
     """A prediction file maps question ids to values of one kind; name the first question that breaks it."""
     if not isinstance(table, dict):
         raise TedInputError(f"{path} must hold a JSON object mapping question id to {expected}.")

@@ -18,17 +18,27 @@ from __future__ import annotations
 import collections
 import json
 import os
-from collections.abc import Mapping
-from typing import Any, Optional
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
 from ted.errors import TedInputError
 
+if TYPE_CHECKING:
+    import datasets
+    import numpy.typing as npt
+    import torch
+
+    # Rows as a datasets.Dataset, a dict of lists or a list of dicts.
+    Table = Union[datasets.Dataset, Mapping[str, Sequence[Any]], Iterable[Mapping[str, Any]]]
+    # Logits as a torch tensor (any float dtype) or anything numpy reads.
+    Logits = Union[torch.Tensor, npt.ArrayLike]
+
 _CHUNK = 1000  # rows read at once from the features/examples tables
 
 
-def _column_chunks(table, columns: list[str], size: int = _CHUNK):
+def _column_chunks(table: Table, columns: list[str], size: int = _CHUNK) -> Iterator[dict[str, list[Any]]]:
     """Yield dicts of lists for `columns` from a datasets.Dataset, a dict of lists or a list of dicts."""
     if hasattr(table, "select_columns") and hasattr(table, "iter"):  # datasets.Dataset, read lazily
         yield from table.select_columns(columns).iter(batch_size=size)
@@ -42,7 +52,7 @@ def _column_chunks(table, columns: list[str], size: int = _CHUNK):
             yield {c: [r[c] for r in rows[i : i + size]] for c in columns}
 
 
-def _column_names(table) -> set[str]:
+def _column_names(table: Table) -> set[str]:
     if hasattr(table, "column_names"):
         return set(table.column_names)
     if isinstance(table, Mapping):
@@ -52,7 +62,7 @@ def _column_names(table) -> set[str]:
     return set()
 
 
-def _to_numpy(x) -> np.ndarray:
+def _to_numpy(x: Logits) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor (bf16/fp16 included) without importing torch
         x = x.detach().float().cpu().numpy()
     return np.asarray(x, dtype=np.float32)
@@ -70,14 +80,14 @@ class SpanPostprocessor:
 
     def __init__(
         self,
-        examples,
-        features,
+        examples: Table,
+        features: Table,
         version_2_with_negative: bool,
         n_best_size: int = 20,
         max_answer_length: int = 30,
         null_score_diff_threshold: float = 0.0,
         cls_index: int = 0,
-    ):
+    ) -> None:
         if n_best_size < 1 or max_answer_length < 1:
             raise TedInputError(
                 f"n_best_size and max_answer_length must be >= 1, got {n_best_size}, {max_answer_length}."
@@ -129,13 +139,13 @@ class SpanPostprocessor:
 
     # -- feeding -------------------------------------------------------------------------------
 
-    def add_next(self, start_logits, end_logits) -> None:
+    def add_next(self, start_logits: Logits, end_logits: Logits) -> None:
         """Logits of the next windows in feature order ([batch, seq] or one window's [seq])."""
         start = _to_numpy(start_logits)
         n = 1 if start.ndim == 1 else start.shape[0]
         self.add_batch(np.arange(self._cursor, self._cursor + n), start, end_logits)
 
-    def add_batch(self, feature_indices, start_logits, end_logits) -> None:
+    def add_batch(self, feature_indices: npt.ArrayLike, start_logits: Logits, end_logits: Logits) -> None:
         """Logits [batch, seq] (float32; padding, e.g. -100, beyond a window's length is ignored)."""
         idx = np.asarray(feature_indices, dtype=np.int64).reshape(-1)
         S, E = _to_numpy(start_logits), _to_numpy(end_logits)
@@ -201,7 +211,7 @@ class SpanPostprocessor:
                 null_odds[qid] = odds
         return predictions, nbest_all, null_odds
 
-    def _example_answer(self, ex: int, feats: np.ndarray):
+    def _example_answer(self, ex: int, feats: np.ndarray) -> tuple[str, list[dict[str, Any]], Optional[float]]:
         if not feats.size:  # every example normally has >= 1 window; if filtered out, abstain
             return "", [], None
         context = self.contexts[ex]
@@ -242,7 +252,7 @@ class SpanPostprocessor:
         return ("" if no_span or odds > self.threshold else best[3]), nbest, odds
 
 
-def _json_default(obj):
+def _json_default(obj: object) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")

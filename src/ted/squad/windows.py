@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ted.errors import TedInputError
 
+if TYPE_CHECKING:
+    import datasets
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
 
-def _require_fast(tokenizer) -> None:
+# A window's (start, end) character offsets per token.
+Offsets = list[tuple[int, int]]
+
+
+def _require_fast(tokenizer: PreTrainedTokenizerBase) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise TedInputError(
             f"SQuAD windows need a fast tokenizer (offset mappings); got {type(tokenizer).__name__}. "
@@ -24,8 +31,12 @@ def _require_fast(tokenizer) -> None:
 
 
 def _tokenize_windows(
-    examples: dict[str, list], tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length: bool
-):
+    examples: dict[str, list],
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    doc_stride: int,
+    pad_to_max_length: bool,
+) -> tuple[BatchEncoding, int, list[int], list[Offsets]]:
     """Tokenize (question, context) pairs into windows; returns (encoding, context sequence id, window -> example,
     window -> token offsets)."""
     _require_fast(tokenizer)
@@ -55,7 +66,9 @@ def _context_span(sequence_ids: list, context_id: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _label_window(offsets, lo: int, hi: int, start_char: int, end_char: int, cls_index: int) -> tuple[int, int]:
+def _label_window(
+    offsets: Offsets, lo: int, hi: int, start_char: int, end_char: int, cls_index: int
+) -> tuple[int, int]:
     """Token labels of the answer chars [start_char, end_char) inside context tokens lo..hi."""
     if not (offsets[lo][0] <= start_char and offsets[hi][1] >= end_char):
         return cls_index, cls_index  # answer not fully inside this window
@@ -71,7 +84,11 @@ def _label_window(offsets, lo: int, hi: int, start_char: int, end_char: int, cls
 
 
 def prepare_train_features(
-    examples: dict, tokenizer, max_seq_length: int = 384, doc_stride: int = 128, pad_to_max_length: bool = False
+    examples: dict,
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int = 384,
+    doc_stride: int = 128,
+    pad_to_max_length: bool = False,
 ) -> dict[str, list]:
     """Batched map function: examples (id, question, context, answers) -> labelled windows.
 
@@ -102,7 +119,11 @@ def prepare_train_features(
 
 
 def prepare_eval_features(
-    examples: dict, tokenizer, max_seq_length: int = 384, doc_stride: int = 128, pad_to_max_length: bool = False
+    examples: dict,
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int = 384,
+    doc_stride: int = 128,
+    pad_to_max_length: bool = False,
 ) -> dict[str, list]:
     """Batched map function: examples -> windows with ``example_id`` and ``offset_mapping``.
 
@@ -122,7 +143,7 @@ def prepare_eval_features(
 
 
 # Same features as the hub dataset rajpurkar/squad_v2, so local files and hub data concatenate.
-def squad_features():
+def squad_features() -> datasets.Features:
     import datasets
 
     List = getattr(datasets, "List", None) or datasets.Sequence  # datasets < 4 only has Sequence
@@ -213,7 +234,7 @@ def squad_rows_from_json(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def squad_examples_from_json(path: str | os.PathLike):
+def squad_examples_from_json(path: str | os.PathLike) -> datasets.Dataset:
     """Load an official SQuAD JSON file as a ``datasets.Dataset`` in the hub squad_v2 schema."""
     import datasets
 

@@ -7,13 +7,18 @@ GLUE names (and aliases like "SST-2") go to `glue.py`, "custom" (or no name with
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from ted.errors import TedInputError
 from ted.tasks.base import Task, TaskData
 from ted.tasks.custom import custom_task, load_custom, with_model_labels
 from ted.tasks.glue import GLUE_TASKS, canonical_glue_name, glue_task, load_glue
 from ted.tasks.squad import load_squad, squad_task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ted.settings.options import DataArguments
 
 Loader = Callable[[Any, Any], tuple]  # (data_args, tokenizer) -> (Task, TaskData)
 
@@ -32,7 +37,7 @@ def register_task(name: str, load: Loader, describe: Callable[[str, Optional[Any
     TASK_FAMILIES[name.lower()] = TaskFamily(load, describe)
 
 
-def _describe_custom(name: str, data_args) -> Task:
+def _describe_custom(name: str, data_args: Optional[DataArguments]) -> Task:
     if data_args is None:
         raise TedInputError("The custom task's labels come from its files; pass the data arguments.")
     return custom_task(data_args)
@@ -47,7 +52,7 @@ def supported_tasks() -> list[str]:
     return list(GLUE_TASKS) + list(TASK_FAMILIES)
 
 
-def resolve_task_name(name: Optional[str], data_args) -> str:
+def resolve_task_name(name: Optional[str], data_args: Optional[DataArguments]) -> str:
     """Canonical task name ("rte", "custom", ...) or TedInputError."""
     if not name:
         if data_args is not None and (data_args.train_file or data_args.validation_file):
@@ -65,7 +70,7 @@ def resolve_task_name(name: Optional[str], data_args) -> str:
     return glue
 
 
-def _check_sources(key: str, data_args) -> None:
+def _check_sources(key: str, data_args: DataArguments) -> None:
     # A source flag that the chosen task would silently ignore is almost always a mistake.
     if key in GLUE_TASKS and (data_args.train_file or data_args.validation_file):
         raise TedInputError(
@@ -78,12 +83,12 @@ def _check_sources(key: str, data_args) -> None:
         )
 
 
-def is_custom(data_args) -> bool:
+def is_custom(data_args: DataArguments) -> bool:
     """Whether `data_args` name the user's own files (the custom task)."""
     return resolve_task_name(data_args.task_name, data_args) == "custom"
 
 
-def task_from_name(name: Optional[str], data_args=None) -> Task:
+def task_from_name(name: Optional[str], data_args: Optional[DataArguments] = None) -> Task:
     """The static Task for a name (GLUE names need no data; custom reads its files)."""
     key = resolve_task_name(name, data_args)
     if key in GLUE_TASKS:
@@ -91,7 +96,7 @@ def task_from_name(name: Optional[str], data_args=None) -> Task:
     return TASK_FAMILIES[key].describe(key, data_args)
 
 
-def load_task(data_args, tokenizer) -> tuple[Task, TaskData]:
+def load_task(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, TaskData]:
     """Load, validate and tokenize the task named by `data_args`."""
     key = resolve_task_name(data_args.task_name, data_args)
     _check_sources(key, data_args)

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import re
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import datasets
 from datasets import Dataset, DatasetDict
@@ -21,6 +21,11 @@ from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task, TaskData
 from ted.tasks.files import RowLines, root_cause, scan_file
 from ted.tasks.metrics import classification_metric_fn, regression_metric_fn
 from ted.tasks.text_classification import keep_first, tokenize_pairs
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    from ted.settings.options import DataArguments
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +98,7 @@ def _check_columns(file: _File, text_columns: list[str], label_column: str) -> N
                 raise TedInputError(f"{file.where(i)}: column {col!r} is empty.")
 
 
-def _label_name(value) -> str:
+def _label_name(value: object) -> str:
     # 1, 1.0 and "1" all name the same label.
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -104,7 +109,7 @@ def _label_name(value) -> str:
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, (int, float)):
@@ -173,13 +178,13 @@ def _to_scores(labels: list, file: _File) -> list[float]:
     return [float(v) for v in labels]
 
 
-def _labels_known(data_args) -> bool:
+def _labels_known(data_args: DataArguments) -> bool:
     """Without a training file the label set must be given: --label_list, or --task_type regression."""
     kind = (data_args.task_type or "").strip().lower()
     return bool(data_args.label_list) or kind == "regression"
 
 
-def _prepare(data_args) -> tuple[Task, DatasetDict, list[str]]:
+def _prepare(data_args: DataArguments) -> tuple[Task, DatasetDict, list[str]]:
     """Read and validate the files; return the Task, raw splits (text + `label`) and text columns.
 
     The training file may be left out when the labels are known without it (`ted evaluate` takes them from
@@ -233,7 +238,7 @@ def _prepare(data_args) -> tuple[Task, DatasetDict, list[str]]:
     return task, raw, text_columns
 
 
-def with_model_labels(data_args, config):
+def with_model_labels(data_args: DataArguments, config: PretrainedConfig) -> DataArguments:
     """For scoring a model on a custom dev file alone: take the label set from the model's config unless the
     flags give it (id2label names in id order; one output or problem_type "regression" means scores)."""
     if data_args.train_file or _labels_known(data_args):
@@ -245,12 +250,12 @@ def with_model_labels(data_args, config):
     return dataclasses.replace(data_args, label_list=names)
 
 
-def custom_task(data_args) -> Task:
+def custom_task(data_args: DataArguments) -> Task:
     """The static `Task` of custom data (reads and checks the files, tokenizes nothing)."""
     return _prepare(data_args)[0]
 
 
-def load_custom(data_args, tokenizer) -> tuple[Task, TaskData]:
+def load_custom(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, TaskData]:
     task, raw, text_columns = _prepare(data_args)
     raw = keep_first(raw, data_args.max_train_samples, data_args.max_eval_samples)
     tokenized = tokenize_pairs(

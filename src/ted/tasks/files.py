@@ -22,7 +22,7 @@ _UTF8_HINT = "save it as UTF-8 (e.g. 'Save as CSV UTF-8' in a spreadsheet, or ic
 class RowLines:
     """Where each data row of a file starts: `where(i)` is "line N" (or "record N" when unknown)."""
 
-    def __init__(self, lines: Optional[list[int]] = None):
+    def __init__(self, lines: Optional[list[int]] = None) -> None:
         self.lines = lines
 
     def where(self, i: int) -> str:

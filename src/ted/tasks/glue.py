@@ -10,7 +10,7 @@ import csv
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -20,6 +20,11 @@ from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task, TaskData
 from ted.tasks.files import check_utf8
 from ted.tasks.metrics import glue_metric_fn
 from ted.tasks.text_classification import keep_first, tokenize_pairs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ted.settings.options import DataArguments
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +168,7 @@ def read_glue_tsv(task: str, split_file: str) -> dict[str, list]:
     return columns
 
 
-def _parse_label(raw: str, label_ids: Optional[dict[str, int]], path: str, line: int, task: str):
+def _parse_label(raw: str, label_ids: Optional[dict[str, int]], path: str, line: int, task: str) -> Union[int, float]:
     if label_ids is None:  # STS-B similarity score
         try:
             return float(raw)
@@ -234,7 +239,7 @@ def _load_hub(key: str, dataset_name: Optional[str]) -> DatasetDict:
     return DatasetDict(out)
 
 
-def load_glue(data_args, tokenizer) -> tuple[Task, TaskData]:
+def load_glue(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, TaskData]:
     """Load, limit and tokenize a GLUE task from `data_args.data_dir` (TSV) or the hub."""
     task = glue_task(data_args.task_name)
     spec = GLUE_TASKS[task.name]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Union
 
 import numpy as np
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, mean_squared_error
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+# Raw model outputs as the Trainer hands them: logits, or a tuple whose first entry is the logits.
+Outputs = Union[np.ndarray, tuple[np.ndarray, ...]]
 
 
 # ---- single metrics on already-decoded predictions ---------------------------------------------
@@ -46,7 +49,9 @@ def _finite_or_zero(value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
-def _correlation(scipy_fn, preds: np.ndarray, labels: np.ndarray) -> float:
+def _correlation(
+    scipy_fn: Callable[[np.ndarray, np.ndarray], Sequence[float]], preds: np.ndarray, labels: np.ndarray
+) -> float:
     # Fewer than 2 points or a constant input has no correlation: 0, not NaN, so model selection still works.
     if len(preds) < 2:
         return 0.0
@@ -70,18 +75,18 @@ def mse(preds: np.ndarray, labels: np.ndarray) -> float:
 # ---- decoding raw model outputs ----------------------------------------------------------------
 
 
-def _first(predictions):
+def _first(predictions: Outputs) -> np.ndarray:
     # Trainer hands over a tuple when the model returns more than logits; logits come first.
     return predictions[0] if isinstance(predictions, tuple) else predictions
 
 
-def class_predictions(predictions) -> np.ndarray:
+def class_predictions(predictions: Outputs) -> np.ndarray:
     """Logits [N, C] -> class ids [N] (argmax); an [N] array is taken as class ids already."""
     preds = np.asarray(_first(predictions))
     return preds.argmax(axis=-1) if preds.ndim == 2 else preds.astype(np.int64)
 
 
-def regression_predictions(predictions) -> np.ndarray:
+def regression_predictions(predictions: Outputs) -> np.ndarray:
     """Regression outputs [N] or [N, 1] -> float array [N]."""
     preds = np.asarray(_first(predictions), dtype=np.float64)
     if preds.ndim == 2 and preds.shape[1] == 1:
@@ -94,29 +99,29 @@ def regression_predictions(predictions) -> np.ndarray:
 # ---- per-task metric functions -----------------------------------------------------------------
 
 
-def _decode_classes(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
+def _decode_classes(predictions: Outputs, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return class_predictions(predictions), np.asarray(labels).astype(np.int64).reshape(-1)
 
 
-def _decode_scores(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
+def _decode_scores(predictions: Outputs, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return regression_predictions(predictions), np.asarray(labels, dtype=np.float64).reshape(-1)
 
 
-def _mcc_metrics(predictions, labels) -> dict[str, float]:
+def _mcc_metrics(predictions: Outputs, labels: np.ndarray) -> dict[str, float]:
     return {"matthews_correlation": matthews_correlation(*_decode_classes(predictions, labels))}
 
 
-def _acc_metrics(predictions, labels) -> dict[str, float]:
+def _acc_metrics(predictions: Outputs, labels: np.ndarray) -> dict[str, float]:
     return {"accuracy": accuracy(*_decode_classes(predictions, labels))}
 
 
-def _acc_f1_metrics(predictions, labels) -> dict[str, float]:
+def _acc_f1_metrics(predictions: Outputs, labels: np.ndarray) -> dict[str, float]:
     preds, labels = _decode_classes(predictions, labels)
     acc, f1_value = accuracy(preds, labels), f1(preds, labels)
     return {"accuracy": acc, "f1": f1_value, "combined_score": (acc + f1_value) / 2}
 
 
-def _corr_metrics(predictions, labels) -> dict[str, float]:
+def _corr_metrics(predictions: Outputs, labels: np.ndarray) -> dict[str, float]:
     preds, labels = _decode_scores(predictions, labels)
     p, s = pearson(preds, labels), spearmanr(preds, labels)
     return {"pearson": p, "spearmanr": s, "combined_score": (p + s) / 2}
@@ -147,7 +152,7 @@ def glue_metric_fn(task_name: str) -> MetricFn:
 def classification_metric_fn(num_labels: int) -> MetricFn:
     """Custom classification: accuracy, plus f1 (binary) or f1_macro (more than two classes)."""
 
-    def compute(predictions, labels) -> dict[str, float]:
+    def compute(predictions: Outputs, labels: np.ndarray) -> dict[str, float]:
         preds, labels = _decode_classes(predictions, labels)
         out = {"accuracy": accuracy(preds, labels)}
         if num_labels == 2:
@@ -162,7 +167,7 @@ def classification_metric_fn(num_labels: int) -> MetricFn:
 def regression_metric_fn() -> MetricFn:
     """Custom regression: pearson, spearmanr and mse."""
 
-    def compute(predictions, labels) -> dict[str, float]:
+    def compute(predictions: Outputs, labels: np.ndarray) -> dict[str, float]:
         preds, labels = _decode_scores(predictions, labels)
         return {
             "pearson": pearson(preds, labels),

@@ -7,18 +7,24 @@ as in the paper); teacher and student see the very same windows because they sha
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ted.errors import TedInputError
 from ted.method.kinds import SpanKind
 from ted.squad.windows import prepare_eval_features, prepare_train_features, squad_examples_from_json
 from ted.tasks.base import Task, TaskData
 
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+    from ted.settings.options import DataArguments
+
 HUB_IDS = {"squad_v2": "rajpurkar/squad_v2", "squad": "rajpurkar/squad"}
 DEFAULT_MAX_SEQ_LENGTH = 384
 
 
-def squad_task(name: str, data_args=None) -> Task:
+def squad_task(name: str, data_args: Optional[DataArguments] = None) -> Task:
     return Task(name=name, head=SpanKind.name, label_list=None, selection_metric=SpanKind.default_selection_metric)
 
 
@@ -26,7 +32,7 @@ def version_2(task: Task) -> bool:
     return task.name == "squad_v2"
 
 
-def _raw_splits(name: str, data_args):
+def _raw_splits(name: str, data_args: DataArguments) -> tuple[datasets.Dataset, datasets.Dataset]:
     if data_args.data_dir:
         raise TedInputError(
             "--data_dir holds GLUE TSV folders; give SQuAD JSON files with "
@@ -47,11 +53,11 @@ def _raw_splits(name: str, data_args):
     return raw["train"], raw["validation"]
 
 
-def _first(dataset, n: Optional[int]):
+def _first(dataset: datasets.Dataset, n: Optional[int]) -> datasets.Dataset:
     return dataset.select(range(min(n, len(dataset)))) if n is not None else dataset
 
 
-def load_squad(data_args, tokenizer) -> tuple[Task, TaskData]:
+def load_squad(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, TaskData]:
     name = data_args.task_name.strip().lower()
     task = squad_task(name)
     train_raw, eval_raw = _raw_splits(name, data_args)

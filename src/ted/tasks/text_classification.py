@@ -7,10 +7,13 @@ plus a `label` column of ids (int) or scores (float), already validated.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from datasets import DatasetDict
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 
 def keep_first(dataset_dict: DatasetDict, max_train: Optional[int], max_eval: Optional[int]) -> DatasetDict:
@@ -24,7 +27,7 @@ def keep_first(dataset_dict: DatasetDict, max_train: Optional[int], max_eval: Op
 
 def tokenize_pairs(
     dataset_dict: DatasetDict,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     text_columns: Sequence[str],
     max_seq_length: int,
     pad_to_max_length: bool,
@@ -40,7 +43,7 @@ def tokenize_pairs(
         raise ValueError(f"expected 1 or 2 text columns, got {list(text_columns)}")
     padding = "max_length" if pad_to_max_length else False
 
-    def encode(batch):
+    def encode(batch: dict[str, list]) -> BatchEncoding:
         texts = [batch[col] for col in text_columns]
         enc = tokenizer(*texts, truncation=True, max_length=max_seq_length, padding=padding)
         # A typed numpy array fixes the Arrow type of `labels` without a separate cast pass.

@@ -26,6 +26,8 @@ collator and teacher seam that read it in training), `wiring` (Stage II's entry:
 This package re-exports their public names, so `from ted.method import teacher_cache` reads as before.
 """
 
+from __future__ import annotations
+
 from ted.method.teacher_cache.builder import LOCK_FILE, build
 from ted.method.teacher_cache.collate import (
     BATCH_KEYS,

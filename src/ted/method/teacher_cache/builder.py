@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -17,10 +17,18 @@ from ted.method.teacher_cache.identity import real_lengths
 from ted.method.teacher_cache.plan import DTYPES, Component
 from ted.method.teacher_cache.store import finish_folder, is_complete, start_folder
 
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+    from ted.method.modules import Teacher
+
+T = TypeVar("T")
+
 LOCK_FILE = ".ted_teacher_cache.lock"
 
 
-def from_main_process(value):
+def from_main_process(value: T) -> T:
     """Process 0's `value` in every process (torchrun); itself with one process."""
     if process_share()[1] == 1:
         return value
@@ -37,9 +45,9 @@ def barrier() -> None:
 def build(
     root: Path,
     components: list[Component],
-    teacher,
-    dataset,
-    tokenizer,
+    teacher: Teacher,
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
     device: torch.device,
     batch_size: int = 64,
 ) -> dict[str, Any]:
@@ -61,7 +69,15 @@ def build(
     return report
 
 
-def _build_missing(root, missing, teacher, dataset, tokenizer, device, batch_size) -> None:
+def _build_missing(
+    root: Path,
+    missing: list[Component],
+    teacher: Teacher,
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+    batch_size: int,
+) -> None:
     rank, world = process_share()
     lengths = real_lengths(dataset)
     offsets = np.zeros(len(lengths) + 1, np.int64)
@@ -83,7 +99,18 @@ def _build_missing(root, missing, teacher, dataset, tokenizer, device, batch_siz
     barrier()
 
 
-def _fill(arrays, components, teacher, dataset, tokenizer, device, batch_size, offsets, rank, world) -> None:
+def _fill(
+    arrays: dict[str, np.ndarray],
+    components: list[Component],
+    teacher: Teacher,
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+    batch_size: int,
+    offsets: np.ndarray,
+    rank: int,
+    world: int,
+) -> None:
     """One inference-mode pass, batches sorted by length; process `rank` computes every `world`-th batch."""
     from ted.method.objectives import stack_predictions  # objectives imports the cache's batch keys
 
@@ -104,7 +131,7 @@ def _fill(arrays, components, teacher, dataset, tokenizer, device, batch_size, o
         artifacts.crash_point("teacher_cache_batch")
 
 
-def _write(array, c: Component, values: torch.Tensor, index: list[int], offsets: np.ndarray) -> None:
+def _write(array: np.ndarray, c: Component, values: torch.Tensor, index: list[int], offsets: np.ndarray) -> None:
     values = values.detach().to(DTYPES[c.dtype]).cpu()
     values = values.view(torch.uint16) if c.dtype == "bfloat16" else values
     values = values.numpy()

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
 from ted.method.kinds import get_kind
 from ted.method.teacher_cache.store import Store
+
+if TYPE_CHECKING:
+    from ted.method.kinds import Predictions
+
+# A data collator: feature rows -> one batch (transformers' DataCollatorWithPadding and the like).
+Collator = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 EXAMPLE_INDEX = "ted_example_index"
 LOGITS_KEY, STATES_KEY = "ted_teacher_logits", "ted_teacher_states"
@@ -29,7 +36,7 @@ class CachedSignalCollator:
     emitted flat at the real tokens (`flat_states`: the CPU path of `DistillObjective`) or padded like
     the batch (accelerators, where the objective masks instead of gathering)."""
 
-    def __init__(self, collator, stores: dict[str, Store], flat_states: bool):
+    def __init__(self, collator: Collator, stores: dict[str, Store], flat_states: bool) -> None:
         self.collator, self.stores, self.flat_states = collator, stores, flat_states
 
     def __call__(self, features: list[dict]) -> dict:
@@ -57,16 +64,18 @@ class CachedSignalCollator:
 class CachedTeacher:
     """The Teacher seam without the teacher: returns what `Teacher.__call__` would, read from the batch."""
 
-    def __init__(self, head: str, layers: list[int]):
+    def __init__(self, head: str, layers: list[int]) -> None:
         self.head, self.kind, self.layers = head, get_kind(head), layers
         self.model = torch.nn.Module().eval()  # nothing on the device: no parameters
         self.filters = None
         self.autocast_dtype = None
 
-    def to(self, device):
+    def to(self, device: Union[torch.device, str]) -> CachedTeacher:
         return self
 
-    def __call__(self, inputs: dict, with_states: bool, token_index: Optional[torch.Tensor] = None):
+    def __call__(
+        self, inputs: dict[str, torch.Tensor], with_states: bool, token_index: Optional[torch.Tensor] = None
+    ) -> tuple[Optional[Predictions], Optional[list[torch.Tensor]]]:
         if EXAMPLE_INDEX not in inputs:
             raise RuntimeError("a training batch without its cached teacher signal (no example index column)")
         preds = inputs.get(LOGITS_KEY)

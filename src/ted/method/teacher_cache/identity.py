@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 
 from ted.method.frozen_pass import INPUT_COLUMNS
 
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
-def _hash_tensor(h, name: str, tensor: torch.Tensor) -> None:
+    import datasets
+
+
+def _hash_tensor(h: HASH, name: str, tensor: torch.Tensor) -> None:
     t = tensor.detach().cpu().contiguous()
     h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
     raw = t.view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
@@ -41,7 +46,7 @@ def module_identity(module: Optional[torch.nn.Module]) -> Optional[str]:
     return h.hexdigest()[:24]
 
 
-def _column_arrays(dataset, column: str) -> list[np.ndarray]:
+def _column_arrays(dataset: datasets.Dataset, column: str) -> list[np.ndarray]:
     table = dataset.with_format("arrow")[:][column] if hasattr(dataset, "with_format") else None
     if table is None:
         return [np.asarray(dataset[column])]
@@ -51,7 +56,7 @@ def _column_arrays(dataset, column: str) -> list[np.ndarray]:
     return out
 
 
-def inputs_identity(dataset) -> str:
+def inputs_identity(dataset: datasets.Dataset) -> str:
     """Content hash of the tokenized training rows the teacher reads, in order."""
     h = hashlib.sha256(str(len(dataset)).encode())
     for column in INPUT_COLUMNS:
@@ -62,7 +67,7 @@ def inputs_identity(dataset) -> str:
     return h.hexdigest()[:24]
 
 
-def real_lengths(dataset) -> np.ndarray:
+def real_lengths(dataset: datasets.Dataset) -> np.ndarray:
     """Real tokens per row: the row's own attention mask (padding when --pad_to_max_length), else its length."""
     column = "attention_mask" if "attention_mask" in dataset.column_names else "input_ids"
     arrays = _column_arrays(dataset, column)

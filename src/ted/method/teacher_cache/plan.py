@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -14,6 +14,12 @@ from ted.method.frozen_pass import autocast_dtype
 from ted.method.kinds import get_kind
 from ted.method.teacher_cache.identity import inputs_identity, module_identity
 from ted.settings.checks import TEACHER_CACHE_DTYPES
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import TrainingArguments
+
+    from ted.method.modules import Teacher
 
 FORMAT_VERSION = 1
 DTYPE_CHOICES = TEACHER_CACHE_DTYPES  # the option's values, listed torch-free in ted.settings
@@ -44,10 +50,10 @@ class Component:
 def plan_components(
     *,
     head: str,
-    teacher,
+    teacher: Teacher,
     need_logits: bool,
     need_states: bool,
-    dataset,
+    dataset: datasets.Dataset,
     compute_dtype: Optional[torch.dtype],
     store_dtype: str,
 ) -> list[Component]:
@@ -93,6 +99,6 @@ def resolve_dtype(option: str, bf16: bool, fp16: bool) -> str:
     return "bfloat16" if bf16 else ("float16" if fp16 else "float32")
 
 
-def compute_dtype(training_args) -> Optional[torch.dtype]:
+def compute_dtype(training_args: TrainingArguments) -> Optional[torch.dtype]:
     """The teacher's autocast in Stage II (TedTrainer's rule), which the cached values are computed under."""
     return autocast_dtype(training_args.device, training_args.bf16, training_args.fp16)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ted.errors import TedInputError
 from ted.method.kinds import get_kind
 from ted.method.teacher_cache.plan import Component
 from ted.method.teacher_cache.store import is_complete
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 # `auto` stays below this fraction of the free disk when --teacher_cache_max_gb is not given.
 AUTO_DISK_FRACTION = 0.5
@@ -22,7 +26,7 @@ _SHARED_ROOT: ContextVar[Optional[str]] = ContextVar("ted_teacher_cache_root", d
 
 
 @contextmanager
-def shared_root(path: str | Path):
+def shared_root(path: str | Path) -> Iterator[None]:
     token = _SHARED_ROOT.set(str(path))
     try:
         yield
@@ -50,7 +54,7 @@ def free_disk_bytes(path: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def epochs_of(training_args, batches_per_epoch: int) -> float:
+def epochs_of(training_args: TrainingArguments, batches_per_epoch: int) -> float:
     """Passes over the training set: --num_train_epochs, or what --max_steps amounts to."""
     if training_args.max_steps and training_args.max_steps > 0:
         return training_args.max_steps * training_args.gradient_accumulation_steps / max(batches_per_epoch, 1)

@@ -6,13 +6,16 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 
 from ted import artifacts
 from ted.method.teacher_cache.plan import Component
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def is_complete(folder: Path, component: Component) -> bool:
         return False
 
 
-def np_dtype(dtype: str):
+def np_dtype(dtype: str) -> npt.DTypeLike:
     return np.uint16 if dtype == "bfloat16" else np.dtype(dtype)  # numpy has no bfloat16: its bits as uint16
 
 
@@ -69,14 +72,14 @@ def finish_folder(tmp: Path, final: Path, c: Component, rows: int) -> None:
 class Store:
     """Read-only, memory-mapped view of one component. Picklable (DataLoader workers open their own maps)."""
 
-    def __init__(self, folder: Path, component: Component):
+    def __init__(self, folder: Path, component: Component) -> None:
         self.folder, self.component = Path(folder), component
         self._values = self._offsets = None
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {"folder": self.folder, "component": self.component, "_values": None, "_offsets": None}
 
-    def _open(self):
+    def _open(self) -> None:
         if self._values is None:
             self._values = np.load(self.folder / "values.npy", mmap_mode="r")
             self._offsets = np.load(self.folder / "offsets.npy")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ted import artifacts
 from ted.method.teacher_cache.builder import barrier, build, from_main_process
@@ -14,6 +14,14 @@ from ted.method.teacher_cache.identity import real_lengths
 from ted.method.teacher_cache.plan import compute_dtype, plan_components, resolve_dtype
 from ted.method.teacher_cache.policy import decide, epochs_of, paper_compat_conflict, pipeline_root
 from ted.method.teacher_cache.store import Store
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase, TrainingArguments
+
+    from ted.method.modules import Teacher
+    from ted.method.teacher_cache.collate import Collator
+    from ted.settings.options import DistillArguments
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +43,17 @@ def default_root(output_dir: Path) -> Path:
     return output_dir.parent / f".{output_dir.name}.teacher_cache"
 
 
-def prepare(*, distill_args, training_args, teacher, head: str, train, tokenizer, collator, output_dir: Path):
+def prepare(
+    *,
+    distill_args: DistillArguments,
+    training_args: TrainingArguments,
+    teacher: Teacher,
+    head: str,
+    train: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    collator: Collator,
+    output_dir: Path,
+) -> Setup:
     """Decide, build if needed, and wire the cache; falls back to the online teacher with a logged reason."""
     option = distill_args.teacher_cache
     need_logits, need_states = distill_args.kl_alpha > 0, distill_args.mse_alpha > 0
