@@ -15,9 +15,10 @@ LOW = -10.0
 
 def postprocess_predictions(examples, features, start, end, v2, output_dir=None, prefix=None, **options):
     """All windows' logits (one array, or a list of per-batch arrays in window order) -> (preds, nbest, odds)."""
-    proc = SpanPostprocessor(examples, features, v2, **options)
+    proc, first = SpanPostprocessor(examples, features, v2, **options), 0
     for s, e in zip(*(x if isinstance(x, list) else [x] for x in (start, end))):
-        proc.add_next(s, e)
+        proc.add_batch(range(first, first + len(s)), s, e)
+        first += len(s)
     preds, nbest, odds = proc.finalize()
     if output_dir is not None:
         write_prediction_files(output_dir, preds, nbest, odds if v2 else None, prefix)

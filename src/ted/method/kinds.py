@@ -7,6 +7,7 @@ strings. Adding a kind (the causal-LM kind comes next) means one new class here 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ted.registry import Registry
@@ -22,6 +23,16 @@ if TYPE_CHECKING:
     Predictions = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
 KINDS: Registry = Registry("head kind")
+
+
+@dataclass(frozen=True)
+class OutputKD:
+    """How a kind computes its output-distillation term: the temperature, the original code's variant
+    (--paper_compat) and the --kd_loss divergence (None: the paper's T^2-scaled forward KL)."""
+
+    temperature: float
+    paper_compat: bool = False
+    divergence: Optional[Divergence] = None
 
 
 class HeadKind:
@@ -84,18 +95,11 @@ class HeadKind:
         return losses.classification_loss(predictions, labels, label_smoothing)
 
     def output_distillation(
-        self,
-        student: Predictions,
-        teacher: Predictions,
-        *,
-        temperature: float,
-        attention_mask: Optional[torch.Tensor],
-        paper_compat: bool,
-        divergence: Optional[Divergence] = None,
+        self, student: Predictions, teacher: Predictions, attention_mask: Optional[torch.Tensor], kd: OutputKD
     ) -> torch.Tensor:
         """The KD term between the student's and the teacher's predictions: `divergence` (--kd_loss, a
         ted.method.divergences function; default the paper's T^2-scaled forward KL) of the class distributions."""
-        return (divergence or _forward_kl())(student, teacher, temperature)
+        return (kd.divergence or _forward_kl())(student, teacher, kd.temperature)
 
 
 @KINDS.register("classification")
@@ -120,21 +124,14 @@ class RegressionKind(HeadKind):
         return losses.regression_loss(predictions, labels)
 
     def output_distillation(
-        self,
-        student: Predictions,
-        teacher: Predictions,
-        *,
-        temperature: float,
-        attention_mask: Optional[torch.Tensor],
-        paper_compat: bool,
-        divergence: Optional[Divergence] = None,
+        self, student: Predictions, teacher: Predictions, attention_mask: Optional[torch.Tensor], kd: OutputKD
     ) -> torch.Tensor:
         """MSE between predictions; --paper_compat: the original code's KL as a softmax across the batch.
         (A score has no class distribution, so --kd_loss does not apply: distill refuses it up front.)"""
         from ted.method import losses
 
-        if paper_compat:
-            return losses.regression_kl_paper(student, teacher, temperature)
+        if kd.paper_compat:
+            return losses.regression_kl_paper(student, teacher, kd.temperature)
         return losses.regression_distillation(student, teacher)
 
 
@@ -180,22 +177,15 @@ class SpanKind(HeadKind):
         return losses.span_loss(predictions[0], predictions[1], labels[0], labels[1], label_smoothing)
 
     def output_distillation(
-        self,
-        student: Predictions,
-        teacher: Predictions,
-        *,
-        temperature: float,
-        attention_mask: Optional[torch.Tensor],
-        paper_compat: bool,
-        divergence: Optional[Divergence] = None,
+        self, student: Predictions, teacher: Predictions, attention_mask: Optional[torch.Tensor], kd: OutputKD
     ) -> torch.Tensor:
         """The mean of the start and end divergences over the window's tokens (padding too under --paper_compat).
         The mask has the logits' shape: padded tokens leave each softmax."""
-        divergence = divergence or _forward_kl()
-        mask = None if paper_compat else attention_mask
+        divergence = kd.divergence or _forward_kl()
+        mask = None if kd.paper_compat else attention_mask
         return (
-            divergence(student[0], teacher[0], temperature, mask)
-            + divergence(student[1], teacher[1], temperature, mask)
+            divergence(student[0], teacher[0], kd.temperature, mask)
+            + divergence(student[1], teacher[1], kd.temperature, mask)
         ) / 2
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ted.method.divergences import DIVERGENCES, LAYER_LOSSES
-from ted.method.kinds import get_kind
+from ted.method.kinds import OutputKD, get_kind
 
 # The stages' modules, importable from here as before.
 from ted.method.modules import (  # noqa: F401
@@ -119,7 +119,7 @@ class DistillObjective:
         self.kind = get_kind(head)
         self.teacher = teacher
         self.w = weights
-        self.divergence = DIVERGENCES.resolve(weights.kd_loss)
+        self.output_kd = OutputKD(weights.temperature, weights.paper_compat, DIVERGENCES.resolve(weights.kd_loss))
         self.layer_loss = LAYER_LOSSES.resolve(weights.layer_loss)
         self.balanced: dict[str, float] = {}  # --balance_losses: the weights fixed on the first batch
         self.step0: dict[str, float] = {}  # ... and the raw terms they came from
@@ -161,14 +161,7 @@ class DistillObjective:
     def kd_term(
         self, s_preds: Predictions, t_preds: Predictions, attention_mask: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        return self.kind.output_distillation(
-            s_preds,
-            t_preds,
-            temperature=self.w.temperature,
-            attention_mask=attention_mask,
-            paper_compat=self.w.paper_compat,
-            divergence=self.divergence,
-        )
+        return self.kind.output_distillation(s_preds, t_preds, attention_mask, self.output_kd)
 
     def __call__(self, model: DistillStudent, inputs: dict[str, torch.Tensor]) -> ObjectiveOutput:
         model_inputs, labels = self.kind.split_labels(inputs)

@@ -40,7 +40,7 @@ METRIC_NAMES = {
     "exact": "EM",
     "validation_mismatched_accuracy": "acc (mm)",
 }
-PREDICTIONS_FILE = "eval_predictions.npz"  # stages.common.EVAL_PREDICTIONS (not imported: it pulls in torch)
+PREDICTIONS_FILE = "eval_predictions.npz"  # stages.saving.EVAL_PREDICTIONS (not imported: it pulls in torch)
 
 
 def count_parameters(folder: str | Path) -> int:

@@ -62,6 +62,7 @@ def f1_score(gold: str, pred: str) -> float:
 Gold = Mapping[str, tuple[list[str], bool]]
 Articles = Union[Mapping[str, Any], Iterable[Mapping[str, Any]]]
 Rows = Iterable[Mapping[str, Any]]
+NullOdds = Optional[Mapping[str, float]]  # qid -> null odds (SQuAD 2.0), or None
 
 
 def gold_answer_texts(texts: Iterable[str]) -> list[str]:
@@ -196,10 +197,7 @@ def _evaluate(
 
 
 def evaluate_squad(
-    dataset: Articles,
-    predictions: Mapping[str, str],
-    na_probs: Optional[Mapping[str, float]] = None,
-    na_prob_thresh: float = 1.0,
+    dataset: Articles, predictions: Mapping[str, str], na_probs: NullOdds = None, na_prob_thresh: float = 1.0
 ) -> collections.OrderedDict[str, float]:
     """Score predictions (qid -> answer text) against the JSON's "data" list of articles.
 
@@ -210,10 +208,7 @@ def evaluate_squad(
 
 
 def evaluate_squad_rows(
-    examples: Rows,
-    predictions: Mapping[str, str],
-    na_probs: Optional[Mapping[str, float]] = None,
-    na_prob_thresh: float = 1.0,
+    examples: Rows, predictions: Mapping[str, str], na_probs: NullOdds = None, na_prob_thresh: float = 1.0
 ) -> collections.OrderedDict[str, float]:
     """Same as evaluate_squad for flat rows in the HF squad schema (id, answers{"text": [...]})."""
     return _evaluate(_gold_from_rows(examples), predictions, na_probs, na_prob_thresh)

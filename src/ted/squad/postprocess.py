@@ -74,8 +74,7 @@ class SpanPostprocessor:
     examples: rows with "id" and "context" (Dataset, dict of lists or list of dicts).
     features: the eval windows with "example_id" and "offset_mapping" (None outside the context),
     optionally "cls_index" per window (default: ``cls_index``, 0 as in the reference code).
-    Feed logits with ``add_batch(feature_indices, start, end)`` (or ``add_next(start, end)`` for
-    consecutive windows), then call ``finalize()``.
+    Feed logits with ``add_batch(feature_indices, start, end)``, in any order, then call ``finalize()``.
     """
 
     def __init__(
@@ -135,15 +134,8 @@ class SpanPostprocessor:
         self._null_sl = np.zeros(n_feat, dtype=np.float32)
         self._null_el = np.zeros(n_feat, dtype=np.float32)
         self._seen = np.zeros(n_feat, dtype=bool)
-        self._cursor = 0
 
     # -- feeding -------------------------------------------------------------------------------
-
-    def add_next(self, start_logits: Logits, end_logits: Logits) -> None:
-        """Logits of the next windows in feature order ([batch, seq] or one window's [seq])."""
-        start = _to_numpy(start_logits)
-        n = 1 if start.ndim == 1 else start.shape[0]
-        self.add_batch(np.arange(self._cursor, self._cursor + n), start, end_logits)
 
     def add_batch(self, feature_indices: npt.ArrayLike, start_logits: Logits, end_logits: Logits) -> None:
         """Logits [batch, seq] (float32; padding, e.g. -100, beyond a window's length is ignored)."""
@@ -162,7 +154,6 @@ class SpanPostprocessor:
         top_e = np.argsort(-E, axis=1, kind="stable")[:, :k]
         for r, f in enumerate(idx):
             self._add_window(int(f), S[r], E[r], top_s[r], top_e[r])
-        self._cursor = int(idx.max()) + 1 if idx.size else self._cursor
 
     def _add_window(self, f: int, s_log: np.ndarray, e_log: np.ndarray, top_s: np.ndarray, top_e: np.ndarray) -> None:
         offs = self._off[self._ptr[f] : self._ptr[f + 1]]

@@ -17,6 +17,7 @@ from ted.errors import TedInputError
 if TYPE_CHECKING:
     import datasets
     from transformers import BatchEncoding, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase as Tokenizer
 
 # A window's (start, end) character offsets per token.
 Offsets = list[tuple[int, int]]
@@ -84,24 +85,20 @@ def _label_window(
 
 
 def prepare_train_features(
-    examples: dict,
-    tokenizer: PreTrainedTokenizerBase,
-    max_seq_length: int = 384,
-    doc_stride: int = 128,
-    pad_to_max_length: bool = False,
+    batch: dict, tokenizer: Tokenizer, max_seq_length: int = 384, doc_stride: int = 128, pad_to_max_length: bool = False
 ) -> dict[str, list]:
-    """Batched map function: examples (id, question, context, answers) -> labelled windows.
+    """Batched map function: a batch of examples (id, question, context, answers) -> labelled windows.
 
     Output: the tokenizer's model inputs plus ``start_positions`` / ``end_positions``.
     """
     enc, context_id, sample_map, offset_map = _tokenize_windows(
-        examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length
+        batch, tokenizer, max_seq_length, doc_stride, pad_to_max_length
     )
     starts, ends = [], []
     for i, offsets in enumerate(offset_map):
         input_ids = enc["input_ids"][i]
         cls_index = input_ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in input_ids else 0
-        answers = examples["answers"][sample_map[i]]
+        answers = batch["answers"][sample_map[i]]
         if len(answers["answer_start"]) == 0 or len(answers["text"]) == 0:
             starts.append(cls_index)
             ends.append(cls_index)
@@ -119,22 +116,18 @@ def prepare_train_features(
 
 
 def prepare_eval_features(
-    examples: dict,
-    tokenizer: PreTrainedTokenizerBase,
-    max_seq_length: int = 384,
-    doc_stride: int = 128,
-    pad_to_max_length: bool = False,
+    batch: dict, tokenizer: Tokenizer, max_seq_length: int = 384, doc_stride: int = 128, pad_to_max_length: bool = False
 ) -> dict[str, list]:
-    """Batched map function: examples -> windows with ``example_id`` and ``offset_mapping``.
+    """Batched map function: a batch of examples -> windows with ``example_id`` and ``offset_mapping``.
 
     Offsets of non-context tokens (question, special tokens, padding) are None, so post-processing
     can tell which positions may hold an answer.
     """
     enc, context_id, sample_map, offset_map = _tokenize_windows(
-        examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length
+        batch, tokenizer, max_seq_length, doc_stride, pad_to_max_length
     )
     out = dict(enc)
-    out["example_id"] = [examples["id"][j] for j in sample_map]
+    out["example_id"] = [batch["id"][j] for j in sample_map]
     out["offset_mapping"] = [
         [tuple(o) if sid == context_id else None for sid, o in zip(enc.sequence_ids(i), offsets)]
         for i, offsets in enumerate(offset_map)
