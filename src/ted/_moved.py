@@ -9,6 +9,11 @@ import importlib.util
 import sys
 import types
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
 
 # old module -> where it lives now
 MOVED = {
@@ -44,12 +49,14 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds an old name and loads a thin module that forwards every attribute to the new one (a fresh module
     object, so the real module's own __spec__ and __name__ stay untouched)."""
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(
+        self, fullname: str, path: Optional[Sequence[str]] = None, target: Optional[types.ModuleType] = None
+    ) -> Optional[ModuleSpec]:
         if fullname not in MOVED:
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
-    def create_module(self, spec):
+    def create_module(self, spec: ModuleSpec) -> types.ModuleType:
         return types.ModuleType(spec.name)
 
     def exec_module(self, module: types.ModuleType) -> None:

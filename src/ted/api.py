@@ -7,52 +7,62 @@ data_dir="glue", kl_alpha=20, mse_alpha=50, output_dir="out/ted")`.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ted.settings import parse as arguments
 from ted.settings.training_args import COMMAND_ARGS  # noqa: F401  (the stage commands' argument groups)
 from ted.stages.registry import run_command, run_options  # noqa: F401  (run_command: for groups built by hand)
 
+if TYPE_CHECKING:
+    from ted.artifacts import StageResult
+    from ted.pipelines.runner import StageRun
+    from ted.stages.doctor import Findings
 
-def parse_kwargs(command: str, kwargs: dict[str, Any]):
+
+def parse_kwargs(command: str, kwargs: dict[str, Any]) -> tuple:
     """Keyword arguments -> the stage's argument groups, parsed and checked exactly like the command line."""
     return arguments.parse_mapping(command, kwargs)
 
 
-def finetune(**kwargs):
+def finetune(**kwargs: Any) -> StageResult:
     """Stage 0: fine-tune a model on a task. Returns a StageResult (output_dir, metrics)."""
     return run_options("finetune", kwargs)
 
 
-def learn_filters(**kwargs):
+def learn_filters(**kwargs: Any) -> StageResult:
     """Stage I: learn task-aware filters on a frozen fine-tuned model."""
     return run_options("learn-filters", kwargs)
 
 
-def distill(**kwargs):
+def distill(**kwargs: Any) -> StageResult:
     """Stage II: TED, KD or LWD (see `method`, `kl_alpha`, `mse_alpha`, `filter_disabled`)."""
     return run_options("distill", kwargs)
 
 
-def doctor(**kwargs):
+def doctor(**kwargs: Any) -> Findings:
     """`ted doctor`: checks before a Stage II run, with `distill`'s arguments (plus json=, doctor_eval_samples=,
     doctor_batches=). Returns the Findings (`.as_json()`, `.warnings`, `.verdict()`)."""
     return run_options("doctor", kwargs)
 
 
-def evaluate(**kwargs):
+def evaluate(**kwargs: Any) -> StageResult:
     """Score a model folder on a task's dev set(s)."""
     return run_options("evaluate", kwargs)
 
 
-def export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_speed: bool = True):
+def export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_speed: bool = True) -> StageResult:
     """Write the student of a stage folder as a stock Hugging Face model (filters stripped) with a model card."""
     from ted.stages.export import run_export
 
     return run_export(stage_dir, output_dir, overwrite, measure_speed)
 
 
-def pipeline(config, output_dir: str | None = None, **overrides):
+def pipeline(
+    config: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], output_dir: str | None = None, **overrides: Any
+) -> list[StageRun]:
     """`ted pipeline`: every stage for tasks x seeds from YAML file(s); keyword arguments as on the CLI
     (`seeds=[1, 2]`, `baseline_init="finetuned"`, `max_train_samples=100`, `ted={"kl_alpha": 5}`)."""
     from ted.pipelines.config import SECTIONS, set_override
@@ -69,7 +79,12 @@ def pipeline(config, output_dir: str | None = None, **overrides):
     )
 
 
-def report(run_dirs, output: str | None = None, speed: bool = True, cka: bool = True):
+def report(
+    run_dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    output: str | None = None,
+    speed: bool = True,
+    cka: bool = True,
+) -> tuple[Path, Path]:
     """`ted report`: report.md and report.html for pipeline run folder(s) (`cka=False`: no layer-similarity plot)."""
     from ted.reporting.report import write_report
 
@@ -77,14 +92,14 @@ def report(run_dirs, output: str | None = None, speed: bool = True, cka: bool = 
     return write_report(dirs, output, {"batch_size": 8, "seq_len": 128, "iterations": 10} if speed else None, cka)
 
 
-def import_original(path: str, output_dir: str, **kwargs):
+def import_original(path: str, output_dir: str, **kwargs: Any) -> Path:
     """`ted import-original`: a checkpoint of the paper's original code as a ted stage folder."""
     from ted.stages.import_original import import_original as run
 
     return run(path, output_dir, **kwargs)
 
 
-def demo(output_dir: str = "ted-demo", **kwargs):
+def demo(output_dir: str = "ted-demo", **kwargs: Any) -> Path:
     """The whole method end to end on a built-in synthetic task with tiny models, offline."""
     from ted.cli.demo import run_demo
 

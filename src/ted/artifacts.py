@@ -22,7 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from types import SimpleNamespace
+
+    from ted.tasks.base import Task
 
 STAGE_FILE = "ted_stage.json"
 EVAL_RESULTS = "eval_results.json"
@@ -103,7 +108,9 @@ def stage_extras(**extra: Any) -> Iterator[None]:
         _STAGE_EXTRAS.reset(token)
 
 
-def describe_stage(stage: str, task, args: dict, lineage: dict, method: Optional[str] = None) -> dict:
+def describe_stage(
+    stage: str, task: Task | SimpleNamespace, args: dict, lineage: dict, method: Optional[str] = None
+) -> dict:
     """The content of a stage's ted_stage.json (plus the keys of any enclosing `stage_extras`)."""
     return {
         **_STAGE_EXTRAS.get(),

@@ -1,5 +1,7 @@
 """Errors raised for bad user input, before any compute is spent."""
 
+from __future__ import annotations
+
 
 class TedInputError(ValueError):
     """A file, column, label, config or model combination that cannot work.

@@ -74,7 +74,7 @@ def keyword_params(fn: Callable) -> list[str]:
 class Registry(Generic[F]):
     """Name -> function, filled by the `register` decorator; `kind` names the entries in messages."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, F] = {}
         self._checks: dict[str, Callable[..., None] | None] = {}

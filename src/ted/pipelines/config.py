@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
@@ -68,6 +69,9 @@ PATH_KEYS = {
 }
 BASELINE_INITS = ("pretrained", "finetuned")
 
+# `${NAME}` -> its value (a config scalar, an environment variable, a built-in), or None when unset.
+Lookup = Callable[[str], Any]
+
 
 def read_yaml(path: Path) -> dict:
     import yaml
@@ -90,7 +94,7 @@ def repo_root(start: Path) -> Path:
 # ----------------------------------------------------------------------------------------- ${...}
 
 
-def expand(text: str, lookup) -> str:
+def expand(text: str, lookup: Lookup) -> str:
     """Replace `${NAME}` and `${NAME:-default}` (defaults may nest `${...}`)."""
     out, i = [], 0
     while (start := text.find("${", i)) >= 0:
@@ -114,7 +118,7 @@ def expand(text: str, lookup) -> str:
     return "".join(out)
 
 
-def _expand_tree(value, lookup):
+def _expand_tree(value: Any, lookup: Lookup) -> Any:
     if isinstance(value, str):
         return expand(value, lookup)
     if isinstance(value, list):
@@ -124,7 +128,7 @@ def _expand_tree(value, lookup):
     return value
 
 
-def _resolve_paths(value, key: Optional[str], base: Path):
+def _resolve_paths(value: Any, key: Optional[str], base: Path) -> Any:
     if isinstance(value, dict):
         return {k: _resolve_paths(v, k, base) for k, v in value.items()}
     if key in PATH_KEYS and isinstance(value, str) and (value.startswith(("./", "../")) or value in (".", "..")):
@@ -150,7 +154,7 @@ def load_file(path: str | Path, top_overrides: Optional[dict] = None) -> dict:
     builtins = {"REPO_ROOT": str(repo_root(path.parent)), "CONFIG_DIR": str(path.parent)}
     scalars: dict[str, Any] = {}
 
-    def lookup(name: str):
+    def lookup(name: str) -> Any:
         if name in scalars:
             return scalars[name]
         return os.environ.get(name, builtins.get(name))
@@ -199,7 +203,7 @@ def parse_overrides(argv: list[str]) -> tuple[list[str], dict]:
     return configs, overrides
 
 
-def set_override(overrides: dict, key: str, value) -> None:
+def set_override(overrides: dict, key: str, value: Any) -> None:
     if "." in key:
         section, _, name = key.partition(".")
         if section not in SECTIONS:
@@ -218,7 +222,7 @@ def set_override(overrides: dict, key: str, value) -> None:
 # ------------------------------------------------------------------------------------------- typing
 
 
-def field_types(groups) -> dict[str, Any]:
+def field_types(groups: Iterable[type]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for cls in groups:
         hints = typing.get_type_hints(cls)
@@ -228,7 +232,7 @@ def field_types(groups) -> dict[str, Any]:
     return out
 
 
-def _members(hint) -> set:
+def _members(hint: Any) -> set:
     """The plain types a hint allows: Optional[list[str]] -> {list, NoneType}."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (list, tuple):
@@ -238,7 +242,7 @@ def _members(hint) -> set:
     return set().union(*(_members(arg) for arg in args))
 
 
-def _item_hint(hint):
+def _item_hint(hint: Any) -> Any:
     """The element type of the list a hint allows (str when unknown)."""
     if typing.get_origin(hint) in (list, tuple):
         return (typing.get_args(hint) or (str,))[0]
@@ -248,7 +252,7 @@ def _item_hint(hint):
     return str
 
 
-def coerce(name: str, value, hint):
+def coerce(name: str, value: Any, hint: Any) -> Any:
     """Strings from YAML or the command line to the field's type (`6e-5` is a string in YAML 1.1)."""
     kinds = _members(hint)
     if list in kinds and str not in kinds:

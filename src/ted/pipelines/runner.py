@@ -20,9 +20,10 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ted import artifacts
 from ted.method import teacher_cache
@@ -37,10 +38,13 @@ from ted.pipelines.plan import (
 from ted.stages.output import drop_leftovers, is_main_launch_process
 from ted.stages.registry import run_options
 
+if TYPE_CHECKING:
+    from ted.artifacts import StageResult
+
 logger = logging.getLogger(__name__)
 
 
-def _run_stage(command: str, **options):
+def _run_stage(command: str, **options: Any) -> StageResult:
     return run_options(command, options)
 
 
@@ -62,7 +66,7 @@ class StageRun:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def on_main_process_then_wait(fn, *args) -> None:
+def on_main_process_then_wait(fn: Callable[..., object], *args: Any) -> None:
     """Under torchrun every process runs the pipeline: one changes shared folders, the others wait for it."""
     if is_main_launch_process():
         fn(*args)

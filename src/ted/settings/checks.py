@@ -3,9 +3,9 @@ before any model is loaded (and, for ted's own options, before torch is imported
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ted.errors import TedInputError
 from ted.method.recipes import import_plugins, resolve_method
@@ -52,7 +52,7 @@ NOT_NEGATIVE = ("kl_alpha", "mse_alpha", "learning_rate")
 PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 
 
-def _fail(name: str, rule: str, value) -> None:
+def _fail(name: str, rule: str, value: Any) -> None:
     hint = HINTS.get(name)
     raise TedInputError(f"--{name} must be {rule}, got {value}" + (f" ({hint})." if hint else "."))
 
@@ -164,7 +164,7 @@ def _check_seq_length(command: str, values: Mapping[str, Any]) -> None:
             )
 
 
-def _check_label_list(labels) -> None:
+def _check_label_list(labels: Optional[Sequence[str]]) -> None:
     if not labels:
         return
     seen = set()

@@ -12,7 +12,7 @@ This module imports neither torch nor transformers at import time.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from ted.errors import TedInputError
 from ted.method.recipes import import_plugins, resolve_method
@@ -43,6 +43,11 @@ from ted.settings.parsers import (
     unknown_error,
 )
 from ted.settings.tokens import read_config, split_config, to_tokens
+
+if TYPE_CHECKING:
+    from transformers import HfArgumentParser
+
+Group = TypeVar("Group")  # an argument dataclass
 
 __all__ = [
     "AT_LEAST_ONE",
@@ -113,7 +118,7 @@ def precheck(command: str, tokens: list[str], fixed: Optional[dict] = None) -> N
     check_values(command, {**vars(namespace), **(fixed or {})})
 
 
-def parse_tokens(command: str, parser, tokens: list[str], fixed: Optional[dict] = None) -> tuple:
+def parse_tokens(command: str, parser: HfArgumentParser, tokens: list[str], fixed: Optional[dict] = None) -> tuple:
     from ted.settings.training_args import given_flags, with_paper_defaults
 
     namespace, extras = parser.parse_known_args(tokens)
@@ -125,7 +130,7 @@ def parse_tokens(command: str, parser, tokens: list[str], fixed: Optional[dict] 
     return with_paper_defaults(groups, given_flags(tokens) | set(fixed or {}))  # --paper_compat defaults
 
 
-def _build(dtype, values: dict):
+def _build(dtype: type[Group], values: dict) -> Group:
     import dataclasses
 
     names = {f.name for f in dataclasses.fields(dtype) if f.init}

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from collections.abc import Iterable
-from typing import Optional
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from ted.errors import TedInputError
+
+if TYPE_CHECKING:
+    from transformers import HfArgumentParser
 
 TRAINER_GROUP = "Hugging Face Trainer options"
 TED_TRAINING_GROUP = "training options (ted's defaults)"
@@ -24,18 +27,22 @@ class _RaisingParser:
     """argparse reports a bad value or a missing one by printing usage and exiting; raise instead, so the
     CLI prints one line and the Python API gets an exception it can catch."""
 
-    def error(self, message: str):
+    prog: str  # set by the argparse parser this is mixed into
+
+    def error(self, message: str) -> NoReturn:
         raise TedInputError(f"{message}. See `{self.prog} --help`.")
 
 
 class TedArgumentParser(_RaisingParser, argparse.ArgumentParser):
     """argparse for ted's plain commands: exact option names, errors as TedInputError."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
-    def parse_args(self, args=None, namespace=None):
+    def parse_args(
+        self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None
+    ) -> argparse.Namespace:
         namespace, extras = self.parse_known_args(args, namespace)
         if extras:
             raise unknown_error(extras, option_names(self), f"`{self.prog} --help` lists the options.")
@@ -71,7 +78,7 @@ def command_groups(command: str) -> tuple:
     return COMMAND_ARGS[command]
 
 
-def stage_parser(command: str, description: Optional[str] = None):
+def stage_parser(command: str, description: Optional[str] = None) -> HfArgumentParser:
     """The HfArgumentParser of a stage, with ted's options first and the Trainer's after them."""
     from transformers import HfArgumentParser
 
@@ -96,7 +103,7 @@ def stage_parser(command: str, description: Optional[str] = None):
     return parser
 
 
-def _lift_ted_training_options(parser) -> None:
+def _lift_ted_training_options(parser: HfArgumentParser) -> None:
     """Move the training options ted sets itself (options.TedTrainingOptions) out of the ~100
     generic Trainer options into a group of their own, placed before them. Help layout only: parsing reads
     `parser._actions`, which is untouched."""
@@ -113,7 +120,7 @@ def _lift_ted_training_options(parser) -> None:
     parser._action_groups.insert(parser._action_groups.index(trainer), group)
 
 
-def options_parser(command: str):
+def options_parser(command: str) -> HfArgumentParser:
     """A parser of ted's own options alone (options.COMMAND_OPTIONS): needs neither torch nor
     `TrainingArguments`, which take seconds to import."""
     from transformers import HfArgumentParser  # without torch

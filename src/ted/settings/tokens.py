@@ -26,7 +26,7 @@ def to_tokens(options: Mapping[str, Any]) -> list[str]:
     return tokens
 
 
-def _token(value) -> str:
+def _token(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):

@@ -8,6 +8,7 @@ options live in `options.py`, which does not import transformers; this module ad
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -27,7 +28,7 @@ class TedTrainingArguments(TedTrainingOptions, TrainingArguments):
 
     _argument_group_name = "Hugging Face Trainer options"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # TrainingArguments fills in a default folder; a stage must know whether the user chose one.
         self.output_dir_given = self.output_dir is not None
         if not self.use_cpu and _launched_on_cpu_only():
@@ -90,7 +91,7 @@ def given_flags(argv: list[str]) -> set[str]:
     return names
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     return getattr(value, "value", value)  # enums (optim, schedulers, strategies) compare as their strings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
 from transformers import DataCollatorWithPadding, set_seed
 
@@ -14,6 +14,18 @@ from ted.stages.models import check_sequence_length, load_task_model, load_token
 from ted.stages.output import check_output_dir
 from ted.stages.resume import check_resumable
 from ted.tasks import load_task
+
+if TYPE_CHECKING:
+    import datasets
+    import torch.utils.data
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ted.settings.options import DataArguments, ModelArguments
+    from ted.settings.training_args import TedTrainingArguments
+    from ted.tasks.base import Task, TaskData
+
+    # Rows a stage trains or scores on: tokenized rows, or a torch Dataset the stage built (cached Stage I features).
+    Rows = Union[datasets.Dataset, torch.utils.data.Dataset]
 
 MODEL_INPUTS = (
     "input_ids",
@@ -27,7 +39,7 @@ MODEL_INPUTS = (
 )
 
 
-def model_columns(dataset):
+def model_columns(dataset: Rows) -> Rows:
     """Only model inputs and labels reach the Trainer (hub GLUE carries an `idx` column, SQuAD offsets)."""
     if not hasattr(dataset, "column_names"):  # a torch Dataset built by the stage (cached Stage I features)
         return dataset
@@ -35,7 +47,7 @@ def model_columns(dataset):
     return dataset.remove_columns(drop) if drop else dataset
 
 
-def dropout_overrides(model_args) -> dict:
+def dropout_overrides(model_args: ModelArguments) -> dict[str, Optional[float]]:
     return {
         "hidden_dropout_prob": model_args.hidden_dropout_prob,
         "attention_probs_dropout_prob": model_args.attention_probs_dropout_prob,
@@ -43,7 +55,9 @@ def dropout_overrides(model_args) -> dict:
     }
 
 
-def load_training_task(data_args, tokenizer, training_args):
+def load_training_task(
+    data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, training_args: TedTrainingArguments
+) -> tuple[Task, TaskData]:
     """`load_task` for a stage that trains: it needs training rows (custom data without --train_file has none)."""
     task, data = load_task(data_args, tokenizer)
     if len(data.train) == 0:
@@ -59,7 +73,9 @@ def load_training_task(data_args, tokenizer, training_args):
     return task, data
 
 
-def start_model_stage(model_args, data_args, training_args, run_args: dict[str, Any]):
+def start_model_stage(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TedTrainingArguments, run_args: dict[str, Any]
+) -> tuple[Path, PreTrainedTokenizerBase, Task, TaskData, PreTrainedModel]:
     """The start of a stage that trains one model (finetune, learn-filters): the checked output folder, the
     tokenizer, the task and its data, and the model with the dropout overrides."""
     check_sequence_length(model_args.model_name_or_path, data_args, model_args.cache_dir)
@@ -71,7 +87,7 @@ def start_model_stage(model_args, data_args, training_args, run_args: dict[str, 
     return output_dir, tokenizer, task, data, model
 
 
-def open_output(training_args, run_args: dict[str, Any]) -> Path:
+def open_output(training_args: TedTrainingArguments, run_args: dict[str, Any]) -> Path:
     """Every check of the output folder and of a cut-off run's checkpoints, before any model loads."""
     inputs = tuple(run_args.get(k) for k in (*MODEL_PATH_ARGS, *DATA_PATH_ARGS))
     output_dir = check_output_dir(
@@ -81,7 +97,7 @@ def open_output(training_args, run_args: dict[str, Any]) -> Path:
     return output_dir
 
 
-def args_dict(*groups) -> dict[str, Any]:
+def args_dict(*groups: Any) -> dict[str, Any]:
     """The resolved arguments of a stage as one flat dict (what ted_stage.json records and fingerprints hold)."""
     out: dict[str, Any] = {}
     for group in groups:
@@ -92,7 +108,14 @@ def args_dict(*groups) -> dict[str, Any]:
     return out
 
 
-def make_collator(tokenizer, training_args):
+class MixedPrecisionFlags(Protocol):
+    """What `make_collator` reads of the run's arguments (TrainingArguments, or a stand-in with both off)."""
+
+    fp16: bool
+    bf16: bool
+
+
+def make_collator(tokenizer: PreTrainedTokenizerBase, training_args: MixedPrecisionFlags) -> DataCollatorWithPadding:
     """Dynamic padding of tokenized rows (to a multiple of 8 under mixed precision, for tensor cores)."""
     multiple = 8 if (training_args.fp16 or training_args.bf16) else None
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)

@@ -7,6 +7,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ted import artifacts
 from ted.artifacts import StageResult
@@ -23,6 +24,10 @@ from ted.stages.saving import save_stage, sub_state
 from ted.stages.scoring import task_metrics
 from ted.stages.training import StageTraining, run_trainer
 from ted.tasks import Task
+
+if TYPE_CHECKING:
+    from ted.settings.options import DataArguments, DistillArguments, FilterArguments, ModelArguments
+    from ted.settings.training_args import TedTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ def warn_no_ops(method: str, head: str, weights: DistillWeights, batch_size: int
             warnings.warn("With batch size 1 the paper-compatible regression KL is identically 0.", stacklevel=2)
 
 
-def check_deepspeed_stage(deepspeed) -> None:
+def check_deepspeed_stage(deepspeed: Optional[Union[str, dict[str, Any]]]) -> None:
     """DeepSpeed ZeRO-3 partitions every model loaded while it is active, the teacher included, and the teacher
     runs outside DeepSpeed's engine, so its weights would never be gathered: refuse it up front."""
     if not deepspeed:
@@ -63,7 +68,13 @@ def check_deepspeed_stage(deepspeed) -> None:
         )
 
 
-def run_distill(model_args, data_args, filter_args, distill_args, training_args) -> StageResult:
+def run_distill(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    filter_args: FilterArguments,
+    distill_args: DistillArguments,
+    training_args: TedTrainingArguments,
+) -> StageResult:
     method = resolve_method(distill_args.method, filter_args.filter_disabled, distill_args.mse_alpha)
     recipe = METHODS.get(method)
     run_args = args_dict(model_args, data_args, filter_args, distill_args, training_args)

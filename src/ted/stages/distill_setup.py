@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from transformers import set_seed
 
@@ -33,6 +33,12 @@ from ted.stages.models import (
 )
 from ted.tasks import Task
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ted.settings.options import DataArguments, DistillArguments, FilterArguments, ModelArguments
+    from ted.tasks.base import TaskData
+
 
 @dataclass
 class DistillSetup:
@@ -41,19 +47,19 @@ class DistillSetup:
     method: str
     layers: Optional[str]
     task: Task
-    data: Any  # TaskData
-    tokenizer: Any
-    teacher_model: Any
-    student: Any
-    teacher: Teacher
+    data: TaskData
+    tokenizer: PreTrainedTokenizerBase
+    teacher_model: Optional[PreTrainedModel]  # distill drops it (None) once the teacher seam is ready
+    student: PreTrainedModel
+    teacher: Optional[Teacher]  # likewise
     module: DistillStudent
     student_filters: Optional[TaskAwareFilters]  # TED's filters or LWD's projector
-    pairs: list
+    pairs: list[tuple[int, int]]
     teacher_path: str
     student_path: str
 
 
-def distill_weights(distill_args: Any) -> DistillWeights:
+def distill_weights(distill_args: DistillArguments) -> DistillWeights:
     """DistillWeights from the distill options: the alphas, or --balance_losses and its ratios."""
     return DistillWeights(
         distill_args.kl_alpha,
@@ -67,7 +73,13 @@ def distill_weights(distill_args: Any) -> DistillWeights:
     )
 
 
-def check_model_paths(model_args: Any, data_args: Any, filter_args: Any, distill_args: Any, layers: Optional[str]):
+def check_model_paths(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    filter_args: FilterArguments,
+    distill_args: DistillArguments,
+    layers: Optional[str],
+) -> tuple[str, str]:
     """(student, teacher) paths, checked before anything loads: the teacher is given, both read the sequence
     length, and LWD's projector can be as wide as the teacher."""
     student_path, teacher_path = model_args.model_name_or_path, distill_args.teacher_model_name_or_path
@@ -132,8 +144,13 @@ def load_setup(
 
 
 def _layer_terms(
-    layers: Optional[str], filter_args: Any, student: Any, teacher_model: Any, student_path: str, teacher_path: str
-) -> tuple:
+    layers: Optional[str],
+    filter_args: FilterArguments,
+    student: PreTrainedModel,
+    teacher_model: PreTrainedModel,
+    student_path: str,
+    teacher_path: str,
+) -> tuple[list[int], list[tuple[int, int]], Optional[TaskAwareFilters], Optional[TaskAwareFilters]]:
     """(teacher layers, matched pairs, teacher filters, student filters or projector) of the method."""
     s_layers = t_layers = pairs = []
     if layers is not None:  # KD pairs no layers, so the interval flags do not apply
@@ -159,7 +176,9 @@ def _layer_terms(
     return t_layers, pairs, teacher_filters, student_filters
 
 
-def load_filters(path: str, layers: list[int], output_dim: Optional[int], nonlinear: bool, who: str):
+def load_filters(
+    path: str, layers: list[int], output_dim: Optional[int], nonlinear: bool, who: str
+) -> TaskAwareFilters:
     if not has_filters(path):
         raise TedInputError(
             f"TED needs the {who}'s Stage I filters, but {path!r} holds none. Run `ted learn-filters` on it first "

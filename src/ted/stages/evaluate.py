@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import set_seed
 
@@ -20,6 +21,10 @@ from ted.stages.models import load_config, load_task_model, load_tokenizer
 from ted.stages.saving import write_predictions
 from ted.stages.scoring import task_metrics
 from ted.tasks import GLUE_TASKS, is_custom, load_task, with_model_labels
+
+if TYPE_CHECKING:
+    from ted.settings.options import ModelArguments
+    from ted.settings.training_args import TedTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +44,7 @@ REMEMBERED_SETTINGS = (
 )
 
 
-def _stage_task_name(info: dict, data_args) -> str | None:
+def _stage_task_name(info: dict, data_args: DataArguments) -> str | None:
     """The stage's task, when the user's data fits it (a GLUE stage scored on the user's files is custom data)."""
     name = (info.get("task") or {}).get("name") or (info.get("args") or {}).get("task_name")
     if not name or name == "custom":
@@ -49,7 +54,7 @@ def _stage_task_name(info: dict, data_args) -> str | None:
     return name
 
 
-def with_stage_settings(data_args, model_path: str | None):
+def with_stage_settings(data_args: DataArguments, model_path: str | None) -> DataArguments:
     """`data_args` completed from the stage folder at `model_path`: its task and data settings, wherever the
     user left a setting at its default (an explicit flag that differs from the default always wins)."""
     try:
@@ -76,7 +81,9 @@ def with_stage_settings(data_args, model_path: str | None):
     return dataclasses.replace(data_args, **changes)
 
 
-def run_evaluate(model_args, data_args, training_args) -> StageResult:
+def run_evaluate(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TedTrainingArguments
+) -> StageResult:
     set_seed(training_args.seed)
     data_args = with_stage_settings(data_args, model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)

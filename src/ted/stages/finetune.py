@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ted import artifacts
 from ted.artifacts import StageResult
 from ted.method.objectives import TaskObjective
@@ -10,8 +12,14 @@ from ted.stages.saving import save_stage
 from ted.stages.scoring import task_metrics
 from ted.stages.training import StageTraining, run_trainer
 
+if TYPE_CHECKING:
+    from ted.settings.options import DataArguments, ModelArguments
+    from ted.settings.training_args import TedTrainingArguments
 
-def run_finetune(model_args, data_args, training_args) -> StageResult:
+
+def run_finetune(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TedTrainingArguments
+) -> StageResult:
     run_args = args_dict(model_args, data_args, training_args)
     output_dir, tokenizer, task, data, model = start_model_stage(model_args, data_args, training_args, run_args)
     trained = run_trainer(

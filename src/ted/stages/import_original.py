@@ -17,12 +17,19 @@ import logging
 import re
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from ted import artifacts
 from ted.errors import TedInputError
 from ted.method.kinds import get_kind, kind_of_model
 from ted.stages.output import check_output_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from ted.method.filters import FilterConfig
+    from ted.method.heads import HeadsConfig
+    from ted.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +92,7 @@ def head_kind(config: dict) -> str:
     return kind_of_model(config.get("architectures"), num_labels).name
 
 
-def build_model(config: dict, weights: dict, kind: str, where: Path):
+def build_model(config: dict, weights: dict, kind: str, where: Path) -> PreTrainedModel:
     """The stock model with the original backbone + head; every tensor must find its place."""
     from transformers import DebertaV2Config
 
@@ -103,7 +110,7 @@ def build_model(config: dict, weights: dict, kind: str, where: Path):
     return model
 
 
-def filter_config(config: dict, filters: dict, num_layers: int, role: str = "filter"):
+def filter_config(config: dict, filters: dict, num_layers: int, role: str = "filter") -> FilterConfig:
     from ted.method.filters import FilterConfig, select_layers
 
     layers = sorted({int(k.split(".")[1]) for k in filters})
@@ -129,7 +136,7 @@ def filter_config(config: dict, filters: dict, num_layers: int, role: str = "fil
     )
 
 
-def heads_config(config: dict, heads: dict, kind: str, output_dim: int):
+def heads_config(config: dict, heads: dict, kind: str, output_dim: int) -> HeadsConfig:
     from ted.method.heads import HeadsConfig
 
     count = len({k.split(".")[1] for k in heads if k.startswith("filter_head.")})
@@ -151,7 +158,7 @@ def heads_config(config: dict, heads: dict, kind: str, output_dim: int):
     )
 
 
-def describe_task(task_name: Optional[str], kind: str, config: dict):
+def describe_task(task_name: Optional[str], kind: str, config: dict) -> Union[Task, SimpleNamespace]:
     """The task block of ted_stage.json: a known task by name, else what the checkpoint tells."""
     if task_name:
         from ted.tasks import task_from_name

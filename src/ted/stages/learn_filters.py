@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from transformers import default_data_collator
@@ -23,6 +24,14 @@ from ted.stages.scoring import per_filter_metrics
 from ted.stages.training import StageTraining, run_trainer
 from ted.tasks.base import TaskData
 
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ted.method.feature_cache import CachedFeatures
+    from ted.settings.options import DataArguments, FilterArguments, ModelArguments
+    from ted.settings.training_args import TedTrainingArguments
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,7 +44,7 @@ def layer_scores(eval_metrics: dict, layers: list[int]) -> dict[str, dict[str, f
     return scores
 
 
-def without_checkpointing(training_args):
+def without_checkpointing(training_args: TedTrainingArguments) -> TedTrainingArguments:
     """Stage I ignores --gradient_checkpointing: the frozen backbone runs without gradients, so it keeps no
     activations to recompute (and the Stage I module has no layers of its own to checkpoint)."""
     # transformers >= 5.10 names it activation_checkpointing (gradient_checkpointing is its alias).
@@ -48,18 +57,24 @@ def without_checkpointing(training_args):
     return dataclasses.replace(training_args, **{n: False for n in names})
 
 
-def cache_dtype(training_args):
+def cache_dtype(training_args: TedTrainingArguments) -> Optional[torch.dtype]:
     return cache_autocast_dtype(training_args.device, training_args.bf16, training_args.fp16)
 
 
-def cached_data(model, data: TaskData, layers: list[int], tokenizer, training_args) -> TaskData:
+def cached_data(
+    model: PreTrainedModel,
+    data: TaskData,
+    layers: list[int],
+    tokenizer: PreTrainedTokenizerBase,
+    training_args: TedTrainingArguments,
+) -> TaskData:
     """Token 0 of every selected layer for the train and dev rows, from one pass of the frozen backbone."""
     device = training_args.device
     dtype = cache_dtype(training_args)
     batch_size = max(training_args.per_device_eval_batch_size, 1)
     model.to(device)
 
-    def cache(dataset):
+    def cache(dataset: datasets.Dataset) -> CachedFeatures:
         return first_token_features(model, dataset, layers, tokenizer, device, batch_size, dtype)
 
     cached = TaskData(train=cache(data.train), eval_sets={name: cache(ds) for name, ds in data.eval_sets.items()})
@@ -67,7 +82,9 @@ def cached_data(model, data: TaskData, layers: list[int], tokenizer, training_ar
     return cached
 
 
-def cache_affordable(model, data: TaskData, layers: list[int], training_args) -> bool:
+def cache_affordable(
+    model: PreTrainedModel, data: TaskData, layers: list[int], training_args: TedTrainingArguments
+) -> bool:
     rows = len(data.train) + sum(len(ds) for ds in data.eval_sets.values())
     dtype = cache_dtype(training_args)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -81,7 +98,12 @@ def cache_affordable(model, data: TaskData, layers: list[int], training_args) ->
     return fits
 
 
-def run_learn_filters(model_args, data_args, filter_args, training_args) -> StageResult:
+def run_learn_filters(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    filter_args: FilterArguments,
+    training_args: TedTrainingArguments,
+) -> StageResult:
     run_args = args_dict(model_args, data_args, filter_args, training_args)
     output_dir, tokenizer, task, data, model = start_model_stage(model_args, data_args, training_args, run_args)
     training_args = without_checkpointing(training_args)

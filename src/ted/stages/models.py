@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from transformers import (
     AutoConfig,
@@ -17,6 +17,11 @@ from ted.errors import TedInputError
 from ted.tasks import resolve_task_name
 from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
 from ted.tasks.squad import DEFAULT_MAX_SEQ_LENGTH as SQUAD_MAX_SEQ_LENGTH
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    from ted.settings.options import DataArguments
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +64,9 @@ def check_weight_files(folder: Path) -> None:
             ) from None
 
 
-def _from_pretrained(auto_class, what: str, name_or_path: str, cache_dir: Optional[str]):
+def _from_pretrained(
+    auto_class: Union[type[AutoTokenizer], type[AutoConfig]], what: str, name_or_path: str, cache_dir: Optional[str]
+) -> Union[PreTrainedTokenizerBase, PretrainedConfig]:
     check_model_source(name_or_path)
     try:
         return auto_class.from_pretrained(name_or_path, cache_dir=cache_dir)
@@ -67,23 +74,23 @@ def _from_pretrained(auto_class, what: str, name_or_path: str, cache_dir: Option
         raise TedInputError(f"Cannot load {what} from {name_or_path!r}: {err}") from err
 
 
-def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None):
+def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None) -> PreTrainedTokenizerBase:
     return _from_pretrained(AutoTokenizer, "a tokenizer", name_or_path, cache_dir)
 
 
-def load_config(name_or_path: str, cache_dir: Optional[str] = None):
+def load_config(name_or_path: str, cache_dir: Optional[str] = None) -> PretrainedConfig:
     return _from_pretrained(AutoConfig, "a model config", name_or_path, cache_dir)
 
 
-def has_trained_head(config, task: Task) -> bool:
+def has_trained_head(config: PretrainedConfig, task: Task) -> bool:
     return any(arch.endswith(task.kind.architecture_suffix) for arch in (config.architectures or []))
 
 
-def _default_label_names(config) -> bool:
+def _default_label_names(config: PretrainedConfig) -> bool:
     return all(name == f"LABEL_{i}" for i, name in sorted(config.id2label.items()))
 
 
-def check_head_compatible(config, task: Task, name: str) -> None:
+def check_head_compatible(config: PretrainedConfig, task: Task, name: str) -> None:
     """A fine-tuned head must have the task's size and label order; a fresh head is built to fit."""
     if not task.kind.sequence_level or not has_trained_head(config, task):  # span heads have no label set
         return
@@ -101,7 +108,9 @@ def check_head_compatible(config, task: Task, name: str) -> None:
             )
 
 
-def config_for_task(name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides):
+def config_for_task(
+    name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides: Optional[float]
+) -> PretrainedConfig:
     config = load_config(name_or_path, cache_dir)
     check_head_compatible(config, task, name_or_path)
     if task.kind.sequence_level:
@@ -116,7 +125,7 @@ def config_for_task(name_or_path: str, task: Task, cache_dir: Optional[str] = No
     return config
 
 
-def dropout_key(config, option: str, name: str) -> str:
+def dropout_key(config: PretrainedConfig, option: str, name: str) -> str:
     """The config key a dropout option sets. An option the model has no key for would be a silent no-op
     (DistilBERT calls them `dropout` / `attention_dropout`): refuse it."""
     if option == "classifier_dropout" and config.model_type in ("deberta", "deberta-v2"):
@@ -134,7 +143,7 @@ def dropout_key(config, option: str, name: str) -> str:
 _POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "data2vec-text", "roberta-prelayernorm", "xmod")
 
 
-def position_limit(config) -> Optional[int]:
+def position_limit(config: PretrainedConfig) -> Optional[int]:
     """The longest input a model's absolute position embeddings cover; None for relative positions."""
     limit = getattr(config, "max_position_embeddings", None)
     relative = (
@@ -148,7 +157,7 @@ def position_limit(config) -> Optional[int]:
     return int(limit)
 
 
-def check_sequence_length(name_or_path: str, data_args, cache_dir: Optional[str] = None) -> None:
+def check_sequence_length(name_or_path: str, data_args: DataArguments, cache_dir: Optional[str] = None) -> None:
     """Refuse a --max_seq_length beyond the model's positions: long inputs would crash in the first step and
     short ones pass silently, so the same run would fail or not depending on the data."""
     # Resolving the task first says an unknown task name before anything about the model.
@@ -162,7 +171,9 @@ def check_sequence_length(name_or_path: str, data_args, cache_dir: Optional[str]
         )
 
 
-def load_task_model(name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides) -> PreTrainedModel:
+def load_task_model(
+    name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides: Optional[float]
+) -> PreTrainedModel:
     """An `AutoModelFor...` with the task's head; a pre-trained checkpoint gets a fresh head."""
     config = config_for_task(name_or_path, task, cache_dir, **overrides)
     try:
@@ -171,7 +182,9 @@ def load_task_model(name_or_path: str, task: Task, cache_dir: Optional[str] = No
         raise TedInputError(f"Cannot load model weights from {name_or_path!r}: {err}") from err
 
 
-def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher: str, student: str) -> None:
+def check_same_vocabulary(
+    teacher_tokenizer: PreTrainedTokenizerBase, student_tokenizer: PreTrainedTokenizerBase, teacher: str, student: str
+) -> None:
     """Teacher and student read the same token ids, so their vocabularies must be identical."""
     t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     if t_vocab == s_vocab:
@@ -187,7 +200,7 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher: str, st
     )
 
 
-def num_layers(config) -> int:
+def num_layers(config: PretrainedConfig) -> int:
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
         if getattr(config, attr, None):
             return int(getattr(config, attr))

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Union
 
 from ted.settings import parse as arguments
+
+if TYPE_CHECKING:
+    from ted.artifacts import StageResult
+    from ted.stages.doctor import Findings
+
+    # What a stage command returns: the stage commands a StageResult, `doctor` its Findings.
+    CommandResult = Union[StageResult, Findings]
 
 # command -> (module, function). Imported on first use, so `import ted` and `ted --help` stay light.
 RUNNERS = {
@@ -18,17 +25,18 @@ RUNNERS = {
 }
 
 
-def runner(command: str):
+def runner(command: str) -> Callable[..., CommandResult]:
+    """The function that runs `command` (imported now), called with its argument groups in order."""
     module, function = RUNNERS[command]
     return getattr(importlib.import_module(module), function)
 
 
-def run_command(command: str, groups):
+def run_command(command: str, groups: tuple) -> CommandResult:
     """Run a command on its parsed argument groups (checked again: groups built by hand skip the parser)."""
     arguments.validate(command, groups)
     return runner(command)(*groups)
 
 
-def run_options(command: str, options: Mapping[str, Any]):
+def run_options(command: str, options: Mapping[str, Any]) -> CommandResult:
     """Run a command from keyword options, parsed and checked exactly like its command line."""
     return run_command(command, arguments.parse_mapping(command, options))

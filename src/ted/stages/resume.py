@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from transformers import TrainerCallback
 
@@ -25,6 +25,11 @@ from ted.stages.output import (
     run_fingerprint_of,
     work_dir,
 )
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from ted.method.trainer import TedTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -117,17 +122,19 @@ class CheckpointGuard(TrainerCallback):
     """Marks each checkpoint complete after the Trainer has written all of it, and logs the loss at every
     checkpoint and at the last step, so the log history covers every step a resumed run skipped."""
 
-    def _log_with_save(self, args, state, control):
+    def _log_with_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
         if args.logging_strategy != "no" and (control.should_save or state.global_step >= state.max_steps):
             control.should_log = True
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._log_with_save(args, state, control)
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._log_with_save(args, state, control)
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if args.world_size > 1:  # DeepSpeed / FSDP: every process writes its shard before the checkpoint is marked
             import torch.distributed as dist
 
@@ -149,7 +156,7 @@ def whole_run_loss(log_history: list[dict], global_step: int) -> Optional[float]
     return total / last if last == global_step and last > 0 else None
 
 
-def resumed_train_metrics(trainer, metrics: dict, resumed_at: int) -> dict:
+def resumed_train_metrics(trainer: TedTrainer, metrics: dict, resumed_at: int) -> dict:
     """After a resume the Trainer's train_loss covers only the steps after it: report the whole run's."""
     whole = whole_run_loss(trainer.state.log_history, trainer.state.global_step)
     if whole is None:  # logging off or gaps: say what the number covers instead

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -14,6 +14,11 @@ from ted.method.trainer import TedTrainer
 from ted.squad.postprocess import write_prediction_files
 from ted.stages.resume import finish
 from ted.stages.training import Trained
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from ted.stages.scoring import MetricsFn
 
 
 def trained_state(trainer: TedTrainer) -> dict:
@@ -38,7 +43,7 @@ def sub_state(state: dict, prefix: str) -> Optional[dict]:
 def save_stage(
     trained: Trained,
     *,
-    model,
+    model: PreTrainedModel,
     description: dict,
     model_prefix: Optional[str] = None,
     extras: Optional[Callable[[Path, dict], None]] = None,
@@ -68,7 +73,7 @@ def save_stage(
     trainer.accelerator.wait_for_everyone()
 
 
-def write_predictions(folder: Path, compute_metrics) -> None:
+def write_predictions(folder: Path, compute_metrics: Optional[MetricsFn]) -> None:
     """SQuAD: the last evaluation's predictions.json, nbest_predictions.json and null_odds.json."""
     last = getattr(compute_metrics, "last_predictions", None)
     if last is not None:
@@ -78,7 +83,7 @@ def write_predictions(folder: Path, compute_metrics) -> None:
 EVAL_PREDICTIONS = "eval_predictions.npz"
 
 
-def write_eval_predictions(folder: Path, compute_metrics, eval_metrics: dict) -> None:
+def write_eval_predictions(folder: Path, compute_metrics: Optional[MetricsFn], eval_metrics: dict[str, Any]) -> None:
     """Classification / regression: the kept model's per-example predictions on the first dev set (raw outputs
     and labels), for the paired tests of `ted report`. It is the latest evaluation that gave the stage's scores
     (the kept checkpoint's, logged during training or scored at the end)."""

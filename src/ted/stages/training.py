@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ted.method.kinds import get_kind
 from ted.method.trainer import TedTrainer
@@ -15,10 +14,22 @@ from ted.stages.fingerprint import fingerprint
 from ted.stages.resume import CheckpointGuard, prepare_work_dir, resumed_train_metrics
 from ted.tasks.base import Task, TaskData
 
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from ted.method.modules import Teacher
+    from ted.method.teacher_cache.collate import CachedTeacher, Collator
+    from ted.method.trainer import Objective
+    from ted.settings.training_args import TedTrainingArguments
+    from ted.stages.scoring import MetricsFn
+
 logger = logging.getLogger(__name__)
 
 
-def training_arguments(training_args, work: Path, selection_metric: Optional[str], head: str):
+def training_arguments(
+    training_args: TedTrainingArguments, work: Path, selection_metric: Optional[str], head: str
+) -> TedTrainingArguments:
     """The user's TrainingArguments pointed at the work folder, with best-model selection wired in."""
     evaluating = str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
     saving = str(training_args.save_strategy) not in ("no", "SaveStrategy.NO")
@@ -50,8 +61,8 @@ class StageTraining:
 
     output_dir: Path
     run_args: dict[str, Any]
-    training_args: Any
-    tokenizer: Any
+    training_args: TedTrainingArguments
+    tokenizer: PreTrainedTokenizerBase
     task: Task
     data: TaskData
 
@@ -69,12 +80,12 @@ class Trained:
 def run_trainer(
     stage: StageTraining,
     *,
-    module,
-    objective,
-    compute_metrics: Callable,
+    module: nn.Module,
+    objective: Objective,
+    compute_metrics: MetricsFn,
     selection_metric: Optional[str],
-    teacher=None,
-    data_collator=None,
+    teacher: Optional[Union[Teacher, CachedTeacher]] = None,
+    data_collator: Optional[Collator] = None,
 ) -> Trained:
     """Train `module` with `objective`, keep the best epoch, score every eval set.
 

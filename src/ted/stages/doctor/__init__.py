@@ -19,6 +19,8 @@ The modules: `findings` (what was found; verdict, text, JSON), `checks` (baselin
 loads), `command` (`run_doctor`) and `pipeline` (`--pipeline_config`). Import from here.
 """
 
+from __future__ import annotations
+
 from ted.stages.doctor.checks import (
     chance_band,
     check_stage1,

@@ -4,10 +4,15 @@ step-0 loss terms into findings and warnings (numbers in, no models)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ted.stages.doctor.findings import Findings
+
+if TYPE_CHECKING:
+    from ted.method.objectives import DistillWeights
+    from ted.tasks.base import Task
 
 DOMINANCE = 5.0  # a weighted term this many times the task loss at step 0 is a warning (training.GUARD_DOMINANCE)
 CORRELATIONS = ("matthews_correlation", "pearson", "spearmanr", "combined_score")
@@ -16,11 +21,11 @@ CORRELATIONS = ("matthews_correlation", "pearson", "spearmanr", "combined_score"
 # ----------------------------------------------------------------------------------------- baselines
 
 
-def selection(task, predictions: np.ndarray, labels: np.ndarray) -> float:
+def selection(task: Task, predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(task.compute_metrics(predictions, labels)[task.selection_metric])
 
 
-def constant_predictions(task, labels: np.ndarray) -> list[np.ndarray]:
+def constant_predictions(task: Task, labels: np.ndarray) -> list[np.ndarray]:
     """What models that ignore their input predict for these examples: one class everywhere (as logits, one
     array per class), or the mean score."""
     if task.kind.scores:
@@ -28,7 +33,7 @@ def constant_predictions(task, labels: np.ndarray) -> list[np.ndarray]:
     return [np.tile(np.eye(task.num_labels)[c], (len(labels), 1)) for c in range(task.num_labels)]
 
 
-def majority_baseline(task, labels: np.ndarray) -> float:
+def majority_baseline(task: Task, labels: np.ndarray) -> float:
     """The best selection score of a constant prediction on these dev examples (accuracy: the majority class's
     share; correlations and MCC: 0). A model that does not beat it learned nothing about the task."""
     return max(selection(task, preds, labels) for preds in constant_predictions(task, labels))
@@ -88,7 +93,7 @@ def check_stage1(findings: Findings, role: str, scores: dict, dev_examples: int)
         )
 
 
-def check_terms(findings: Findings, raw: dict[str, float], weights) -> None:
+def check_terms(findings: Findings, raw: dict[str, float], weights: DistillWeights) -> None:
     """Step-0 terms: weighted = alpha x raw; suggested alpha = ratio x task loss / raw."""
     task_loss = raw.get("pred")
     if task_loss is None:

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ted.errors import TedInputError
 from ted.stages.doctor.context import build_context
 from ted.stages.doctor.findings import Findings, report_text, write_findings
 from ted.stages.doctor.measure import diagnose
 
+if TYPE_CHECKING:
+    from ted.settings.options import DataArguments, DistillArguments, DoctorArguments, FilterArguments, ModelArguments
+    from ted.settings.training_args import TedTrainingArguments
 
-def run_doctor(model_args, data_args, filter_args, distill_args, doctor_args, training_args) -> Findings:
+
+def run_doctor(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    filter_args: FilterArguments,
+    distill_args: DistillArguments,
+    doctor_args: DoctorArguments,
+    training_args: TedTrainingArguments,
+) -> Findings:
     """`ted doctor` with `ted distill`'s options: load what distill loads, check, print, write --json."""
     from ted.stages.distill import check_deepspeed_stage
 

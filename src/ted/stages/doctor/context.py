@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ted.method.recipes import METHODS, resolve_method
 
+if TYPE_CHECKING:
+    from ted.settings.options import DataArguments, DistillArguments, FilterArguments, ModelArguments
+    from ted.settings.training_args import TedTrainingArguments
 
-def build_context(model_args: Any, data_args: Any, filter_args: Any, distill_args: Any, training_args: Any) -> dict:
+
+def build_context(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    filter_args: FilterArguments,
+    distill_args: DistillArguments,
+    training_args: TedTrainingArguments,
+) -> dict[str, Any]:
     """The same `DistillSetup` as `ted distill` (stages/distill_setup.py), with the loss weights, as a dict."""
     from ted.stages.distill_setup import check_model_paths, distill_weights, load_setup
 

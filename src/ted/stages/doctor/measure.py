@@ -4,8 +4,9 @@ check on them, and `preflight` is the cheap version that `ted distill` runs befo
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -14,14 +15,25 @@ from ted.method.recipes import FILTERS
 from ted.stages.doctor.checks import chance_band, check_stage1, check_teacher, check_terms, majority_baseline, selection
 from ted.stages.doctor.findings import Findings
 
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from ted.method.kinds import HeadKind
+    from ted.method.modules import DistillStudent
+    from ted.method.objectives import DistillObjective
+    from ted.method.teacher_cache.collate import Collator
+    from ted.tasks.base import Task
+
 logger = logging.getLogger(__name__)
 
 
-def first_rows(dataset, n: int):
+def first_rows(dataset: datasets.Dataset, n: int) -> datasets.Dataset:
     return dataset.select(range(min(n, len(dataset)))) if len(dataset) > n else dataset
 
 
-def batches(dataset, collator, batch_size: int):
+def batches(dataset: datasets.Dataset, collator: Collator, batch_size: int) -> Iterator[dict[str, Any]]:
     from ted.stages.common import model_columns
 
     dataset = model_columns(dataset)
@@ -29,11 +41,18 @@ def batches(dataset, collator, batch_size: int):
         yield collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
 
 
-def on(batch, device) -> dict:
+def on(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in dict(batch).items()}
 
 
-def predict(model, dataset, collator, batch_size: int, device, kind) -> np.ndarray:
+def predict(
+    model: PreTrainedModel,
+    dataset: datasets.Dataset,
+    collator: Collator,
+    batch_size: int,
+    device: torch.device,
+    kind: HeadKind,
+) -> np.ndarray:
     """A sequence-level model's dev predictions (`kind`: the task's head kind)."""
     import torch
 
@@ -47,7 +66,15 @@ def predict(model, dataset, collator, batch_size: int, device, kind) -> np.ndarr
     return np.concatenate(out)
 
 
-def step0_terms(objective, module, dataset, collator, batch_size: int, n_batches: int, device) -> dict[str, float]:
+def step0_terms(
+    objective: DistillObjective,
+    module: DistillStudent,
+    dataset: datasets.Dataset,
+    collator: Collator,
+    batch_size: int,
+    n_batches: int,
+    device: torch.device,
+) -> dict[str, float]:
     """Mean of each loss term over the first training batches, before any update (no gradients). The CPU
     random state is restored afterwards, so the run that follows is unchanged."""
     import torch
@@ -95,7 +122,7 @@ def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
     return findings
 
 
-def _score_on_dev(findings: Findings, ctx: dict, collator, eval_samples: int) -> None:
+def _score_on_dev(findings: Findings, ctx: dict, collator: Collator, eval_samples: int) -> None:
     """Teacher (and a fine-tuned student) on the first dev examples beside the baseline; TED's Stage I heads."""
     from ted.stages.models import has_trained_head
 
@@ -119,7 +146,7 @@ def _score_on_dev(findings: Findings, ctx: dict, collator, eval_samples: int) ->
             check_stage1(findings, role, scores or {}, full_dev)
 
 
-def _measure_terms(findings: Findings, ctx: dict, collator, n_batches: int) -> None:
+def _measure_terms(findings: Findings, ctx: dict, collator: Collator, n_batches: int) -> None:
     """Every loss term at step 0, and the weights that would balance them."""
     import dataclasses
 
@@ -133,7 +160,7 @@ def _measure_terms(findings: Findings, ctx: dict, collator, n_batches: int) -> N
     check_terms(findings, raw, ctx["weights"])
 
 
-def _id2label(config, task) -> Optional[list[str]]:
+def _id2label(config: PretrainedConfig, task: Task) -> Optional[list[str]]:
     if task.label_list is None:
         return None
     mapping = getattr(config, "id2label", None) or {}

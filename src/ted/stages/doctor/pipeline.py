@@ -4,10 +4,14 @@ the stage options and the stage folders the pipeline uses."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ted import artifacts
 from ted.errors import TedInputError
 from ted.stages.doctor.findings import Findings
+
+if TYPE_CHECKING:
+    from ted.settings.parsers import TedArgumentParser
 
 PIPELINE_HELP = """usage: ted doctor --pipeline_config FILE.yaml [--task T] [--seed S] [--method ted|kd|lwd]
                   [--json FILE] [--doctor_eval_samples N] [--doctor_batches N] [pipeline options]
@@ -19,7 +23,7 @@ run folder: run the pipeline once up to Stage I (`--methods kd` trains teacher a
 two Stage I folders), then the doctor, then the rest."""
 
 
-def _parser():
+def _parser() -> TedArgumentParser:
     from ted.method.recipes import PIPELINE_METHODS
     from ted.settings.parse import TedArgumentParser
 
