@@ -108,9 +108,10 @@ def check_head_compatible(config: PretrainedConfig, task: Task, name: str) -> No
             )
 
 
-def config_for_task(
-    name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides: Optional[float]
+def _task_config(
+    name_or_path: str, task: Task, cache_dir: Optional[str], overrides: dict[str, Optional[float]]
 ) -> PretrainedConfig:
+    """The model's config with the task's head settings and the dropout overrides."""
     config = load_config(name_or_path, cache_dir)
     check_head_compatible(config, task, name_or_path)
     if task.kind.sequence_level:
@@ -175,7 +176,7 @@ def load_task_model(
     name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides: Optional[float]
 ) -> PreTrainedModel:
     """An `AutoModelFor...` with the task's head; a pre-trained checkpoint gets a fresh head."""
-    config = config_for_task(name_or_path, task, cache_dir, **overrides)
+    config = _task_config(name_or_path, task, cache_dir, overrides)
     try:
         return task.kind.auto_class().from_pretrained(name_or_path, config=config, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
