@@ -108,10 +108,10 @@ def check_head_compatible(config: PretrainedConfig, task: Task, name: str) -> No
             )
 
 
-def _task_config(
-    name_or_path: str, task: Task, cache_dir: Optional[str], overrides: dict[str, Optional[float]]
+def config_for_task(
+    name_or_path: str, task: Task, cache_dir: Optional[str] = None, overrides: Optional[dict[str, float]] = None
 ) -> PretrainedConfig:
-    """The model's config with the task's head settings and the dropout overrides."""
+    """The model's config with the task's head settings and the dropout overrides (None values are left alone)."""
     config = load_config(name_or_path, cache_dir)
     check_head_compatible(config, task, name_or_path)
     if task.kind.sequence_level:
@@ -120,7 +120,7 @@ def _task_config(
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
         config.problem_type = task.kind.problem_type
-    for key, value in overrides.items():
+    for key, value in (overrides or {}).items():
         if value is not None:
             setattr(config, dropout_key(config, key, name_or_path), value)
     return config
@@ -176,7 +176,7 @@ def load_task_model(
     name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides: Optional[float]
 ) -> PreTrainedModel:
     """An `AutoModelFor...` with the task's head; a pre-trained checkpoint gets a fresh head."""
-    config = _task_config(name_or_path, task, cache_dir, overrides)
+    config = config_for_task(name_or_path, task, cache_dir, overrides)
     try:
         return task.kind.auto_class().from_pretrained(name_or_path, config=config, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
