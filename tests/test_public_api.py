@@ -132,3 +132,8 @@ def test_no_import_cycles():
 def test_every_module_opens_with_one_sentence_on_its_job():
     missing = [name for name, path in _package_modules().items() if not ast.get_docstring(ast.parse(path.read_text()))]
     assert not missing, f"modules without a docstring: {missing}"
+
+
+def test_no_module_is_much_over_300_lines():
+    long = {name: n for name, path in _package_modules().items() if (n := len(path.read_text().splitlines())) > 320}
+    assert not long, f"split these by job (issue 10: one job per module, about 300 lines at most): {long}"
