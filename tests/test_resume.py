@@ -276,3 +276,22 @@ def test_targeted_kill_then_rerun_leaves_nothing(assets, uninterrupted, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed"]  # no .incomplete, .tmp or .old-* left
     a, b = tiny.state_dict_of(uninterrupted), tiny.state_dict_of(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_run_keeps_the_predictions_of_its_kept_model(assets, tmp_path, monkeypatch):
+    # The kept (best) checkpoint was scored before the kill, in another process: its per-example predictions,
+    # which `ted report`'s paired tests read, must still be written (found on the issue 14 results run).
+    import numpy as np
+
+    whole = tmp_path / "whole"
+    ted.finetune(**kwargs_for(assets, whole, metric_for_best_model="eval_loss", learning_rate=0.5))
+    out = tmp_path / "cut"
+    with_callback(monkeypatch, KillAfterSave(2))
+    with pytest.raises(SimulatedKill):
+        ted.finetune(**kwargs_for(assets, out, metric_for_best_model="eval_loss", learning_rate=0.5))
+    with_callback(monkeypatch, CountSteps())
+    ted.finetune(**kwargs_for(assets, out, metric_for_best_model="eval_loss", learning_rate=0.5))
+    assert read(out, "eval_results.json")["eval_loss"] == pytest.approx(read(whole, "eval_results.json")["eval_loss"])
+    expected, got = np.load(whole / "eval_predictions.npz"), np.load(out / "eval_predictions.npz")
+    np.testing.assert_allclose(got["predictions"], expected["predictions"], rtol=1e-5)
+    np.testing.assert_array_equal(got["labels"], expected["labels"])

@@ -13,7 +13,7 @@ from ted import artifacts
 from ted.method.trainer import TedTrainer
 from ted.squad.postprocess import write_prediction_files
 from ted.stages.resume import finish
-from ted.stages.training import Trained
+from ted.stages.training import Trained, metrics_match
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -88,7 +88,7 @@ def write_eval_predictions(folder: Path, compute_metrics: Optional[MetricsFn], e
     and labels), for the paired tests of `ted report`. It is the latest evaluation that gave the stage's scores
     (the kept checkpoint's, logged during training or scored at the end)."""
     for metrics, predictions, labels in reversed(getattr(compute_metrics, "evaluations", [])):
-        if metrics and all(eval_metrics.get(f"eval_{k}") == v for k, v in metrics.items()):
+        if metrics_match(metrics, eval_metrics):
             buffer = io.BytesIO()
             np.savez_compressed(buffer, predictions=predictions, labels=labels)
             artifacts.atomic_write(folder / EVAL_PREDICTIONS, buffer.getvalue())

@@ -162,5 +162,13 @@ def logged_score_of_kept_model(trainer: TedTrainer) -> Optional[dict[str, float]
     ):
         return None
     scores = {k: v for k, v in kept[-1].items() if k != "step"}
+    seen = getattr(trainer.compute_metrics, "evaluations", None)
+    if seen is not None and not any(metrics_match(metrics, scores) for metrics, *_ in seen):
+        return None  # scored before a resume, by another process: score again so its predictions are kept
     scores["epoch"] = state.epoch  # what a final evaluate() reports: the epochs trained
     return scores
+
+
+def metrics_match(metrics: dict[str, float], eval_metrics: dict[str, Any]) -> bool:
+    """Whether an in-process evaluation (`compute_metrics` keys) gave these `eval_*` scores."""
+    return bool(metrics) and all(eval_metrics.get(f"eval_{k}") == v for k, v in metrics.items())
