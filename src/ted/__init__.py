@@ -26,6 +26,7 @@ _API = (
     "pipeline",
     "report",
     "import_original",
+    "lm_eval",
 )
 
 

@@ -53,6 +53,12 @@ def evaluate(**kwargs: Any) -> StageResult:
     return run_options("evaluate", kwargs)
 
 
+def lm_eval(**kwargs: Any) -> dict[str, Any]:
+    """`ted lm-eval`: WikiText perplexity or LAMBADA accuracy of a causal LM (model_name_or_path=, task=, data=,
+    context_length=, stride=, limit=, gguf_file=, output_dir=). Returns the scores as a dict."""
+    return run_options("lm-eval", kwargs)
+
+
 def export(stage_dir: str, output_dir: str, overwrite: bool = False, measure_speed: bool = True) -> StageResult:
     """Write the student of a stage folder as a stock Hugging Face model (filters stripped) with a model card."""
     from ted.stages.export import run_export

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ted.errors import TedInputError
 from ted.settings.parse import STAGE_COMMANDS, TedArgumentParser, suggestion
@@ -27,6 +27,7 @@ COMMANDS = {
     "distill": "Stage II: TED, or the KD / LWD baselines",
     "doctor": "minutes of checks before a Stage II run: teacher, filters, loss weights",
     "evaluate": "score a model folder on a task's dev set(s)",
+    "lm-eval": "perplexity (WikiText) or LAMBADA accuracy of a causal language model",
     "export": "write a stage's student as a stock Hugging Face model",
     "demo": "the whole method offline on a built-in synthetic task",
     "score-squad": "official SQuAD 2.0 scores of a prediction file",
@@ -42,7 +43,7 @@ USAGE = (
 )
 
 
-def run_stage(command: str, argv: list[str]) -> Union[StageResult, Findings]:
+def run_stage(command: str, argv: list[str]) -> Union[StageResult, Findings, dict[str, Any]]:
     from ted.settings.parse import parse_cli
 
     groups = parse_cli(command, argv, description=COMMANDS[command])
@@ -144,6 +145,9 @@ def run_main(argv: Optional[list[str]] = None) -> int:
             from ted.stages.doctor import run_pipeline_doctor
 
             run_pipeline_doctor(rest)
+            return 0
+        if command == "lm-eval":  # its result is one JSON line, the last line of stdout
+            print(json.dumps(run_stage(command, rest)))
             return 0
         if command in STAGE_COMMANDS:
             result = run_stage(command, rest)

@@ -200,6 +200,36 @@ class DoctorArguments:
     json: Optional[str] = option(None, help="Also write the findings to this JSON file.")
 
 
+@dataclass
+class LmEvalArguments:
+    _argument_group_name = "language-model evaluation options"
+
+    model_name_or_path: Optional[str] = option(
+        None, help="Causal LM: a hub id, a Hugging Face folder, or a folder with one .gguf file (or --gguf_file)."
+    )
+    task: Optional[str] = option(
+        None, help="wikitext: perplexity of a raw text file (sliding window); lambada: LAMBADA last-word accuracy."
+    )
+    data: Optional[str] = option(
+        None, help="wikitext: a raw text file (e.g. wiki.test.raw); lambada: a JSONL file of {'text': ...} rows."
+    )
+    context_length: Optional[int] = option(
+        None, help="Tokens per window (wikitext) or longest input (lambada). Default: the model's positions."
+    )
+    stride: Optional[int] = option(
+        None, help="wikitext: tokens the window moves by (default: context_length // 2); at most context_length."
+    )
+    limit: Optional[int] = option(
+        None, help="Score the first N documents (wikitext: articles, split at ' = Title = ' lines) or examples."
+    )
+    gguf_file: Optional[str] = option(
+        None, help="The GGUF file inside the model folder to load (needed when the folder holds several)."
+    )
+    cache_dir: Optional[str] = option(None, help="Where hub downloads are cached.")
+    per_device_eval_batch_size: int = option(4, help="Windows or examples per forward pass.")
+    output_dir: Optional[str] = option(None, help="Also write the result to DIR/lm_eval_results.json.")
+
+
 # Which option groups each stage command takes, in the order its runner expects them (training_args.COMMAND_ARGS
 # is this with the Trainer's options added).
 COMMAND_OPTIONS = {
@@ -209,4 +239,5 @@ COMMAND_OPTIONS = {
     "evaluate": (ModelArguments, DataArguments, TedTrainingOptions),
     # ted doctor takes everything ted distill takes, plus its own options.
     "doctor": (ModelArguments, DataArguments, FilterArguments, DistillArguments, DoctorArguments, TedTrainingOptions),
+    "lm-eval": (LmEvalArguments,),
 }

@@ -14,11 +14,13 @@ from transformers import (
 )
 
 from ted.errors import TedInputError
+from ted.stages.gguf_files import has_tokenizer_files, resolve_gguf_file
 from ted.tasks import resolve_task_name
 from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
 from ted.tasks.squad import DEFAULT_MAX_SEQ_LENGTH as SQUAD_MAX_SEQ_LENGTH
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
     from ted.settings.options import DataArguments
@@ -31,22 +33,27 @@ def looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
-def check_model_source(name_or_path: Optional[str]) -> None:
+def check_model_source(name_or_path: Optional[str], gguf_file: Optional[str] = None) -> Optional[str]:
     """A missing local folder, a folder without a model or a damaged weights file, said plainly before
-    transformers turns it into "Repo id must be in the form ..." or a raw SafetensorError."""
+    transformers turns it into "Repo id must be in the form ..." or a raw SafetensorError. Returns the GGUF file
+    the model loads from (gguf_files.resolve_gguf_file), or None for a Hugging Face folder or hub id."""
     if not name_or_path:  # else transformers asks the hub for a repo called "None" (retries, then a vague error)
         raise TedInputError("No model given: pass --model_name_or_path (a hub id or a local folder).")
     path = Path(name_or_path).expanduser()
     if not path.exists():
         if looks_like_local_path(name_or_path):
             raise TedInputError(f"Model folder {name_or_path} does not exist. Check the path (or pass a hub id).")
-        return  # a hub id: transformers resolves it (or says why it cannot)
+        return gguf_file  # a hub id: transformers resolves it (or says why it cannot)
+    gguf = resolve_gguf_file(path, gguf_file) if path.is_dir() else None
+    if gguf:
+        return gguf
     if not path.is_dir() or not (path / "config.json").is_file():
         raise TedInputError(
-            f"{name_or_path} is not a model folder: it has no config.json. Pass the folder a "
-            "stage or `save_pretrained` wrote."
+            f"{name_or_path} is not a model folder: it has no config.json (nor a single .gguf file). Pass the "
+            "folder a stage or `save_pretrained` wrote."
         )
     check_weight_files(path)
+    return None
 
 
 def check_weight_files(folder: Path) -> None:
@@ -65,21 +72,53 @@ def check_weight_files(folder: Path) -> None:
 
 
 def _from_pretrained(
-    auto_class: Union[type[AutoTokenizer], type[AutoConfig]], what: str, name_or_path: str, cache_dir: Optional[str]
+    auto_class: Union[type[AutoTokenizer], type[AutoConfig]],
+    what: str,
+    name_or_path: str,
+    cache_dir: Optional[str],
+    gguf_file: Optional[str] = None,
 ) -> Union[PreTrainedTokenizerBase, PretrainedConfig]:
-    check_model_source(name_or_path)
+    gguf = check_model_source(name_or_path, gguf_file)
+    # A GGUF folder's own tokenizer files load in a second; rebuilding the tokenizer from the GGUF takes ~10 s.
+    if gguf and auto_class is AutoTokenizer and has_tokenizer_files(Path(name_or_path).expanduser()):
+        gguf = None
     try:
-        return auto_class.from_pretrained(name_or_path, cache_dir=cache_dir)
+        return auto_class.from_pretrained(name_or_path, cache_dir=cache_dir, **({"gguf_file": gguf} if gguf else {}))
     except (OSError, ValueError) as err:
         raise TedInputError(f"Cannot load {what} from {name_or_path!r}: {err}") from err
 
 
-def load_tokenizer(name_or_path: str, cache_dir: Optional[str] = None) -> PreTrainedTokenizerBase:
-    return _from_pretrained(AutoTokenizer, "a tokenizer", name_or_path, cache_dir)
+def load_tokenizer(
+    name_or_path: str, cache_dir: Optional[str] = None, gguf_file: Optional[str] = None
+) -> PreTrainedTokenizerBase:
+    return _from_pretrained(AutoTokenizer, "a tokenizer", name_or_path, cache_dir, gguf_file)
 
 
-def load_config(name_or_path: str, cache_dir: Optional[str] = None) -> PretrainedConfig:
-    return _from_pretrained(AutoConfig, "a model config", name_or_path, cache_dir)
+def load_config(
+    name_or_path: str, cache_dir: Optional[str] = None, gguf_file: Optional[str] = None
+) -> PretrainedConfig:
+    return _from_pretrained(AutoConfig, "a model config", name_or_path, cache_dir, gguf_file)
+
+
+def load_causal_lm(
+    name_or_path: str,
+    gguf_file: Optional[str] = None,
+    dtype: Optional[Union[str, torch.dtype]] = None,
+    cache_dir: Optional[str] = None,
+) -> PreTrainedModel:
+    """An `AutoModelForCausalLM` in eval mode from a Hugging Face folder, a hub id or a GGUF file (dequantised by
+    transformers with the `gguf` package). dtype None means float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf = check_model_source(name_or_path, gguf_file)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=dtype or torch.float32, cache_dir=cache_dir, **({"gguf_file": gguf} if gguf else {})
+        )
+    except (OSError, ValueError) as err:
+        raise TedInputError(f"Cannot load a causal language model from {name_or_path!r}: {err}") from err
+    return model.eval()
 
 
 def has_trained_head(config: PretrainedConfig, task: Task) -> bool:

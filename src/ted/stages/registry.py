@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from ted.artifacts import StageResult
     from ted.stages.doctor import Findings
 
-    # What a stage command returns: the stage commands a StageResult, `doctor` its Findings.
-    CommandResult = Union[StageResult, Findings]
+    # What a command returns: the stage commands a StageResult, `doctor` its Findings, `lm-eval` its scores.
+    CommandResult = Union[StageResult, Findings, dict[str, Any]]
 
 # command -> (module, function). Imported on first use, so `import ted` and `ted --help` stay light.
 RUNNERS = {
@@ -22,6 +22,7 @@ RUNNERS = {
     "distill": ("ted.stages.distill", "run_distill"),
     "evaluate": ("ted.stages.evaluate", "run_evaluate"),
     "doctor": ("ted.stages.doctor", "run_doctor"),
+    "lm-eval": ("ted.lm.command", "run_lm_eval"),
 }
 
 

@@ -1,0 +1,61 @@
+"""Find and check the GGUF weights file of a model folder: one `*.gguf` beside no config.json, or `--gguf_file NAME`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ted.errors import TedInputError
+
+GGUF_SUFFIX = ".gguf"
+
+# Files a tokenizer is loaded from; when a GGUF folder has none, the tokenizer is rebuilt from the GGUF metadata.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def resolve_gguf_file(folder: Path, gguf_file: Optional[str] = None) -> Optional[str]:
+    """The GGUF file (a name inside `folder`) the model is loaded from, or None for a Hugging Face folder.
+
+    With `gguf_file`, that file must be in the folder. Without it, a folder with a config.json is a Hugging Face
+    folder, and a folder without one is a GGUF model when it holds exactly one `*.gguf` file."""
+    if gguf_file:
+        if Path(gguf_file).name != gguf_file:
+            raise TedInputError(f"--gguf_file takes a file name inside the model folder, not a path: got {gguf_file}.")
+        if not (folder / gguf_file).is_file():
+            found = ", ".join(_gguf_names(folder)) or "none"
+            raise TedInputError(f"--gguf_file {gguf_file} is not in {folder} (its .gguf files: {found}).")
+        check_gguf_file(folder / gguf_file)
+        return gguf_file
+    if (folder / "config.json").is_file():
+        return None
+    names = _gguf_names(folder)
+    if len(names) > 1:
+        raise TedInputError(
+            f"{folder} holds {len(names)} .gguf files ({', '.join(names)}): pass --gguf_file NAME to pick one."
+        )
+    if not names:
+        return None
+    check_gguf_file(folder / names[0])
+    return names[0]
+
+
+def _gguf_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob(f"*{GGUF_SUFFIX}") if p.is_file())
+
+
+def check_gguf_file(path: Path) -> None:
+    """The file parses as GGUF and holds every tensor it declares (a truncated copy does not)."""
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(str(path))
+    except (ValueError, IndexError, OSError, KeyError) as err:
+        raise TedInputError(
+            f"GGUF file {path} is damaged or not a GGUF file ({path.stat().st_size:,} bytes: {err}). "
+            "Copy or download it again."
+        ) from None
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether a GGUF folder carries its tokenizer as Hugging Face files (faster than rebuilding it from the GGUF)."""
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
