@@ -14,7 +14,7 @@ import torch
 from helpers import shared_dir
 from ted.errors import TedInputError
 from ted.method import layer_selection as ls
-from ted.settings.init_student_options import InitStudentArguments
+from ted.settings.options import InitStudentArguments
 from ted.stages.init_student import build_student, find_layer_list, init_student, run_init_student
 from tiny import build_tokenizer, one_thread, write_model  # noqa: F401  (module fixture)
 
@@ -362,3 +362,18 @@ def test_smollm2_block_influence_15_layers(tmp_path, capsys):
     student = AutoModelForCausalLM.from_pretrained(result.output_dir)
     assert student.config.num_hidden_layers == 15 and not hasattr(student.config, "quantization_config")
     assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
+
+
+def test_the_command_line_and_the_python_api(tmp_path, capsys):
+    import ted
+    from ted.cli.main import main
+
+    teacher = _decoder_folder(tmp_path, identity=(0, 2, 5))
+    assert main(["init-student", "--teacher_model_name_or_path", str(teacher), "--layers", "1,3",
+                 "--output_dir", str(tmp_path / "cli")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["num_hidden_layers"] == 2
+    assert main(["init-student", "--teacher_model_name_or_path", str(teacher), "--num_layers", "9",
+                 "--output_dir", str(tmp_path / "bad")]) == 2  # fmt: skip
+    assert "1 to 6" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    result = ted.init_student(teacher_model_name_or_path=str(teacher), num_layers="2", output_dir=str(tmp_path / "api"))
+    assert json.loads((Path(result.output_dir) / "ted_stage.json").read_text())["student"]["layers"] == [0, 3]

@@ -27,6 +27,7 @@ _API = (
     "report",
     "import_original",
     "lm_eval",
+    "init_student",
 )
 
 

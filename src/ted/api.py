@@ -53,6 +53,12 @@ def evaluate(**kwargs: Any) -> StageResult:
     return run_options("evaluate", kwargs)
 
 
+def init_student(**kwargs: Any) -> StageResult:
+    """`ted init-student`: a layer-dropped copy of the teacher as a stock model folder (teacher_model_name_or_path=,
+    num_layers= and strategy=, or layers="0,3,5"; train_file= for block influence; output_dir=)."""
+    return run_options("init-student", kwargs)
+
+
 def lm_eval(**kwargs: Any) -> dict[str, Any]:
     """`ted lm-eval`: WikiText perplexity or LAMBADA accuracy of a causal LM (model_name_or_path=, task=, data=,
     context_length=, stride=, limit=, gguf_file=, output_dir=). Returns the scores as a dict."""

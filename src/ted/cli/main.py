@@ -9,8 +9,9 @@ import sys
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ted.errors import TedInputError
-from ted.settings.parse import STAGE_COMMANDS, TedArgumentParser, suggestion
+from ted.settings.parse import TedArgumentParser, suggestion
 from ted.stages.output import is_main_launch_process
+from ted.stages.registry import RUNNERS
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,6 +29,7 @@ COMMANDS = {
     "doctor": "minutes of checks before a Stage II run: teacher, filters, loss weights",
     "evaluate": "score a model folder on a task's dev set(s)",
     "lm-eval": "perplexity (WikiText) or LAMBADA accuracy of a causal language model",
+    "init-student": "a student made from the teacher by keeping some of its layers (uniform, block influence, ...)",
     "export": "write a stage's student as a stock Hugging Face model",
     "demo": "the whole method offline on a built-in synthetic task",
     "score-squad": "official SQuAD 2.0 scores of a prediction file",
@@ -47,7 +49,7 @@ def run_stage(command: str, argv: list[str]) -> Union[StageResult, Findings, dic
     from ted.settings.parse import parse_cli
 
     groups = parse_cli(command, argv, description=COMMANDS[command])
-    from ted.stages.registry import run_command  # after parsing: a bad value is refused before torch loads
+    from ted.stages.registry import run_command
 
     return run_command(command, groups)
 
@@ -149,7 +151,7 @@ def run_main(argv: Optional[list[str]] = None) -> int:
         if command == "lm-eval":  # its result is one JSON line, the last line of stdout
             print(json.dumps(run_stage(command, rest)))
             return 0
-        if command in STAGE_COMMANDS:
+        if command in RUNNERS:  # the registered commands (stages, the doctor, init-student)
             result = run_stage(command, rest)
         elif command == "export":
             result = run_export_cli(rest)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ted.errors import TedInputError
 from ted.lm.scoring import bos_prefix, score_rows
+from ted.tasks.files import json_objects
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -17,22 +17,13 @@ if TYPE_CHECKING:
 def read_examples(path: Path, limit: Optional[int] = None) -> list[str]:
     """The `text` of each JSONL row (the first `limit`), each with at least two words."""
     texts: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if limit is not None and len(texts) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TedInputError(
-                    f"{path} line {number} is not JSON ({err}): LAMBADA rows are {{'text': ...}}."
-                ) from None
-            text = row.get("text") if isinstance(row, dict) else None
-            if not isinstance(text, str) or " " not in text.strip():
-                raise TedInputError(f"{path} line {number} has no 'text' of two or more words.")
-            texts.append(text)
+    for number, row in json_objects(path, str(path), '{"text": ...}'):
+        text = row.get("text")
+        if not isinstance(text, str) or " " not in text.strip():
+            raise TedInputError(f"{path} line {number} has no 'text' of two or more words.")
+        texts.append(text)
+        if limit is not None and len(texts) >= limit:
+            break  # the rest of the file is not read
     if not texts:
         raise TedInputError(f"{path} holds no LAMBADA rows.")
     return texts

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-    from ted.settings.init_student_options import InitStudentArguments
+    from ted.settings.options import InitStudentArguments
 
 logger = logging.getLogger(__name__)
 
@@ -163,20 +163,15 @@ def model_class(config: PretrainedConfig, gguf_file: Optional[str]) -> type:
 
 
 def load_teacher(path: str, gguf_file: Optional[str] = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The teacher and its tokenizer with transformers' Auto classes (GGUF weights dequantised to float32)."""
+    """The teacher and its tokenizer (a folder holding one .gguf file, or --gguf_file: dequantised to float32)."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer
 
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
-    config = AutoConfig.from_pretrained(path, **extra)
-    model = model_class(config, gguf_file).from_pretrained(path, **extra, **({"dtype": torch.float32} if extra else {}))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        if not gguf_file:
-            raise
-        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)  # rebuilt from the GGUF metadata
-    return model.eval(), tokenizer
+    from ted.stages.models import check_model_source, load_config, load_tokenizer
+
+    gguf = check_model_source(path, gguf_file)
+    extra = {"gguf_file": gguf, "dtype": torch.float32} if gguf else {}
+    model = model_class(load_config(path, gguf_file=gguf_file), gguf).from_pretrained(path, **extra)
+    return model.eval(), load_tokenizer(path, gguf_file=gguf_file)
 
 
 def influence_batches(
@@ -235,13 +230,12 @@ def run_init_student(args: InitStudentArguments) -> StageResult:
     """`ted init-student`: check everything, load the teacher, measure block influence if there is text, write."""
     from dataclasses import asdict
 
-    from transformers import AutoConfig
+    from ted.stages.models import load_config
 
     explicit, strategy = check_args(args)
     teacher_path = args.teacher_model_name_or_path
     dst = check_output_dir(args.output_dir, args.overwrite_output_dir, inputs=(teacher_path, args.train_file))
-    extra = {"gguf_file": args.gguf_file} if args.gguf_file else {}
-    total = num_layers_of(AutoConfig.from_pretrained(teacher_path, **extra))
+    total = num_layers_of(load_config(teacher_path, gguf_file=args.gguf_file))
     if explicit is not None:
         layer_selection.check_layers(explicit, total)
     else:

@@ -23,6 +23,7 @@ RUNNERS = {
     "evaluate": ("ted.stages.evaluate", "run_evaluate"),
     "doctor": ("ted.stages.doctor", "run_doctor"),
     "lm-eval": ("ted.lm.command", "run_lm_eval"),
+    "init-student": ("ted.stages.init_student", "run_init_student"),
 }
 
 

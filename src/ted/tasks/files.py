@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import Optional
 
 from ted.errors import TedInputError
@@ -90,8 +92,9 @@ def _scan_delimited(path: str, name: str, delimiter: str) -> RowLines:
     return RowLines(lines)
 
 
-def _scan_json_lines(path: str, name: str) -> RowLines:
-    lines: list[int] = []
+def json_objects(path: str | os.PathLike, name: str, example: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of every non-blank line of a JSON Lines file; a line that is not one JSON object
+    is refused naming the line (`example` shows what a row should look like)."""
     with open(path, encoding="utf-8-sig") as fh:
         for number, text in enumerate(fh, start=1):
             if not text.strip():
@@ -101,15 +104,18 @@ def _scan_json_lines(path: str, name: str) -> RowLines:
             except json.JSONDecodeError as err:
                 raise TedInputError(
                     f"{name}, line {number}: not valid JSON ({err.msg} at column {err.colno}); each line must "
-                    f"hold one JSON object."
+                    f"hold one JSON object like {example}."
                 ) from None
             if not isinstance(record, dict):
                 raise TedInputError(
                     f"{name}, line {number}: a JSON {type(record).__name__}, expected one object per line "
-                    f'like {{"text": ..., "label": ...}}.'
+                    f"like {example}."
                 )
-            lines.append(number)
-    return RowLines(lines)
+            yield number, record
+
+
+def _scan_json_lines(path: str, name: str) -> RowLines:
+    return RowLines([number for number, _ in json_objects(path, name, '{"text": ..., "label": ...}')])
 
 
 def _first_json_line_is_object(text: str) -> bool:
