@@ -2,7 +2,7 @@
 
 A task names its kind (`Task.head`: "classification", "regression" or "span", the string stored in
 `ted_stage.json`); every stage, objective, loss, metric and export asks the kind object instead of comparing
-strings. Adding a kind (the causal-LM kind comes next) means one new class here and one `KINDS.register` line.
+strings. Adding a kind means one new class here and one `KINDS.register` line ("causal_lm" is the latest).
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ class HeadKind:
     metric_scale = 100.0
     # Labels are real-valued scores (float targets, one output) rather than class ids.
     scores = False
-    # What a task of this kind keeps the best epoch by when it names nothing else.
+    # What a task of this kind keeps the best epoch by when it names nothing else, and which way is better.
     default_selection_metric = "accuracy"
+    greater_is_better = True
+    # Labels are one per token, padded with -100 by the batch collator (the causal-LM kind).
+    token_labels = False
 
     def num_labels(self, label_list: Optional[list[str]]) -> int:
         return len(label_list or [])
@@ -89,13 +92,23 @@ class HeadKind:
         """What the Trainer passes to compute_metrics as label_ids."""
         return inputs.get("labels")
 
+    def metric_inputs(self, predictions: Predictions, labels: Any) -> torch.Tensor:
+        """What an evaluation hands to compute_metrics for a batch with labels: the stacked predictions (a
+        causal LM hands each row's summed NLL and token count instead of [B, T, V] logits)."""
+        return self.stack(predictions)
+
     def task_loss(self, predictions: Predictions, labels: Predictions, label_smoothing: float = 0.0) -> torch.Tensor:
         from ted.method import losses
 
         return losses.classification_loss(predictions, labels, label_smoothing)
 
     def output_distillation(
-        self, student: Predictions, teacher: Predictions, attention_mask: Optional[torch.Tensor], kd: OutputKD
+        self,
+        student: Predictions,
+        teacher: Predictions,
+        attention_mask: Optional[torch.Tensor],
+        kd: OutputKD,
+        labels: Any = None,
     ) -> torch.Tensor:
         """The KD term between the student's and the teacher's predictions: `divergence` (--kd_loss, a
         ted.method.divergences function; default the paper's T^2-scaled forward KL) of the class distributions."""
@@ -124,7 +137,12 @@ class RegressionKind(HeadKind):
         return losses.regression_loss(predictions, labels)
 
     def output_distillation(
-        self, student: Predictions, teacher: Predictions, attention_mask: Optional[torch.Tensor], kd: OutputKD
+        self,
+        student: Predictions,
+        teacher: Predictions,
+        attention_mask: Optional[torch.Tensor],
+        kd: OutputKD,
+        labels: Any = None,
     ) -> torch.Tensor:
         """MSE between predictions; --paper_compat: the original code's KL as a softmax across the batch.
         (A score has no class distribution, so --kd_loss does not apply: distill refuses it up front.)"""
@@ -177,7 +195,12 @@ class SpanKind(HeadKind):
         return losses.span_loss(predictions[0], predictions[1], labels[0], labels[1], label_smoothing)
 
     def output_distillation(
-        self, student: Predictions, teacher: Predictions, attention_mask: Optional[torch.Tensor], kd: OutputKD
+        self,
+        student: Predictions,
+        teacher: Predictions,
+        attention_mask: Optional[torch.Tensor],
+        kd: OutputKD,
+        labels: Any = None,
     ) -> torch.Tensor:
         """The mean of the start and end divergences over the window's tokens (padding too under --paper_compat).
         The mask has the logits' shape: padded tokens leave each softmax."""
@@ -187,6 +210,64 @@ class SpanKind(HeadKind):
             divergence(student[0], teacher[0], kd.temperature, mask)
             + divergence(student[1], teacher[1], kd.temperature, mask)
         ) / 2
+
+
+@KINDS.register("causal_lm")
+class CausalLMKind(HeadKind):
+    """Next-token prediction: logits [B, T, V]; labels are the input ids, -100 where a token is not scored
+    (padding, prompt tokens). Position t's logits predict token t + 1."""
+
+    name = "causal_lm"
+    auto_class_name = "AutoModelForCausalLM"
+    # GPT-2's head class is GPT2LMHeadModel; the others end in ForCausalLM (str.endswith takes a tuple).
+    architecture_suffix = ("ForCausalLM", "LMHeadModel")
+    pipeline_tag = "text-generation"
+    problem_type = None
+    sequence_level = False
+    metric_scale = 1.0
+    default_selection_metric = "perplexity"
+    greater_is_better = False
+    token_labels = True
+
+    def num_labels(self, label_list: Optional[list[str]]) -> int:
+        return 0  # the vocabulary is the output; no label head is built
+
+    def task_loss(self, predictions: Predictions, labels: Predictions, label_smoothing: float = 0.0) -> torch.Tensor:
+        from ted.method import losses
+
+        return losses.next_token_loss(predictions, labels, label_smoothing)
+
+    def metric_inputs(self, predictions: Predictions, labels: Any) -> torch.Tensor:
+        from ted.method import losses
+
+        return losses.next_token_nll_per_row(predictions, labels)
+
+    def output_distillation(
+        self,
+        student: Predictions,
+        teacher: Predictions,
+        attention_mask: Optional[torch.Tensor],
+        kd: OutputKD,
+        labels: Any = None,
+    ) -> torch.Tensor:
+        """The divergence of the next-token distributions, mean over scored positions (times T^2 as the divergence
+        scales it): position t counts when token t + 1 is scored (its label is not -100; without labels, when it is
+        a real token). Unshifted [B, T, V] logits with a [B, T] mask: nothing of the logits is copied."""
+        import torch
+
+        from ted.method import losses
+
+        if labels is not None:
+            scored = losses.next_token_targets(labels) != -100
+        elif attention_mask is not None:
+            scored = torch.nn.functional.pad(attention_mask[:, 1:], (0, 1)) != 0
+        else:
+            scored = torch.ones(student.shape[:2], dtype=torch.bool, device=student.device)
+            scored[:, -1] = False
+        divergence = kd.divergence or _forward_kl()
+        # The divergences sum over kept positions and divide by the batch size: make that a mean over tokens.
+        per_row = divergence(student, teacher, kd.temperature, scored.to(student.dtype))
+        return per_row * student.size(0) / scored.sum().clamp_min(1)
 
 
 def _forward_kl() -> Divergence:

@@ -61,3 +61,36 @@ def regression_kl_paper(
 ) -> torch.Tensor:
     """The original code's regression KL: a softmax across the batch of flattened predictions."""
     return kl_divergence(student_predictions.view(-1), teacher_predictions.view(-1), temperature)
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Labels [B, T] shifted left by one, -100 at the end: position t of the logits predicts targets[:, t].
+
+    Shifting the labels instead of slicing the logits leaves the [B, T, V] logits uncopied (as transformers'
+    ForCausalLMLoss does)."""
+    return F.pad(labels, (0, 1), value=-100)[:, 1:]
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Causal-LM cross-entropy: the mean over scored next tokens (labels -100 are not scored) of -log p.
+
+    A batch with no scored token gives 0, still connected to the graph."""
+    targets = next_token_targets(labels).reshape(-1)
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        targets,
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    return total / (targets != -100).sum().clamp_min(1)
+
+
+def next_token_nll_per_row(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, 2]: each row's summed next-token negative log-likelihood and its number of scored tokens (float32).
+
+    What perplexity is computed from: exp(sum of NLL / sum of tokens) over a whole dev set, exactly, whatever
+    the batching or the rows' lengths."""
+    targets = next_token_targets(labels)
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    return torch.stack([nll.sum(dim=1), (targets != -100).sum(dim=1).float()], dim=1)

@@ -27,7 +27,7 @@ from ted.method.modules import (  # noqa: F401
 )
 
 if TYPE_CHECKING:
-    from ted.method.kinds import Predictions
+    from ted.method.kinds import HeadKind, Predictions
 
 # (total loss or None without labels, named loss terms, predictions stacked for the Trainer)
 ObjectiveOutput = tuple[Optional[torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
@@ -41,6 +41,14 @@ def split_labels(head: str, inputs: dict) -> tuple[dict, object]:
 def stack_predictions(head: str, outputs: Predictions) -> torch.Tensor:
     """Predictions in one tensor for the Trainer to gather: logits, or [B, T, 2] start/end for spans."""
     return get_kind(head).stack(outputs)
+
+
+def evaluated(kind: HeadKind, model: nn.Module, preds: Predictions, labels: object) -> torch.Tensor:
+    """The predictions an objective returns: stacked while training (the Trainer drops them), what the kind's
+    metrics read when evaluating a labelled batch (a causal LM: per-row NLL sums, not [B, T, V] logits)."""
+    if model.training or labels is None:
+        return kind.stack(preds)
+    return kind.metric_inputs(preds, labels)
 
 
 class TaskObjective:
@@ -57,7 +65,7 @@ class TaskObjective:
         model_inputs, labels = self.kind.split_labels(inputs)
         preds = self.kind.predictions(model(**model_inputs))
         loss = self.kind.task_loss(preds, labels, self.label_smoothing) if labels is not None else None
-        return loss, {}, self.kind.stack(preds)
+        return loss, {}, evaluated(self.kind, model, preds, labels)
 
 
 class FilterObjective:
@@ -159,16 +167,20 @@ class DistillObjective:
         return {"mode": mode, "ratios": ratios, "alphas": dict(self.balanced), "step0_terms": dict(self.step0)}
 
     def kd_term(
-        self, s_preds: Predictions, t_preds: Predictions, attention_mask: Optional[torch.Tensor]
+        self,
+        s_preds: Predictions,
+        t_preds: Predictions,
+        attention_mask: Optional[torch.Tensor],
+        labels: object = None,
     ) -> torch.Tensor:
-        return self.kind.output_distillation(s_preds, t_preds, attention_mask, self.output_kd)
+        return self.kind.output_distillation(s_preds, t_preds, attention_mask, self.output_kd, labels=labels)
 
     def __call__(self, model: DistillStudent, inputs: dict[str, torch.Tensor]) -> ObjectiveOutput:
         model_inputs, labels = self.kind.split_labels(inputs)
         if not model.training:  # evaluation scores the student's own head only
             s_preds = self.kind.predictions(model(**model_inputs)[0])
             loss = self.kind.task_loss(s_preds, labels, self.label_smoothing) if labels is not None else None
-            return loss, {}, self.kind.stack(s_preds)
+            return loss, {}, evaluated(self.kind, model, s_preds, labels)
         need_states = self.w.mse_alpha > 0
         mask = None if self.w.paper_compat else model_inputs.get("attention_mask")
         token_index = None
@@ -186,7 +198,7 @@ class DistillObjective:
         terms = {"pred": self.kind.task_loss(s_preds, labels, self.label_smoothing)}
         total = terms["pred"]
         if self.w.kl_alpha:
-            terms["kl"] = self.kd_term(s_preds, t_preds, model_inputs.get("attention_mask"))
+            terms["kl"] = self.kd_term(s_preds, t_preds, model_inputs.get("attention_mask"), labels)
             total = total + self.weight("kl", terms["kl"], terms["pred"], terms) * terms["kl"]
         if need_states:
             if token_index is not None:

@@ -72,8 +72,26 @@ class DataArguments:
     null_score_diff_threshold: float = option(
         0.0, help="SQuAD 2.0: predict no answer when null score - best span score > this."
     )
-    max_train_samples: Optional[int] = option(None, help="Keep the first N train examples.")
-    max_eval_samples: Optional[int] = option(None, help="Keep the first N dev examples.")
+    max_train_samples: Optional[int] = option(
+        None, help="Keep the first N train examples (causal_lm: blocks of --block_size, or prompt/completion rows)."
+    )
+    max_eval_samples: Optional[int] = option(None, help="Keep the first N dev examples (causal_lm: as above).")
+    # --task_name causal_lm (tasks/causal_lm.py, docs/language-models.md).
+    block_size: Optional[int] = option(
+        None, help="causal_lm: tokens per packed training block (default: min(1024, the model's positions))."
+    )
+    line_by_line: bool = option(
+        False, help="causal_lm .txt files: every non-empty line is a document (default: blank lines separate them)."
+    )
+    text_column: Optional[str] = option(
+        None, help="causal_lm CSV/JSON(L) files: the column holding each document's text (default: text)."
+    )
+    prompt_column: Optional[str] = option(
+        None, help="causal_lm CSV/JSON(L): prompt column; with --completion_column only completion tokens are scored."
+    )
+    completion_column: Optional[str] = option(
+        None, help="causal_lm CSV/JSON(L): completion column (rows are padded, not packed; see --prompt_column)."
+    )
 
 
 @dataclass

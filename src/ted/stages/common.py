@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
@@ -20,12 +21,14 @@ if TYPE_CHECKING:
     import torch.utils.data
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from ted.method.kinds import HeadKind
     from ted.settings.options import DataArguments, ModelArguments
     from ted.settings.training_args import TedTrainingArguments
     from ted.tasks.base import Task, TaskData
 
     # Rows a stage trains or scores on: tokenized rows, or a torch Dataset the stage built (cached Stage I features).
     Rows = Union[datasets.Dataset, torch.utils.data.Dataset]
+    Collator = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
 
 MODEL_INPUTS = (
     "input_ids",
@@ -78,7 +81,10 @@ def start_model_stage(
 ) -> tuple[Path, PreTrainedTokenizerBase, Task, TaskData, PreTrainedModel]:
     """The start of a stage that trains one model (finetune, learn-filters): the checked output folder, the
     tokenizer, the task and its data, and the model with the dropout overrides."""
-    check_sequence_length(model_args.model_name_or_path, data_args, model_args.cache_dir)
+    fitted = check_sequence_length(model_args.model_name_or_path, data_args, model_args.cache_dir)
+    # What the task resolved for this model (causal_lm: --block_size) is recorded and fingerprinted as given.
+    run_args.update({k: v for k, v in args_dict(fitted).items() if k in run_args and run_args[k] != v})
+    data_args = fitted
     output_dir = open_output(training_args, run_args)
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
@@ -115,7 +121,14 @@ class MixedPrecisionFlags(Protocol):
     bf16: bool
 
 
-def make_collator(tokenizer: PreTrainedTokenizerBase, training_args: MixedPrecisionFlags) -> DataCollatorWithPadding:
-    """Dynamic padding of tokenized rows (to a multiple of 8 under mixed precision, for tensor cores)."""
+def make_collator(
+    tokenizer: PreTrainedTokenizerBase, training_args: MixedPrecisionFlags, kind: Optional[HeadKind] = None
+) -> Collator:
+    """Dynamic padding of tokenized rows (to a multiple of 8 under mixed precision, for tensor cores); a kind with
+    one label per token (causal LM) gets its labels padded with -100, on the right."""
     multiple = 8 if (training_args.fp16 or training_args.bf16) else None
+    if kind is not None and kind.token_labels:
+        from ted.tasks.causal_lm import token_rows_collator
+
+        return token_rows_collator(tokenizer, multiple)
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)

@@ -17,7 +17,7 @@ from ted.method.objectives import TaskObjective
 from ted.method.trainer import TedTrainer
 from ted.settings.training_args import DataArguments
 from ted.stages.common import make_collator, model_columns
-from ted.stages.models import load_config, load_task_model, load_tokenizer
+from ted.stages.models import fit_data_to_model, load_config, load_task_model, load_tokenizer
 from ted.stages.saving import write_predictions
 from ted.stages.scoring import task_metrics
 from ted.tasks import GLUE_TASKS, is_custom, load_task, with_model_labels
@@ -41,6 +41,11 @@ REMEMBERED_SETTINGS = (
     "n_best_size",
     "max_answer_length",
     "null_score_diff_threshold",
+    "block_size",
+    "line_by_line",
+    "text_column",
+    "prompt_column",
+    "completion_column",
 )
 
 
@@ -89,6 +94,7 @@ def run_evaluate(
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
     if is_custom(data_args):  # a dev file alone is enough: the labels come from the model
         data_args = with_model_labels(data_args, load_config(model_args.model_name_or_path, model_args.cache_dir))
+    data_args = fit_data_to_model(model_args.model_name_or_path, data_args, model_args.cache_dir)
     task, data = load_task(data_args, tokenizer)
     model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir)
     with tempfile.TemporaryDirectory() as scratch:
@@ -106,7 +112,7 @@ def run_evaluate(
             model=model,
             args=args,
             objective=TaskObjective(task.head),
-            data_collator=make_collator(tokenizer, training_args),
+            data_collator=make_collator(tokenizer, training_args, task.kind),
             processing_class=tokenizer,
             compute_metrics=task_metrics(task, data, data_args),
         )

@@ -15,7 +15,7 @@ from transformers import (
 
 from ted.errors import TedInputError
 from ted.stages.gguf_files import has_tokenizer_files, resolve_gguf_file
-from ted.tasks import resolve_task_name
+from ted.tasks import model_fit, resolve_task_name
 from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
 from ted.tasks.squad import DEFAULT_MAX_SEQ_LENGTH as SQUAD_MAX_SEQ_LENGTH
 
@@ -197,18 +197,33 @@ def position_limit(config: PretrainedConfig) -> Optional[int]:
     return int(limit)
 
 
-def check_sequence_length(name_or_path: str, data_args: DataArguments, cache_dir: Optional[str] = None) -> None:
+def check_sequence_length(
+    name_or_path: str, data_args: DataArguments, cache_dir: Optional[str] = None
+) -> DataArguments:
     """Refuse a --max_seq_length beyond the model's positions: long inputs would crash in the first step and
-    short ones pass silently, so the same run would fail or not depending on the data."""
+    short ones pass silently, so the same run would fail or not depending on the data. Returns `data_args`,
+    completed for the model where the task family does that (causal_lm: --block_size and its check)."""
     # Resolving the task first says an unknown task name before anything about the model.
     squad = resolve_task_name(data_args.task_name, data_args).startswith("squad")
-    max_seq_length = data_args.max_seq_length or (SQUAD_MAX_SEQ_LENGTH if squad else DEFAULT_MAX_SEQ_LENGTH)
+    if model_fit(data_args) is not None:
+        return fit_data_to_model(name_or_path, data_args, cache_dir)
     limit = position_limit(load_config(name_or_path, cache_dir))
+    max_seq_length = data_args.max_seq_length or (SQUAD_MAX_SEQ_LENGTH if squad else DEFAULT_MAX_SEQ_LENGTH)
     if limit is not None and max_seq_length > limit:
         raise TedInputError(
             f"--max_seq_length {max_seq_length} is longer than {name_or_path} can read (its position "
             f"embeddings cover {limit} tokens). Pass --max_seq_length {limit} or less."
         )
+    return data_args
+
+
+def fit_data_to_model(name_or_path: str, data_args: DataArguments, cache_dir: Optional[str] = None) -> DataArguments:
+    """`data_args` completed (and checked) for the model's positions by the task family's hook (causal_lm:
+    --block_size); unchanged for a family without one."""
+    fit = model_fit(data_args)
+    if fit is None:
+        return data_args
+    return fit(data_args, position_limit(load_config(name_or_path, cache_dir)))
 
 
 def load_task_model(

@@ -49,7 +49,7 @@ def training_arguments(
         remove_unused_columns=False,
         load_best_model_at_end=keep_best,
         metric_for_best_model=f"eval_{selection_metric}" if keep_best else None,
-        greater_is_better=True if keep_best else None,
+        greater_is_better=get_kind(head).greater_is_better if keep_best else None,
         # SQuAD streams each batch's logits into post-processing instead of gathering them all.
         batch_eval_metrics=get_kind(head).streams_eval,
     )
@@ -108,7 +108,7 @@ def run_trainer(
         args=args,
         objective=objective,
         teacher=teacher,
-        data_collator=data_collator or make_collator(stage.tokenizer, training_args),
+        data_collator=data_collator or make_collator(stage.tokenizer, training_args, stage.task.kind),
         train_dataset=model_columns(stage.data.train),
         eval_dataset=first_eval,
         processing_class=stage.tokenizer,

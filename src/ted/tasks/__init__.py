@@ -1,7 +1,7 @@
 """Task dispatch: turn `DataArguments` into a `Task` and its tokenized `TaskData`.
 
 GLUE names (and aliases like "SST-2") go to `glue.py`, "custom" (or no name with files) to
-`custom.py`. Other families register in `TASK_FAMILIES` with `register_task`.
+`custom.py`, "causal_lm" to `causal_lm.py`. Other families register in `TASK_FAMILIES` with `register_task`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from ted.errors import TedInputError
 from ted.tasks.base import Task, TaskData
+from ted.tasks.causal_lm import causal_lm_task, fit_to_model, load_causal_lm_data
 from ted.tasks.custom import custom_task, load_custom, with_model_labels
 from ted.tasks.glue import GLUE_TASKS, canonical_glue_name, glue_task, load_glue
 from ted.tasks.squad import load_squad, squad_task
@@ -26,6 +27,9 @@ Loader = Callable[[Any, Any], tuple]  # (data_args, tokenizer) -> (Task, TaskDat
 class TaskFamily(NamedTuple):
     load: Loader  # reads, validates and tokenizes the data
     describe: Callable[[str, Optional[Any]], Task]  # (name, data_args) -> static Task, for early checks
+    # (data_args, the model's positions or None) -> data_args completed for that model (causal_lm: --block_size);
+    # None: the family reads --max_seq_length, which stages/models.check_sequence_length checks.
+    fit: Optional[Callable[[Any, Optional[int]], Any]] = None
 
 
 # Non-GLUE task names -> their family. SQuAD ("squad", "squad_v2") is registered here by its own
@@ -33,8 +37,13 @@ class TaskFamily(NamedTuple):
 TASK_FAMILIES: dict[str, TaskFamily] = {}
 
 
-def register_task(name: str, load: Loader, describe: Callable[[str, Optional[Any]], Task]) -> None:
-    TASK_FAMILIES[name.lower()] = TaskFamily(load, describe)
+def register_task(
+    name: str,
+    load: Loader,
+    describe: Callable[[str, Optional[Any]], Task],
+    fit: Optional[Callable[[Any, Optional[int]], Any]] = None,
+) -> None:
+    TASK_FAMILIES[name.lower()] = TaskFamily(load, describe, fit)
 
 
 def _describe_custom(name: str, data_args: Optional[DataArguments]) -> Task:
@@ -46,6 +55,7 @@ def _describe_custom(name: str, data_args: Optional[DataArguments]) -> Task:
 register_task("custom", load_custom, _describe_custom)
 register_task("squad_v2", load_squad, squad_task)
 register_task("squad", load_squad, squad_task)
+register_task("causal_lm", load_causal_lm_data, causal_lm_task, fit_to_model)
 
 
 def supported_tasks() -> list[str]:
@@ -96,6 +106,12 @@ def task_from_name(name: Optional[str], data_args: Optional[DataArguments] = Non
     return TASK_FAMILIES[key].describe(key, data_args)
 
 
+def model_fit(data_args: DataArguments) -> Optional[Callable[[Any, Optional[int]], Any]]:
+    """The task family's hook that completes `data_args` for a model's positions (None: --max_seq_length rules)."""
+    family = TASK_FAMILIES.get(resolve_task_name(data_args.task_name, data_args))
+    return family.fit if family else None
+
+
 def load_task(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, TaskData]:
     """Load, validate and tokenize the task named by `data_args`."""
     key = resolve_task_name(data_args.task_name, data_args)
@@ -114,6 +130,7 @@ __all__ = [
     "glue_task",
     "is_custom",
     "load_task",
+    "model_fit",
     "register_task",
     "resolve_task_name",
     "supported_tasks",
