@@ -20,7 +20,7 @@ from tiny import FILLER, NEGATIVE, POSITIVE, one_thread  # noqa: F401  (module f
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-WORDS = POSITIVE + NEGATIVE + FILLER + [".", "Q:", "A:"]
+WORDS = POSITIVE + NEGATIVE + FILLER + [".", "Q:", "A:", "user", "assistant"]
 KIND = get_kind("causal_lm")
 
 
@@ -292,6 +292,59 @@ def test_prompt_tokens_are_not_scored_by_the_loss_or_the_distillation_term(tmp_p
     assert torch.equal(student.grad.abs().sum(-1) > 0, expected)
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<s> assistant {% endif %}"
+)
+
+
+def test_chat_messages_score_the_assistant_turns_only(tmp_path):
+    tok = decoder_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    chat = [
+        {"role": "user", "content": "good movie"},
+        {"role": "assistant", "content": "great ."},
+        {"role": "user", "content": "bad plot"},
+        {"role": "assistant", "content": "awful"},
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": chat}) + "\n" + json.dumps({"messages": chat[:2]}) + "\n")
+    args = fit_to_model(data_args(validation_file=str(path), messages_column="messages"), 64)
+    rows = load_task(args, tok)[1].eval_sets["validation"]
+    words = tok.convert_ids_to_tokens(rows[0]["input_ids"])
+    assert " ".join(words) == (
+        "<s> user good movie </s> <s> assistant great . </s> <s> user bad plot </s> <s> assistant awful </s>"
+    )
+    scored = [w for w, label in zip(words, rows[0]["labels"]) if label != -100]
+    assert scored == ["great", ".", "</s>", "awful", "</s>"]
+    assert len(rows) == 2 and rows[1]["input_ids"] == rows[0]["input_ids"][:10]
+    # The loss reads exactly those tokens (as prompt/completion rows do).
+    labels = torch.tensor([rows[0]["labels"]])
+    logits = torch.randn(1, labels.shape[1], len(tok))
+    total, count = hand_next_token_loss(logits, labels)
+    assert count == 5 and KIND.task_loss(logits, labels).item() == pytest.approx(total / count, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "template, record, words",
+    [
+        (CHAT_TEMPLATE, [{"role": "user", "content": "good"}], "no assistant message"),
+        (CHAT_TEMPLATE, "good movie", "expected a list of messages"),
+        (CHAT_TEMPLATE, [{"role": "user"}], "content of a 'user' message is not text"),
+        ("{{ messages[-1]['content'] }}", [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+         "rewrites earlier turns"),
+        (None, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "needs a tokenizer with a"),
+    ],
+)  # fmt: skip
+def test_bad_chats_are_one_line(tmp_path, template, record, words):
+    tok = decoder_tokenizer()
+    tok.chat_template = template
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": record}) + "\n")
+    with pytest.raises(TedInputError, match=words):
+        load_task(fit_to_model(data_args(validation_file=str(path), messages_column="messages"), 64), tok)
+
+
 # -- Stage 0 and evaluate through the CLI -------------------------------------------------------------------------
 
 
@@ -387,12 +440,12 @@ def test_the_epoch_with_the_lowest_dev_perplexity_is_kept(tmp_path, monkeypatch)
     base = write_decoder(tmp_path / "base", "llama")
     train, dev = write_text(tmp_path / "train.txt", 40, seed=0), write_text(tmp_path / "dev.txt", 12, seed=1)
     out = tmp_path / "stage"
-    flags = lm_flags(train, dev, num_train_epochs=4, learning_rate=0.05, lr_scheduler_type="constant")
+    flags = lm_flags(train, dev, num_train_epochs=5, learning_rate=0.2, lr_scheduler_type="constant")
     ted_cli("finetune", "--model_name_or_path", base, "--output_dir", out, *flags)
     logged = [e["eval_perplexity"] for e in json.loads((out / "log_history.json").read_text()) if "eval_runtime" in e]
     kept = json.loads((out / "eval_results.json").read_text())["eval_perplexity"]
     assert logged[-2] < logged[-1]  # the run overshoots in its last epoch ...
-    assert kept == pytest.approx(min(logged[:4]))  # ... and the best epoch, not the last, is kept
+    assert len(logged) == 5 and kept == pytest.approx(min(logged))  # ... and the best epoch, not the last, is kept
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = decoder_tokenizer(bos=True)
     _, data = load_task(data_args(validation_file=str(dev), block_size=32), tok)
@@ -400,3 +453,17 @@ def test_the_epoch_with_the_lowest_dev_perplexity_is_kept(tmp_path, monkeypatch)
     with torch.no_grad():
         sums = [hand_next_token_loss(model(input_ids=r).logits, r) for r in rows]
     assert math.exp(sum(s for s, _ in sums) / sum(c for _, c in sums)) == pytest.approx(kept, rel=1e-4)
+
+
+def test_prompt_completion_finetune_scores_completion_tokens_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    base = write_decoder(tmp_path / "base", "gpt2")
+    lines = ["prompt,completion"] + [f"Q: {s[:-2]} A:,{s}" for s in sentences(12, seed=5)]
+    (tmp_path / "qa.csv").write_text("\n".join(lines) + "\n")
+    qa = tmp_path / "qa.csv"
+    out = tmp_path / "stage"
+    flags = lm_flags(qa, qa, prompt_column="prompt", completion_column="completion", num_train_epochs=1)
+    ted_cli("finetune", "--model_name_or_path", base, "--output_dir", out, *flags)
+    results = json.loads((out / "eval_results.json").read_text())
+    completions = [line.split(",", 1)[1] for line in lines[1:]]
+    assert results["eval_tokens"] == sum(len(c.split()) + 1 for c in completions)  # each completion and its EOS

@@ -72,9 +72,7 @@ class DataArguments:
     null_score_diff_threshold: float = option(
         0.0, help="SQuAD 2.0: predict no answer when null score - best span score > this."
     )
-    max_train_samples: Optional[int] = option(
-        None, help="Keep the first N train examples (causal_lm: blocks of --block_size, or prompt/completion rows)."
-    )
+    max_train_samples: Optional[int] = option(None, help="Keep the first N train examples (causal_lm: blocks or rows).")
     max_eval_samples: Optional[int] = option(None, help="Keep the first N dev examples (causal_lm: as above).")
     # --task_name causal_lm (tasks/causal_lm.py, docs/language-models.md).
     block_size: Optional[int] = option(
@@ -91,6 +89,9 @@ class DataArguments:
     )
     completion_column: Optional[str] = option(
         None, help="causal_lm CSV/JSON(L): completion column (rows are padded, not packed; see --prompt_column)."
+    )
+    messages_column: Optional[str] = option(
+        None, help="causal_lm JSON(L): chats ([{role, content}, ...]) in the chat template; assistant turns scored."
     )
 
 

@@ -46,6 +46,7 @@ REMEMBERED_SETTINGS = (
     "text_column",
     "prompt_column",
     "completion_column",
+    "messages_column",
 )
 
 

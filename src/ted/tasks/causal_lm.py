@@ -10,6 +10,7 @@ document boundaries inside a block, as in Hugging Face's run_clm). Every token o
 With `--prompt_column/--completion_column` every row is one example, padded rather than packed: prompt and
 completion are tokenised separately and joined (put any separator in the text), EOS ends the completion, and
 prompt tokens get the label -100, so the task loss and every distillation term count completion tokens only.
+`--messages_column` (JSON(L)) does the same for chats rendered with the tokenizer's chat template (tasks/chat.py).
 """
 
 from __future__ import annotations
@@ -207,13 +208,30 @@ def _split(
 ) -> datasets.Dataset:
     import datasets
 
-    texts, completions = _read(path, flag, data_args)
     block = data_args.block_size or min(DEFAULT_BLOCK_SIZE, tokenizer.model_max_length)
+    if data_args.messages_column:
+        return datasets.Dataset.from_dict(_chats(path, flag, data_args, tokenizer, block, limit))
+    texts, completions = _read(path, flag, data_args)
     if completions is None:
         return datasets.Dataset.from_dict(packed_rows(texts, tokenizer, block, limit))
     if limit is not None:
         texts, completions = texts[:limit], completions[:limit]
     return datasets.Dataset.from_dict(completion_rows(texts, completions, tokenizer, block, f"{flag} {path}"))
+
+
+def _chats(
+    path: str, flag: str, data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, block: int, limit: Optional[int]
+) -> dict:
+    from ted.tasks.chat import chat_rows, check_conversation
+
+    name, ext = f"{flag} {path}", os.path.splitext(path)[1].lower()
+    if ext not in (".json", ".jsonl") or data_args.prompt_column or data_args.completion_column:
+        raise TedInputError(f"{name}: --messages_column needs a JSON(L) file, without --prompt/--completion_column.")
+    data, column = _table(path, name, ext), data_args.messages_column
+    if column not in data.column_names:
+        raise TedInputError(f"{name}: column {column!r} not found (--messages_column); available: {data.column_names}.")
+    rows = data[column][:limit] if limit is not None else data[column]
+    return chat_rows(tokenizer, [check_conversation(v, f"{name}, record {i + 1}") for i, v in enumerate(rows)], block)
 
 
 def load_causal_lm_data(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, TaskData]:
