@@ -93,7 +93,7 @@ def test_classification_shape_and_default_chunk():
     value, grad = _value_and_grad(functools.partial(chunked, forward_kl), s, t, 2.0)
     assert value.item() == pytest.approx(dense.item(), rel=1e-6)
     torch.testing.assert_close(grad, dense_grad)
-    assert default_chunk_tokens(49_152) == 341 and default_chunk_tokens(151_936) == 110
+    assert default_chunk_tokens(49_152) == 85 and default_chunk_tokens(151_936) == 27
     assert default_chunk_tokens(1 << 30) == 1
 
 
@@ -174,3 +174,30 @@ def test_bad_arguments():
         chunked(forward_kl, s, t[..., :4], 2.0)
     with pytest.raises(ValueError, match="mask shape"):
         chunked(forward_kl, s, t, 2.0, torch.ones(2, 4))
+
+
+def test_a_bf16_teacher_with_a_float32_student():
+    """The teacher may run in bf16 while the student trains in float32: both go to float32, as in the dense term."""
+    s, t, mask = _logits(B, T, V, seed=21), _logits(B, T, V, seed=22, dtype=torch.bfloat16), _mask()
+    dense, dense_grad = _value_and_grad(forward_kl, s, t, 2.0, mask)
+    value, grad = _value_and_grad(functools.partial(chunked, forward_kl, chunk_tokens=3), s, t, 2.0, mask)
+    assert value.item() == pytest.approx(dense.item(), rel=1e-5)
+    torch.testing.assert_close(grad, dense_grad, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_the_memory_benchmark_runs(tmp_path):
+    """benchmarks/chunked_divergence.py at a small shape: three fresh processes, one JSON line, equal values."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "chunked_divergence.py"
+    command = [sys.executable, str(script), "--batch", "2", "--length", "16", "--vocab", "512", "--rounds", "1"]
+    done = subprocess.run([*command, "--json", str(tmp_path / "out.json")], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == json.loads((tmp_path / "out.json").read_text())
+    assert result["relative_value_difference"] < 1e-5 and result["chunked"]["chunk_tokens"] == 8192
+    for key in ("memory_ratio_dense_over_chunked", "beyond_gradient_ratio", "time_ratio_chunked_over_dense"):
+        assert result[key] > 0

@@ -29,9 +29,10 @@ from ted.errors import TedInputError
 
 Divergence = Callable[..., torch.Tensor]
 
-# Default chunk: about 2^24 vocabulary entries (64 MB per float32 temporary): 341 tokens for a 49,152-token
-# vocabulary, 110 for Qwen's 151,936.
-CHUNK_ELEMENTS = 1 << 24
+# Default chunk: about 2^22 vocabulary entries (16 MB per float32 temporary; a chunk's forward+backward holds
+# about ten of them): 85 tokens for a 49,152-token vocabulary, 27 for Qwen's 151,936. Measured in
+# docs/speed-and-scale.md (benchmarks/chunked_divergence.py): larger chunks are no faster on CPU.
+CHUNK_ELEMENTS = 1 << 22
 
 
 def default_chunk_tokens(vocab_size: int) -> int:
