@@ -229,12 +229,30 @@ def fit_data_to_model(name_or_path: str, data_args: DataArguments, cache_dir: Op
 def load_task_model(
     name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides: Optional[float]
 ) -> PreTrainedModel:
-    """An `AutoModelFor...` with the task's head; a pre-trained checkpoint gets a fresh head."""
+    """An `AutoModelFor...` with the task's head; a pre-trained checkpoint gets a fresh head. A folder holding one
+    GGUF file loads from it (dequantised to float32), as `load_causal_lm` does."""
     config = config_for_task(name_or_path, task, cache_dir, overrides)
+    gguf = check_model_source(name_or_path)
+    extra = {"gguf_file": gguf, "dtype": "float32"} if gguf else {}
     try:
-        return task.kind.auto_class().from_pretrained(name_or_path, config=config, cache_dir=cache_dir)
+        model = task.kind.auto_class().from_pretrained(name_or_path, config=config, cache_dir=cache_dir, **extra)
     except (OSError, ValueError) as err:
         raise TedInputError(f"Cannot load model weights from {name_or_path!r}: {err}") from err
+    return dense(model, name_or_path) if gguf else model
+
+
+def dense(model: PreTrainedModel, name: str) -> PreTrainedModel:
+    """A GGUF model dequantised at load time as a plain model: the Trainer refuses a model with a quantizer
+    attached, and its folder is written as stock float safetensors without a quantization_config."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return model
+    # transformers' legacy GGUF loader (`supported` False) always dequantises; the newer one may keep GGUF blocks.
+    kept = getattr(quantizer, "supported", False) and not getattr(quantizer.quantization_config, "dequantize", False)
+    if kept or any(not p.dtype.is_floating_point for p in model.parameters()):
+        raise TedInputError(f"{name} loaded with its GGUF weights still quantized; a stage needs them dequantised.")
+    quantizer.remove_quantization_config(model)  # transformers' own step for a model dequantised at load
+    return model
 
 
 def check_same_vocabulary(
