@@ -467,3 +467,35 @@ def test_prompt_completion_finetune_scores_completion_tokens_only(tmp_path, monk
     results = json.loads((out / "eval_results.json").read_text())
     completions = [line.split(",", 1)[1] for line in lines[1:]]
     assert results["eval_tokens"] == sum(len(c.split()) + 1 for c in completions)  # each completion and its EOS
+
+
+def test_a_gguf_folder_fine_tunes_as_a_plain_model(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from transformers import AutoConfig
+
+    from test_lm_eval import llama_model, write_gguf
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    tok = decoder_tokenizer()
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    reference = llama_model(len(tok))
+    write_gguf(folder / "tiny.gguf", reference)
+    tok.save_pretrained(folder)
+    train, dev = write_text(tmp_path / "train.txt", 20, seed=0), write_text(tmp_path / "dev.txt", 8, seed=1)
+    # Scored before any training, the GGUF model is the reference model.
+    scored = tmp_path / "scored"
+    ted_cli("evaluate", "--task_name", "causal_lm", "--model_name_or_path", folder, "--validation_file", dev,
+            "--block_size", 32, "--output_dir", scored, "--disable_tqdm", True)  # fmt: skip
+    _, data = load_task(data_args(validation_file=str(dev), block_size=32), tok)
+    total = count = 0
+    with torch.no_grad():
+        for ids in data.eval_sets["validation"]["input_ids"]:
+            t, c = hand_next_token_loss(reference(input_ids=torch.tensor([ids])).logits, torch.tensor([ids]))
+            total, count = total + t, count + c
+    ppl = json.loads((scored / "eval_results.json").read_text())["eval_perplexity"]
+    assert ppl == pytest.approx(math.exp(total / count), rel=1e-5)
+    out = tmp_path / "stage"
+    ted_cli("finetune", "--model_name_or_path", folder, "--output_dir", out, *lm_flags(train, dev, num_train_epochs=1))
+    assert not hasattr(AutoConfig.from_pretrained(out), "quantization_config")
+    assert (out / "model.safetensors").is_file()
