@@ -188,6 +188,23 @@ def test_output_distillation_is_the_mean_divergence_over_scored_next_tokens():
     assert full.item() == pytest.approx(same.item())
 
 
+def test_output_distillation_runs_in_chunks_with_the_dense_gradient():
+    from ted.method.divergences import DIVERGENCES
+
+    torch.manual_seed(3)
+    labels = torch.tensor([[-100, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, -100, -100, -100]])
+    teacher = torch.randn(2, 7, 11)
+    for spec in ("forward_kl", "jsd:0.3", "tvd"):
+        kd = OutputKD(3.0, divergence=DIVERGENCES.resolve(spec))
+        student = torch.randn(2, 7, 11, requires_grad=True)
+        KIND.output_distillation(student, teacher, None, kd, labels=labels).backward()
+        dense_student = student.detach().clone().requires_grad_(True)
+        scored = torch.nn.functional.pad(labels[:, 1:] != -100, (0, 1))
+        dense = kd.divergence(dense_student, teacher, 3.0, scored.float()) * 2 / scored.sum()
+        dense.backward()
+        torch.testing.assert_close(student.grad, dense_student.grad, rtol=1e-5, atol=1e-7)
+
+
 # -- data -----------------------------------------------------------------------------------------------------
 
 

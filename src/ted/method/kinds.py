@@ -103,12 +103,7 @@ class HeadKind:
         return losses.classification_loss(predictions, labels, label_smoothing)
 
     def output_distillation(
-        self,
-        student: Predictions,
-        teacher: Predictions,
-        attention_mask: Optional[torch.Tensor],
-        kd: OutputKD,
-        labels: Any = None,
+        self, student: Predictions, teacher: Predictions, mask: Optional[torch.Tensor], kd: OutputKD, labels: Any = None
     ) -> torch.Tensor:
         """The KD term between the student's and the teacher's predictions: `divergence` (--kd_loss, a
         ted.method.divergences function; default the paper's T^2-scaled forward KL) of the class distributions."""
@@ -137,12 +132,7 @@ class RegressionKind(HeadKind):
         return losses.regression_loss(predictions, labels)
 
     def output_distillation(
-        self,
-        student: Predictions,
-        teacher: Predictions,
-        attention_mask: Optional[torch.Tensor],
-        kd: OutputKD,
-        labels: Any = None,
+        self, student: Predictions, teacher: Predictions, mask: Optional[torch.Tensor], kd: OutputKD, labels: Any = None
     ) -> torch.Tensor:
         """MSE between predictions; --paper_compat: the original code's KL as a softmax across the batch.
         (A score has no class distribution, so --kd_loss does not apply: distill refuses it up front.)"""
@@ -195,17 +185,12 @@ class SpanKind(HeadKind):
         return losses.span_loss(predictions[0], predictions[1], labels[0], labels[1], label_smoothing)
 
     def output_distillation(
-        self,
-        student: Predictions,
-        teacher: Predictions,
-        attention_mask: Optional[torch.Tensor],
-        kd: OutputKD,
-        labels: Any = None,
+        self, student: Predictions, teacher: Predictions, mask: Optional[torch.Tensor], kd: OutputKD, labels: Any = None
     ) -> torch.Tensor:
         """The mean of the start and end divergences over the window's tokens (padding too under --paper_compat).
         The mask has the logits' shape: padded tokens leave each softmax."""
         divergence = kd.divergence or _forward_kl()
-        mask = None if kd.paper_compat else attention_mask
+        mask = None if kd.paper_compat else mask
         return (
             divergence(student[0], teacher[0], kd.temperature, mask)
             + divergence(student[1], teacher[1], kd.temperature, mask)
@@ -243,12 +228,7 @@ class CausalLMKind(HeadKind):
         return losses.next_token_nll_per_row(predictions, labels)
 
     def output_distillation(
-        self,
-        student: Predictions,
-        teacher: Predictions,
-        attention_mask: Optional[torch.Tensor],
-        kd: OutputKD,
-        labels: Any = None,
+        self, student: Predictions, teacher: Predictions, mask: Optional[torch.Tensor], kd: OutputKD, labels: Any = None
     ) -> torch.Tensor:
         """The divergence of the next-token distributions, mean over scored positions (times T^2 as the divergence
         scales it): position t counts when token t + 1 is scored (its label is not -100; without labels, when it is
@@ -259,14 +239,18 @@ class CausalLMKind(HeadKind):
 
         if labels is not None:
             scored = losses.next_token_targets(labels) != -100
-        elif attention_mask is not None:
-            scored = torch.nn.functional.pad(attention_mask[:, 1:], (0, 1)) != 0
+        elif mask is not None:  # the attention mask
+            scored = torch.nn.functional.pad(mask[:, 1:], (0, 1)) != 0
         else:
             scored = torch.ones(student.shape[:2], dtype=torch.bool, device=student.device)
             scored[:, -1] = False
         divergence = kd.divergence or _forward_kl()
         # The divergences sum over kept positions and divide by the batch size: make that a mean over tokens.
-        per_row = divergence(student, teacher, kd.temperature, scored.to(student.dtype))
+        # In chunks of tokens: the float32 [B, T, V] temporaries of both distributions never exist whole
+        # (method/chunked.py; value and gradient equal the dense divergence's).
+        from ted.method.chunked import chunked
+
+        per_row = chunked(divergence, student, teacher, kd.temperature, scored)
         return per_row * student.size(0) / scored.sum().clamp_min(1)
 
 
