@@ -58,6 +58,13 @@ class HeadKind:
     greater_is_better = True
     # Labels are one per token, padded with -100 by the batch collator (the causal-LM kind).
     token_labels = False
+    # Why Stage II's teacher cache cannot store this kind's teacher signal yet (None: it can).
+    teacher_cache_refusal: Optional[str] = None
+
+    def has_trained_head(self, architectures: Optional[list[str]]) -> bool:
+        """Whether a saved model (its config's `architectures`) carries a trained head of this kind, rather than
+        being a pre-trained backbone that would get a fresh, random one."""
+        return any(a.endswith(self.architecture_suffix) for a in architectures or [])
 
     def num_labels(self, label_list: Optional[list[str]]) -> int:
         return len(label_list or [])
@@ -213,9 +220,15 @@ class CausalLMKind(HeadKind):
     default_selection_metric = "perplexity"
     greater_is_better = False
     token_labels = True
+    teacher_cache_refusal = "causal-LM teachers are not cached yet (their top-k next-token logits are future work)"
 
     def num_labels(self, label_list: Optional[list[str]]) -> int:
         return 0  # the vocabulary is the output; no label head is built
+
+    def has_trained_head(self, architectures: Optional[list[str]]) -> bool:
+        """Always: a causal LM's head is its LM head, pre-trained with the model (a headless GPT2Model folder's head
+        is its tied input embeddings), whatever its config names (a config made from a GGUF file may name none)."""
+        return True
 
     def task_loss(self, predictions: Predictions, labels: Predictions, label_smoothing: float = 0.0) -> torch.Tensor:
         from ted.method import losses

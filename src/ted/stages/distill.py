@@ -117,7 +117,7 @@ def run_distill(
         head=task.head,
         train=data.train,
         tokenizer=tokenizer,
-        collator=make_collator(tokenizer, training_args),
+        collator=make_collator(tokenizer, training_args, task.kind),
         output_dir=output_dir,
     )
     teacher = cache.teacher

@@ -122,7 +122,7 @@ def load_causal_lm(
 
 
 def has_trained_head(config: PretrainedConfig, task: Task) -> bool:
-    return any(arch.endswith(task.kind.architecture_suffix) for arch in (config.architectures or []))
+    return task.kind.has_trained_head(config.architectures)
 
 
 def _default_label_names(config: PretrainedConfig) -> bool:

@@ -17,8 +17,9 @@ the compute precision and the stored dtype: any change reads another folder, nev
 built under `.<name>.building` and renamed into place with their manifest written last.
 
 Causal-LM teachers (future): a third component, `topk` (the top-k next-token log-probabilities per position
-plus the tail mass, `--teacher_cache_topk K`), plugs in as another `Component`; ted has no causal-LM task
-kind yet, so the option is refused for now (`check_values` in ted.settings).
+plus the tail mass, `--teacher_cache_topk K`), plugs in as another `Component`. Until then `auto` runs a
+causal-LM teacher online with the reason recorded, an explicit DIR is refused before any model loads
+(`kind_conflict`), and --teacher_cache_topk is refused (`check_values` in ted.settings).
 
 Modules: `identity` (content hashes), `plan` (components, keys, dtypes), `policy` (auto / off / DIR, budgets),
 `store` (the on-disk format and its reader), `builder` (the teacher pass that fills it), `collate` (the
@@ -56,6 +57,7 @@ from ted.method.teacher_cache.policy import (
     decide,
     epochs_of,
     free_disk_bytes,
+    kind_conflict,
     paper_compat_conflict,
     shared_root,
 )
@@ -87,6 +89,7 @@ __all__ = [
     "default_root",
     "epochs_of",
     "free_disk_bytes",
+    "kind_conflict",
     "inputs_identity",
     "is_complete",
     "module_identity",

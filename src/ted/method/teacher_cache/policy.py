@@ -61,6 +61,11 @@ def epochs_of(training_args: TrainingArguments, batches_per_epoch: int) -> float
     return float(training_args.num_train_epochs)
 
 
+def kind_conflict(head: str) -> Optional[str]:
+    """Why the cache cannot store the teacher signal of this head kind (causal LMs, for now), or None."""
+    return get_kind(head).teacher_cache_refusal
+
+
 def paper_compat_conflict(head: str, paper_compat: bool, need_states: bool, need_logits: bool) -> Optional[str]:
     """Why --paper_compat cannot read a cache: it reads the teacher at padding positions, which depend on the batch."""
     if not paper_compat:
@@ -76,8 +81,8 @@ def paper_compat_conflict(head: str, paper_compat: bool, need_states: bool, need
 
 
 def check_before_loading(option: str, head: str, paper_compat: bool, kl_alpha: float, mse_alpha: float) -> None:
-    """An explicit DIR that --paper_compat cannot use is refused before any model loads."""
-    conflict = paper_compat_conflict(head, paper_compat, mse_alpha > 0, kl_alpha > 0)
+    """An explicit DIR that --paper_compat or the task's kind cannot use is refused before any model loads."""
+    conflict = kind_conflict(head) or paper_compat_conflict(head, paper_compat, mse_alpha > 0, kl_alpha > 0)
     if option not in ("auto", "off") and conflict:
         raise TedInputError(f"--teacher_cache {option}: {conflict}. Use --teacher_cache off (or auto).")
 

@@ -12,7 +12,14 @@ from ted.method.teacher_cache.builder import barrier, build, from_main_process
 from ted.method.teacher_cache.collate import EXAMPLE_INDEX, CachedSignalCollator, CachedTeacher
 from ted.method.teacher_cache.identity import real_lengths
 from ted.method.teacher_cache.plan import compute_dtype, plan_components, resolve_dtype
-from ted.method.teacher_cache.policy import decide, epochs_of, paper_compat_conflict, pipeline_root
+from ted.method.teacher_cache.policy import (
+    check_before_loading,
+    decide,
+    epochs_of,
+    kind_conflict,
+    paper_compat_conflict,
+    pipeline_root,
+)
 from ted.method.teacher_cache.store import Store
 
 if TYPE_CHECKING:
@@ -60,6 +67,12 @@ def prepare(
     online = Setup(teacher, collator, train, {"used": False})
     if option == "off":
         online.record["reason"] = "--teacher_cache off"
+        return online
+    refusal = kind_conflict(head)
+    if refusal:  # auto: the online teacher (an explicit DIR was refused before any model loaded)
+        check_before_loading(option, head, distill_args.paper_compat, distill_args.kl_alpha, distill_args.mse_alpha)
+        logger.info("Stage II runs the teacher online: %s.", refusal)
+        online.record["reason"] = refusal
         return online
     device = training_args.device  # also sets up torch.distributed under torchrun
     teacher.to(device)

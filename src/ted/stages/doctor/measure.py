@@ -104,7 +104,7 @@ def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
     from ted.stages.common import make_collator
 
     task, args = ctx["task"], ctx["training_args"]
-    collator = make_collator(ctx["tokenizer"], args)
+    collator = make_collator(ctx["tokenizer"], args, task.kind)
     ctx["teacher"].to(args.device)
     ctx["module"].to(args.device)
     findings = Findings(metric=task.selection_metric, tokenizers_agree=True)
@@ -117,7 +117,9 @@ def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
     if task.kind.sequence_level:  # span heads have no constant-prediction baseline
         _score_on_dev(findings, ctx, collator, eval_samples)
     else:
-        findings.warnings.append("Span tasks: the teacher and Stage I heads are not scored by the doctor (yet).")
+        findings.warnings.append(
+            f"{task.kind.name} tasks: the teacher and Stage I heads are not scored by the doctor (yet)."
+        )
     _measure_terms(findings, ctx, collator, n_batches)
     return findings
 
