@@ -20,14 +20,12 @@ through this unchanged, a user's registered one included: a chunk of c rows cont
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
 
 from ted.errors import TedInputError
-
-Divergence = Callable[..., torch.Tensor]
+from ted.method.divergences import Divergence
 
 # Default chunk: about 2^22 vocabulary entries (16 MB per float32 temporary; a chunk's forward+backward holds
 # about ten of them): 85 tokens for a 49,152-token vocabulary, 27 for Qwen's 151,936. Measured in
