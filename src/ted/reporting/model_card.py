@@ -38,13 +38,15 @@ HYPERPARAMETERS = (
     "warmup_steps",
     "weight_decay",
     "max_seq_length",
+    "block_size",
     "max_train_samples",
     "fp16",
     "bf16",
     "seed",
 )
 DATASETS = {"squad_v2": "rajpurkar/squad_v2", "squad": "rajpurkar/squad"}
-HIDDEN_METRICS = ("runtime", "per_second", "_loss", "preparation_time", "_total")
+# Not metrics: timings, losses, counts (a causal LM's eval_tokens is how many dev tokens its perplexity scored).
+HIDDEN_METRICS = ("runtime", "per_second", "_loss", "preparation_time", "_total", "_tokens")
 # Every card says this: `ted export --overwrite_output_dir` replaces only a folder whose card has it.
 SIGNATURE = "Made with [`ted`]("
 CITATION = """@inproceedings{liang2023less,
@@ -126,6 +128,8 @@ def _results(stage_dir: Path, stage: dict, metrics: dict) -> list[str]:
     seed = stage.get("args", {}).get("seed")
     lines = ["## Dev results", "", f"This model (seed {seed}):", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {k[5:]} | {v:.4f} |" for k, v in shown_metrics(metrics).items()]
+    if isinstance(metrics.get("eval_tokens"), (int, float)):
+        lines += ["", f"Scored over {int(metrics['eval_tokens']):,} dev tokens (each predicted from the ones before)."]
     if len(folders) > 1:
         seeds = ", ".join(f.parent.name.replace("seed", "") for f in folders)
         lines += [
@@ -159,12 +163,11 @@ def _speed(stage_dir: Path, teacher: Optional[str], speed_rows: Optional[list[di
     ]
     if "teacher" in sizes:
         ratios.insert(0, f"{sizes['student'] / max(sizes['teacher'], 1):.0%} of the teacher's parameters")
-    lines += [
-        "",
-        "Student vs teacher: " + "; ".join(ratios) + ". Random token ids, no padding, eval mode, median of "
-        "timed calls (teacher and student alternating), measured when this card was written.",
-        "",
-    ]
+    how = (
+        "Random token ids, no padding, eval mode, median of timed calls (teacher and student alternating), "
+        "measured when this card was written."
+    )
+    lines += ["", ("Student vs teacher: " + "; ".join(ratios) + ". " if ratios else "") + how, ""]
     return lines
 
 
@@ -210,15 +213,16 @@ def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Opt
     ]
     lines += [f"| {k} | {args[k]} |" for k in HYPERPARAMETERS if args.get(k) is not None]
     lines += [""] + _results(stage_dir, stage, metrics) + _speed(stage_dir, teacher, speed_rows)
-    head = get_kind(task.get("head") or "classification").auto_class_name
+    head = get_kind(task.get("head") or "classification")
     lines += [
         "## Use",
         "",
         "```python",
-        f"from transformers import AutoTokenizer, {head}",
+        f"from transformers import AutoTokenizer, {head.auto_class_name}, pipeline",
         "",
-        f'model = {head}.from_pretrained("PATH")',
+        f'model = {head.auto_class_name}.from_pretrained("PATH")',
         'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+        f'pipe = pipeline("{head.pipeline_tag}", model="PATH")',
         "```",
         "",
         "## Citation",
