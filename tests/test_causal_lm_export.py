@@ -4,13 +4,16 @@ ted), and `--gguf_file NAME` choosing the weights of a model folder with several
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import ted
+from ted.cli.main import main
 from test_causal_lm import decoder_tokenizer, lm_flags, ted_cli, write_decoder, write_text
 from tiny import one_thread  # noqa: F401  (module fixture)
 
@@ -98,3 +101,100 @@ def test_export_is_a_stock_causal_lm_that_generates_as_the_stage_does(tmp_path, 
     assert "| block_size | 32 |" in card
     if how == "distill":
         assert "student distilled with KD" in card and "| teacher |" in card
+
+
+# -- --gguf_file on the training commands ---------------------------------------------------------------------------
+
+
+def llama(vocab_size: int, hidden: int, seed: int):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture
+def two_ggufs(tmp_path: Path) -> tuple[Path, dict]:
+    """A folder with a.gguf (hidden 32) and b.gguf (hidden 48), the tokenizer files, and no config.json."""
+    pytest.importorskip("gguf")
+    from test_lm_eval import write_gguf
+
+    tok = decoder_tokenizer()
+    folder = tmp_path / "ggufs"
+    folder.mkdir()
+    models = {"a.gguf": llama(len(tok), 32, seed=1), "b.gguf": llama(len(tok), 48, seed=2)}
+    for name, model in models.items():
+        write_gguf(folder / name, model)
+    tok.save_pretrained(folder)
+    return folder, models
+
+
+def dev_ppl(model: torch.nn.Module, dev: Path) -> float:
+    from ted.tasks import load_task
+    from test_causal_lm import data_args, hand_next_token_loss
+
+    _, data = load_task(data_args(validation_file=str(dev), block_size=32), decoder_tokenizer())
+    total = count = 0
+    with torch.no_grad():
+        for ids in data.eval_sets["validation"]["input_ids"]:
+            t, c = hand_next_token_loss(model(input_ids=torch.tensor([ids])).logits, torch.tensor([ids]))
+            total, count = total + t, count + c
+    return math.exp(total / count)
+
+
+def refused(capsys: pytest.CaptureFixture, argv: list[object], words: str) -> None:
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_gguf_file_picks_the_weights_for_evaluate_finetune_and_learn_filters(tmp_path, two_ggufs, capsys, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    folder, models = two_ggufs
+    train, dev = write_text(tmp_path / "train.txt", 20, seed=0), write_text(tmp_path / "dev.txt", 8, seed=1)
+    for name, model in models.items():  # scored as loaded: each name gives its own model's exact perplexity
+        out = tmp_path / f"scored-{name}"
+        ted_cli("evaluate", "--task_name", "causal_lm", "--model_name_or_path", folder, "--gguf_file", name,
+                "--validation_file", dev, "--block_size", 32, "--output_dir", out, "--disable_tqdm", True)  # fmt: skip
+        ppl = json.loads((out / "eval_results.json").read_text())["eval_perplexity"]
+        assert ppl == pytest.approx(dev_ppl(model, dev), rel=1e-5)
+
+    out = tmp_path / "stage"
+    ted_cli("finetune", "--model_name_or_path", folder, "--gguf_file", "b.gguf", "--output_dir", out,
+            *lm_flags(train, dev, num_train_epochs=1))  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_size"] == 48 and "quantization_config" not in config
+    assert json.loads((out / "ted_stage.json").read_text())["args"]["gguf_file"] == "b.gguf"
+
+    for command in ("finetune", "learn-filters"):
+        base = [command, "--model_name_or_path", folder, "--output_dir", tmp_path / "no", *lm_flags(train, dev)]
+        refused(capsys, base, "2 .gguf files (a.gguf, b.gguf): pass --gguf_file")
+        refused(capsys, [*base, "--gguf_file", "c.gguf"], "--gguf_file c.gguf is not in")
+        refused(capsys, [*base, "--gguf_file", str(folder / "a.gguf")], "file name inside the model folder")
+        assert not (tmp_path / "no").exists()
+
+
+def test_gguf_file_applies_to_the_teacher_of_distill(tmp_path, two_ggufs, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    folder, _ = two_ggufs
+    student = tmp_path / "student"
+    ted.init_student(teacher_model_name_or_path=str(folder), gguf_file="b.gguf", layers="1", output_dir=str(student))
+    train, dev = write_text(tmp_path / "train.txt", 20, seed=0), write_text(tmp_path / "dev.txt", 8, seed=1)
+    argv = ["distill", "--model_name_or_path", student, "--teacher_model_name_or_path", folder, "--method", "lwd",
+            "--mse_alpha", 1, "--teacher_filter_interval", 2, *lm_flags(train, dev, num_train_epochs=1)]  # fmt: skip
+    refused(capsys, [*argv, "--output_dir", tmp_path / "no"], "2 .gguf files (a.gguf, b.gguf): pass --gguf_file")
+    refused(capsys, [*argv, "--output_dir", tmp_path / "no", "--gguf_file", "c.gguf"], "in none of the model folders")
+    assert not (tmp_path / "no").exists()
+
+    out = tmp_path / "out"
+    ted_cli(*argv, "--output_dir", out, "--gguf_file", "b.gguf")  # the student folder holds no b.gguf: teacher only
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 48
+    widths = {t.shape[0] for k, t in load_file(out / "filters.safetensors").items() if k.endswith("weight")}
+    assert widths == {48}  # LWD's projector is as wide as the teacher it read: b.gguf (a.gguf is 32 wide)

@@ -28,6 +28,9 @@ class ModelArguments:
         None, help="Tokenizer to use (default: the one saved with --model_name_or_path)."
     )
     cache_dir: Optional[str] = option(None, help="Where hub downloads are cached.")
+    gguf_file: Optional[str] = option(
+        None, help="The .gguf file (a name) to load, dequantised, from every model folder holding it: teacher's too."
+    )
     hidden_dropout_prob: Optional[float] = option(
         None, help="Override the model's hidden dropout (the paper sets 0 for RTE)."
     )

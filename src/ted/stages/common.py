@@ -11,6 +11,7 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from ted.errors import TedInputError
 from ted.stages.fingerprint import DATA_PATH_ARGS, MODEL_PATH_ARGS, fingerprint
+from ted.stages.gguf_files import gguf_for
 from ted.stages.models import check_sequence_length, load_task_model, load_tokenizer
 from ted.stages.output import check_output_dir
 from ted.stages.resume import check_resumable
@@ -81,15 +82,17 @@ def start_model_stage(
 ) -> tuple[Path, PreTrainedTokenizerBase, Task, TaskData, PreTrainedModel]:
     """The start of a stage that trains one model (finetune, learn-filters): the checked output folder, the
     tokenizer, the task and its data, and the model with the dropout overrides."""
-    fitted = check_sequence_length(model_args.model_name_or_path, data_args, model_args.cache_dir)
+    path, gguf = model_args.model_name_or_path, model_args.gguf_file
+    fitted = check_sequence_length(path, data_args, model_args.cache_dir, gguf)
     # What the task resolved for this model (causal_lm: --block_size) is recorded and fingerprinted as given.
     run_args.update({k: v for k, v in args_dict(fitted).items() if k in run_args and run_args[k] != v})
     data_args = fitted
     output_dir = open_output(training_args, run_args)
     set_seed(training_args.seed)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
+    tokenizer_path = model_args.tokenizer_name or path
+    tokenizer = load_tokenizer(tokenizer_path, model_args.cache_dir, gguf_for(tokenizer_path, gguf))
     task, data = load_training_task(data_args, tokenizer, training_args)
-    model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir, **dropout_overrides(model_args))
+    model = load_task_model(path, task, model_args.cache_dir, gguf, **dropout_overrides(model_args))
     return output_dir, tokenizer, task, data, model
 
 

@@ -22,6 +22,7 @@ from ted.method.filters import (
 from ted.method.objectives import DistillStudent, DistillWeights, Teacher
 from ted.method.recipes import FILTERS, HIDDEN
 from ted.stages.common import dropout_overrides, load_training_task
+from ted.stages.gguf_files import check_gguf_option, gguf_for
 from ted.stages.models import (
     check_same_vocabulary,
     check_sequence_length,
@@ -85,17 +86,21 @@ def check_model_paths(
     student_path, teacher_path = model_args.model_name_or_path, distill_args.teacher_model_name_or_path
     if not teacher_path:
         raise TedInputError("Stage II needs --teacher_model_name_or_path (the fine-tuned teacher).")
+    check_gguf_option(model_args.gguf_file, (student_path, teacher_path))
     for path in (student_path, teacher_path):
-        check_sequence_length(path, data_args, model_args.cache_dir)
+        check_sequence_length(path, data_args, model_args.cache_dir, gguf_for(path, model_args.gguf_file))
     if layers == HIDDEN:
-        check_projector_width(filter_args.filter_output_dim, teacher_path, model_args.cache_dir)
+        gguf = gguf_for(teacher_path, model_args.gguf_file)
+        check_projector_width(filter_args.filter_output_dim, teacher_path, model_args.cache_dir, gguf)
     return student_path, teacher_path
 
 
-def check_projector_width(filter_output_dim: Optional[int], teacher_path: str, cache_dir: Optional[str]) -> None:
+def check_projector_width(
+    filter_output_dim: Optional[int], teacher_path: str, cache_dir: Optional[str], gguf_file: Optional[str] = None
+) -> None:
     """LWD projects the student's layers onto the teacher's raw hidden states, so the projector's width is the
     teacher's hidden size (the original code forces it); a different --filter_output_dim cannot apply."""
-    hidden = load_config(teacher_path, cache_dir).hidden_size
+    hidden = load_config(teacher_path, cache_dir, gguf_file).hidden_size
     if filter_output_dim is not None and filter_output_dim != hidden:
         raise TedInputError(
             f"LWD matches the teacher's raw hidden states ({hidden} wide), so --filter_output_dim "
@@ -111,18 +116,21 @@ def load_setup(
     model_args, data_args, filter_args, distill_args, training_args = args
     student_path, teacher_path = model_args.model_name_or_path, distill_args.teacher_model_name_or_path
     set_seed(training_args.seed)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or student_path, model_args.cache_dir)
-    check_same_vocabulary(load_tokenizer(teacher_path, model_args.cache_dir), tokenizer, teacher_path, student_path)
+    s_gguf, t_gguf = gguf_for(student_path, model_args.gguf_file), gguf_for(teacher_path, model_args.gguf_file)
+    tokenizer_path = model_args.tokenizer_name or student_path
+    tokenizer = load_tokenizer(tokenizer_path, model_args.cache_dir, gguf_for(tokenizer_path, model_args.gguf_file))
+    t_tokenizer = load_tokenizer(teacher_path, model_args.cache_dir, t_gguf)
+    check_same_vocabulary(t_tokenizer, tokenizer, teacher_path, student_path)
     task, data = load_training_task(data_args, tokenizer, training_args)
     if check_task is not None:
         check_task(task)
-    teacher_model = load_task_model(teacher_path, task, model_args.cache_dir)
+    teacher_model = load_task_model(teacher_path, task, model_args.cache_dir, t_gguf)
     if not has_trained_head(teacher_model.config, task):
         raise TedInputError(
             f"Teacher {teacher_path!r} has no fine-tuned task head. Fine-tune it first (`ted finetune`)."
         )
     # Label order: load_task_model has checked each fine-tuned head against the task's label list.
-    student = load_task_model(student_path, task, model_args.cache_dir, **dropout_overrides(model_args))
+    student = load_task_model(student_path, task, model_args.cache_dir, s_gguf, **dropout_overrides(model_args))
     t_layers, pairs, teacher_filters, student_filters = _layer_terms(
         layers, filter_args, student, teacher_model, student_path, teacher_path
     )

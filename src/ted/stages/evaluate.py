@@ -92,12 +92,13 @@ def run_evaluate(
 ) -> StageResult:
     set_seed(training_args.seed)
     data_args = with_stage_settings(data_args, model_args.model_name_or_path)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
+    path, gguf, tokenizer_path = model_args.model_name_or_path, model_args.gguf_file, model_args.tokenizer_name
+    tokenizer = load_tokenizer(tokenizer_path or path, model_args.cache_dir, None if tokenizer_path else gguf)
     if is_custom(data_args):  # a dev file alone is enough: the labels come from the model
-        data_args = with_model_labels(data_args, load_config(model_args.model_name_or_path, model_args.cache_dir))
-    data_args = fit_data_to_model(model_args.model_name_or_path, data_args, model_args.cache_dir)
+        data_args = with_model_labels(data_args, load_config(path, model_args.cache_dir, gguf))
+    data_args = fit_data_to_model(path, data_args, model_args.cache_dir, gguf)
     task, data = load_task(data_args, tokenizer)
-    model = load_task_model(model_args.model_name_or_path, task, model_args.cache_dir)
+    model = load_task_model(path, task, model_args.cache_dir, gguf)
     with tempfile.TemporaryDirectory() as scratch:
         # SQuAD streams each batch's logits into post-processing (as the stages do) instead of gathering them all.
         args = dataclasses.replace(

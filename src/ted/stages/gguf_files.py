@@ -59,3 +59,23 @@ def check_gguf_file(path: Path) -> None:
 def has_tokenizer_files(folder: Path) -> bool:
     """Whether a GGUF folder carries its tokenizer as Hugging Face files (faster than rebuilding it from the GGUF)."""
     return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def gguf_for(name_or_path: Optional[str], gguf_file: Optional[str]) -> Optional[str]:
+    """A run's --gguf_file for one of its models: the name when that model's folder holds the file, else None (the
+    option applies to every model folder holding a file of that name: student and teacher alike)."""
+    if gguf_file and name_or_path and (Path(name_or_path).expanduser() / gguf_file).is_file():
+        return gguf_file
+    return None
+
+
+def check_gguf_option(gguf_file: Optional[str], paths: tuple[Optional[str], ...]) -> None:
+    """A --gguf_file that no model folder of the run holds is one line (a path, or a name in none of them)."""
+    if not gguf_file or any(gguf_for(p, gguf_file) for p in paths):
+        return
+    if Path(gguf_file).name != gguf_file or len(paths) == 1:
+        resolve_gguf_file(Path(str(paths[0])).expanduser(), gguf_file)  # its own line: a path, or not in the folder
+    raise TedInputError(
+        f"--gguf_file {gguf_file} is in none of the model folders ({', '.join(map(str, paths))}). Pass the name of "
+        "a .gguf file inside the model's or the teacher's folder."
+    )

@@ -148,10 +148,14 @@ def check_head_compatible(config: PretrainedConfig, task: Task, name: str) -> No
 
 
 def config_for_task(
-    name_or_path: str, task: Task, cache_dir: Optional[str] = None, overrides: Optional[dict[str, float]] = None
+    name_or_path: str,
+    task: Task,
+    cache_dir: Optional[str] = None,
+    overrides: Optional[dict[str, float]] = None,
+    gguf_file: Optional[str] = None,
 ) -> PretrainedConfig:
     """The model's config with the task's head settings and the dropout overrides (None values are left alone)."""
-    config = load_config(name_or_path, cache_dir)
+    config = load_config(name_or_path, cache_dir, gguf_file)
     check_head_compatible(config, task, name_or_path)
     if task.kind.sequence_level:
         config.num_labels = task.num_labels
@@ -198,7 +202,7 @@ def position_limit(config: PretrainedConfig) -> Optional[int]:
 
 
 def check_sequence_length(
-    name_or_path: str, data_args: DataArguments, cache_dir: Optional[str] = None
+    name_or_path: str, data_args: DataArguments, cache_dir: Optional[str] = None, gguf_file: Optional[str] = None
 ) -> DataArguments:
     """Refuse a --max_seq_length beyond the model's positions: long inputs would crash in the first step and
     short ones pass silently, so the same run would fail or not depending on the data. Returns `data_args`,
@@ -206,8 +210,8 @@ def check_sequence_length(
     # Resolving the task first says an unknown task name before anything about the model.
     squad = resolve_task_name(data_args.task_name, data_args).startswith("squad")
     if model_fit(data_args) is not None:
-        return fit_data_to_model(name_or_path, data_args, cache_dir)
-    limit = position_limit(load_config(name_or_path, cache_dir))
+        return fit_data_to_model(name_or_path, data_args, cache_dir, gguf_file)
+    limit = position_limit(load_config(name_or_path, cache_dir, gguf_file))
     max_seq_length = data_args.max_seq_length or (SQUAD_MAX_SEQ_LENGTH if squad else DEFAULT_MAX_SEQ_LENGTH)
     if limit is not None and max_seq_length > limit:
         raise TedInputError(
@@ -217,22 +221,28 @@ def check_sequence_length(
     return data_args
 
 
-def fit_data_to_model(name_or_path: str, data_args: DataArguments, cache_dir: Optional[str] = None) -> DataArguments:
+def fit_data_to_model(
+    name_or_path: str, data_args: DataArguments, cache_dir: Optional[str] = None, gguf_file: Optional[str] = None
+) -> DataArguments:
     """`data_args` completed (and checked) for the model's positions by the task family's hook (causal_lm:
     --block_size); unchanged for a family without one."""
     fit = model_fit(data_args)
     if fit is None:
         return data_args
-    return fit(data_args, position_limit(load_config(name_or_path, cache_dir)))
+    return fit(data_args, position_limit(load_config(name_or_path, cache_dir, gguf_file)))
 
 
 def load_task_model(
-    name_or_path: str, task: Task, cache_dir: Optional[str] = None, **overrides: Optional[float]
+    name_or_path: str,
+    task: Task,
+    cache_dir: Optional[str] = None,
+    gguf_file: Optional[str] = None,
+    **overrides: Optional[float],
 ) -> PreTrainedModel:
     """An `AutoModelFor...` with the task's head; a pre-trained checkpoint gets a fresh head. A folder holding one
-    GGUF file loads from it (dequantised to float32), as `load_causal_lm` does."""
-    config = config_for_task(name_or_path, task, cache_dir, overrides)
-    gguf = check_model_source(name_or_path)
+    GGUF file, or `gguf_file` in it, loads from that file (dequantised to float32), as `load_causal_lm` does."""
+    config = config_for_task(name_or_path, task, cache_dir, overrides, gguf_file)
+    gguf = check_model_source(name_or_path, gguf_file)
     extra = {"gguf_file": gguf, "dtype": "float32"} if gguf else {}
     try:
         model = task.kind.auto_class().from_pretrained(name_or_path, config=config, cache_dir=cache_dir, **extra)
