@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tiny
 from ted.cli.main import main
 from ted.errors import TedInputError
 from ted.method.kinds import OutputKD, get_kind, kind_of_model
@@ -41,26 +42,9 @@ def decoder_tokenizer(bos: bool = False):
 
 
 def write_decoder(folder: Path, arch: str, seed: int = 0) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     tokenizer = decoder_tokenizer(bos=arch == "llama")
-    torch.manual_seed(seed)
-    shapes = {
-        "gpt2": dict(n_embd=32, n_layer=2, n_head=2, n_positions=64),
-        "llama": dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            tie_word_embeddings=False,
-        ),  # fmt: skip
-    }[arch]
-    config = AutoConfig.for_model(
-        arch, vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=0, **shapes
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    layers = {"n_layer": 2} if arch == "gpt2" else {"num_hidden_layers": 2}
+    tiny.decoder(arch, len(tokenizer), seed, **layers).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

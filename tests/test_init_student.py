@@ -11,45 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
+import tiny
 from helpers import shared_dir
 from ted.errors import TedInputError
 from ted.method import layer_selection as ls
 from ted.settings.options import InitStudentArguments
 from ted.stages.init_student import build_student, find_layer_list, init_student, run_init_student
-from tiny import build_tokenizer, one_thread, write_model  # noqa: F401  (module fixture)
+from tiny import DECODERS, build_tokenizer, one_thread, write_model  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DECODERS = {
-    "gpt2": dict(n_embd=32, n_layer=4, n_head=2, n_positions=64),
-    "llama": dict(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # GQA
-        intermediate_size=64,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    ),
-    "qwen2": dict(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    ),
-}
-
 
 def tiny_decoder(arch: str, vocab: int = 40, seed: int = 0, **overrides):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    config = AutoConfig.for_model(arch, vocab_size=vocab, **ids, **{**DECODERS[arch], **overrides})
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny.decoder(arch, vocab, seed, **overrides)
 
 
 def make_identity(model, layer: int) -> None:

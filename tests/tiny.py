@@ -172,3 +172,28 @@ def write_stage1_model(
     torch.manual_seed(seed)
     new_filters(AutoConfig.from_pretrained(folder), filter_layers, filter_dim, False, interval=interval).save(folder)
     return folder
+
+
+# Tiny decoders for the causal-LM tests (4 layers unless a test says otherwise): GPT-2 (tied embeddings), Llama
+# (GQA, untied) and Qwen2 (GQA, tied). Ids 0/1/2 are pad/bos/eos, as in the decoder tokenizers of the tests.
+DECODERS = {
+    "gpt2": dict(n_embd=32, n_layer=4, n_head=2, n_positions=64),
+    "llama": dict(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        max_position_embeddings=64, tie_word_embeddings=False,
+    ),
+    "qwen2": dict(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        max_position_embeddings=64, tie_word_embeddings=True,
+    ),
+}  # fmt: skip
+
+
+def decoder(arch: str, vocab: int, seed: int = 0, **overrides):
+    """A randomly initialised tiny `AutoModelForCausalLM` of `arch` (a DECODERS key), in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = AutoConfig.for_model(arch, vocab_size=vocab, **ids, **{**DECODERS[arch], **overrides})
+    return AutoModelForCausalLM.from_config(config).eval()
