@@ -371,17 +371,22 @@ def test_16_bit_states_stay_close(tmp_path, dtype, bound):
 # ----------------------------------------------------------------------------------------- fingerprints
 
 
-def _keys(head="classification", rows=None, teacher=None, dtype="float32", compute=None) -> dict[str, str]:
-    teacher = teacher or _teacher(head, "ted")
-    components = tc.plan_components(
+def _plan(head: str, teacher, rows, dtype: str = "float32", compute=None) -> list:
+    """The components a TED run on `rows` stores: logits and states."""
+    return tc.plan_components(
         head=head,
         teacher=teacher,
         need_logits=True,
         need_states=True,
-        dataset=rows if rows is not None else _rows(head),
+        dataset=rows,
         compute_dtype=compute,
         store_dtype=dtype,
     )
+
+
+def _keys(head="classification", rows=None, teacher=None, dtype="float32", compute=None) -> dict[str, str]:
+    teacher = teacher or _teacher(head, "ted")
+    components = _plan(head, teacher, rows if rows is not None else _rows(head), dtype, compute)
     return {c.name: c.key for c in components}
 
 
@@ -409,26 +414,10 @@ def test_every_input_of_the_key_changes_it(tmp_path):
     assert set(_keys(compute=torch.bfloat16).values()).isdisjoint(base.values())
     # A changed key is a different folder: the old entry is never read for it.
     teacher = _teacher("classification", "ted")
-    plan = tc.plan_components(
-        head="classification",
-        teacher=teacher,
-        need_logits=True,
-        need_states=True,
-        dataset=rows,
-        compute_dtype=None,
-        store_dtype="float32",
-    )
+    plan = _plan("classification", teacher, rows)
     tc.build(tmp_path, plan, teacher, rows, _Tok("right"), torch.device("cpu"), batch_size=4)
     assert all(tc.is_complete(tmp_path / c.folder_name, c) for c in plan)
-    moved = tc.plan_components(
-        head="classification",
-        teacher=teacher,
-        need_logits=True,
-        need_states=True,
-        dataset=truncated,
-        compute_dtype=None,
-        store_dtype="float32",
-    )
+    moved = _plan("classification", teacher, truncated)
     assert not any(tc.is_complete(tmp_path / c.folder_name, c) for c in moved)
     (tmp_path / plan[1].folder_name / "values.npy").write_bytes(b"")  # a damaged entry is not complete
     assert not tc.is_complete(tmp_path / plan[1].folder_name, plan[1])
@@ -527,15 +516,7 @@ def test_a_second_builder_waits_and_then_reuses(tmp_path):
 
     rows = _rows("classification")
     teacher = _teacher("classification", "ted")
-    plan = tc.plan_components(
-        head="classification",
-        teacher=teacher,
-        need_logits=True,
-        need_states=True,
-        dataset=rows,
-        compute_dtype=None,
-        store_dtype="float32",
-    )
+    plan = _plan("classification", teacher, rows)
     tmp_path.mkdir(exist_ok=True)
     reports = []
     with FileLock(str(tmp_path / tc.LOCK_FILE)):  # another run is building into this folder
