@@ -277,21 +277,17 @@ def test_real_minilm_pair_on_shared_squad(tmp_path):
     assert metrics["eval_total"] == 8 and 0.0 <= metrics["eval_f1"] <= 100.0
 
 
+def evaluate_ted_stage(chain: dict, out, batch_size: int) -> None:
+    """`ted evaluate` on the chain's TED stage with only a dev file: the stage supplies task and windows."""
+    ted_cli(
+        "evaluate", "--model_name_or_path", chain["ted"], "--validation_file", chain["dev"],
+        "--per_device_eval_batch_size", batch_size, "--dataloader_pin_memory", "False", "--output_dir", out,
+    )  # fmt: skip
+
+
 def test_evaluate_takes_task_and_windows_from_the_stage(squad_chain, tmp_path):
     """No --task_name, no --train_file, no window flags: the stage's ted_stage.json supplies them."""
-    ted_cli(
-        "evaluate",
-        "--model_name_or_path",
-        squad_chain["ted"],
-        "--validation_file",
-        squad_chain["dev"],
-        "--per_device_eval_batch_size",
-        8,
-        "--dataloader_pin_memory",
-        "False",
-        "--output_dir",
-        tmp_path / "e",
-    )
+    evaluate_ted_stage(squad_chain, tmp_path / "e", batch_size=8)
     alone, full = results(tmp_path / "e"), results(squad_chain["eval"])
     assert alone["eval_total"] == 12
     scores = [{k: v for k, v in r.items() if not k.endswith(("runtime", "per_second", "time"))} for r in (alone, full)]
@@ -333,19 +329,7 @@ def test_evaluate_streams_span_logits(squad_chain, tmp_path, monkeypatch):
         return original(self, prediction, compute_result)
 
     monkeypatch.setattr(SquadEvaluator, "__call__", spy)
-    ted_cli(
-        "evaluate",
-        "--model_name_or_path",
-        squad_chain["ted"],
-        "--validation_file",
-        squad_chain["dev"],
-        "--per_device_eval_batch_size",
-        4,
-        "--dataloader_pin_memory",
-        "False",
-        "--output_dir",
-        tmp_path / "e",
-    )
+    evaluate_ted_stage(squad_chain, tmp_path / "e", batch_size=4)
     assert len(calls) > 1 and all(n <= 4 for n, _ in calls), calls
     assert [done for _, done in calls] == [False] * (len(calls) - 1) + [True]
     assert results(tmp_path / "e")["eval_total"] == 12
