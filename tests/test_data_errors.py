@@ -36,6 +36,14 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(ted.stages.common, "load_task_model", refuse)
 
 
+def finetune_error(capsys, model, train, dev, out) -> str:
+    """The one error line of `ted finetune` on these files."""
+    return cli_error(
+        capsys, "finetune", "--model_name_or_path", model, "--train_file", train, "--validation_file", dev,
+        "--output_dir", out,
+    )  # fmt: skip
+
+
 def cli_error(capsys, *argv) -> str:
     """Run `ted ARGV`, expect exit 2 with one error line and no traceback; return that line."""
     capsys.readouterr()
@@ -91,18 +99,7 @@ def test_bad_file_is_one_line_naming_file_and_line(tmp_path, capsys, model, no_m
     bad, good = write(tmp_path / name, content), write(tmp_path / "good.csv", GOOD)
     out = tmp_path / "out"
     for train, dev in ((bad, good), (good, bad)):  # either file
-        line = cli_error(
-            capsys,
-            "finetune",
-            "--model_name_or_path",
-            model,
-            "--train_file",
-            train,
-            "--validation_file",
-            dev,
-            "--output_dir",
-            out,
-        )
+        line = finetune_error(capsys, model, train, dev, out)
         assert "could not be read" not in line and "An error occurred" not in line
         assert re.search(expected, line), line
     assert not out.exists() and not Path(f"{out}.incomplete").exists()
@@ -110,18 +107,7 @@ def test_bad_file_is_one_line_naming_file_and_line(tmp_path, capsys, model, no_m
 
 def test_missing_file(tmp_path, capsys, model, no_model_load):
     good = write(tmp_path / "good.csv", GOOD)
-    line = cli_error(
-        capsys,
-        "finetune",
-        "--model_name_or_path",
-        model,
-        "--train_file",
-        good,
-        "--validation_file",
-        tmp_path / "nope.csv",
-        "--output_dir",
-        tmp_path / "out",
-    )
+    line = finetune_error(capsys, model, good, tmp_path / "nope.csv", tmp_path / "out")
     assert "--validation_file" in line and "nope.csv does not exist" in line
 
 
@@ -131,18 +117,7 @@ def _labels_csv(path: Path, labels: list[str]) -> Path:
 
 def test_mixed_label_types_are_refused_naming_the_row(tmp_path, capsys, model, no_model_load):
     train = _labels_csv(tmp_path / "train.csv", ["pos", "neg", "1", "0.5"])
-    line = cli_error(
-        capsys,
-        "finetune",
-        "--model_name_or_path",
-        model,
-        "--train_file",
-        train,
-        "--validation_file",
-        train,
-        "--output_dir",
-        tmp_path / "out",
-    )
+    line = finetune_error(capsys, model, train, train, tmp_path / "out")
     # pos/neg on lines 2-3 come first, so the numbers are the odd ones out: the first is on line 4.
     assert "train.csv, line 4: label '1' is a number" in line and "'pos' on line 2" in line
     assert "--task_type classification" in line
