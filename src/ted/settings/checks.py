@@ -50,6 +50,8 @@ AT_LEAST_ONE = {
 }
 NOT_NEGATIVE = ("kl_alpha", "mse_alpha", "learning_rate")
 PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+# Options that take one of a few words.
+CHOICES = {"stage1_backbone_mode": ("eval", "train"), "stage1_lm_head": ("lens", "fresh")}
 
 
 def _fail(name: str, rule: str, value: Any) -> None:
@@ -77,6 +79,9 @@ def check_values(command: str, values: Mapping[str, Any]) -> None:
     for name in PROBABILITIES:
         if values.get(name) is not None and not 0 <= values[name] < 1:
             _fail(name, "a probability in [0, 1)", values[name])
+    for name, allowed in CHOICES.items():
+        if values.get(name) is not None and values[name] not in allowed:
+            _fail(name, " or ".join(allowed), repr(values[name]))
     if values.get("temperature") is not None and values["temperature"] <= 0:
         _fail("temperature", "positive (the paper uses 2)", values["temperature"])
     _check_balance(values)

@@ -117,6 +117,12 @@ class FilterArguments:
         "regression token 0 of each selected layer is computed once and cached) or 'train' mode "
         "(the paper: dropout on, backbone run on every batch). See README 'Speed and scale'.",
     )
+    stage1_lm_head: str = option(
+        "lens",
+        help="causal_lm Stage I head per filter: 'lens' (default: the model's own final norm and LM head, frozen, "
+        "so each filter learns to map its layer into the output space) or 'fresh' (a new trainable "
+        "filter_output_dim x vocabulary head per filter).",
+    )
 
 
 @dataclass
