@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TASKS = ("wikitext", "lambada")
+CONVENTIONS = ("hf", "harness")  # wikitext: Hugging Face's strided window, or lm-evaluation-harness's rolling one
 RESULTS_FILE = "lm_eval_results.json"
 
 
@@ -39,6 +40,18 @@ def check_request(args: LmEvalArguments) -> None:
             raise TedInputError(f"--{name} must be at least {low}, got {value}.")
     if args.task == "lambada" and args.stride is not None:
         raise TedInputError("--stride applies to --task wikitext only (LAMBADA scores one window per example).")
+    if args.convention not in CONVENTIONS:
+        raise TedInputError(
+            f"Unknown --convention {args.convention!r}{suggestion(args.convention, CONVENTIONS)}; choose hf (Hugging "
+            "Face's strided window) or harness (lm-evaluation-harness's rolling windows per article)."
+        )
+    if args.convention == "harness" and args.task != "wikitext":
+        raise TedInputError("--convention applies to --task wikitext only (LAMBADA has one definition).")
+    if args.convention == "harness" and args.stride is not None:
+        raise TedInputError(
+            "--stride applies to --convention hf only: the harness's windows are disjoint, each scoring up to "
+            "--context_length tokens. Leave --stride out."
+        )
     if args.stride is not None and args.context_length is not None and args.stride > args.context_length:
         raise TedInputError(
             f"--stride {args.stride} is longer than --context_length {args.context_length}: tokens between "
@@ -47,9 +60,11 @@ def check_request(args: LmEvalArguments) -> None:
 
 
 def read_data(args: LmEvalArguments) -> Union[str, list[str]]:
-    """wikitext: the text (its first --limit articles); lambada: the example texts (the first --limit)."""
+    """wikitext: the text (its first --limit articles), or with --convention harness its pages (the first
+    --limit); lambada: the example texts (the first --limit)."""
     from ted.lm.lambada import read_examples
     from ted.lm.perplexity import split_documents
+    from ted.lm.rolling import harness_pages
 
     path = Path(args.data)
     if args.task == "lambada":
@@ -58,6 +73,11 @@ def read_data(args: LmEvalArguments) -> Union[str, list[str]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise TedInputError(f"--data {path} is not UTF-8 text ({err}).") from None
+    if args.convention == "harness":
+        pages = harness_pages(text)[: args.limit]
+        if not pages:
+            raise TedInputError(f"--data {path} holds no text.")
+        return pages
     if args.limit is not None:
         text = "".join(split_documents(text)[: args.limit])
     if not text.strip():
@@ -77,7 +97,7 @@ def window_sizes(args: LmEvalArguments, limit: Optional[int]) -> tuple[int, Opti
             f"--context_length {context_length} is longer than {name} can read ({limit} positions). "
             f"Pass --context_length {limit} or less."
         )
-    if args.task == "lambada":
+    if args.task == "lambada" or args.convention == "harness":
         return context_length, None
     stride = args.stride or max(1, context_length // 2)
     if stride > context_length:
@@ -98,6 +118,10 @@ def run_lm_eval(args: LmEvalArguments) -> dict[str, Any]:
     config = load_config(args.model_name_or_path, args.cache_dir, gguf)
     context_length, stride = window_sizes(args, position_limit(config))
     tokenizer = load_tokenizer(args.model_name_or_path, args.cache_dir, gguf)
+    if args.convention == "harness":
+        from ted.lm.rolling import prefix_token
+
+        prefix_token(tokenizer)  # a tokenizer without BOS and EOS is refused before the model loads
     started = time.perf_counter()
     model = load_causal_lm(args.model_name_or_path, gguf, cache_dir=args.cache_dir)
     logger.info("Loaded %s in %.1f s", args.model_name_or_path, time.perf_counter() - started)
@@ -120,15 +144,18 @@ def score(
     data: Union[str, list[str]],
     context_length: int,
     stride: Optional[int],
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The task's scores of a loaded model on the data read_data returned."""
     from ted.lm.lambada import score_lambada
     from ted.lm.perplexity import encode_text, perplexity
+    from ted.lm.rolling import rolling_scores
 
     batch = args.per_device_eval_batch_size
     if args.task == "lambada":
         return score_lambada(model, tokenizer, data, context_length, batch)
+    if args.convention == "harness":
+        return rolling_scores(model, tokenizer, data, context_length, batch)
     ids = encode_text(tokenizer, data)
     if len(ids) < 2:
         raise TedInputError(f"--data {args.data} has {len(ids)} token(s): perplexity needs at least 2.")
-    return perplexity(model, ids, context_length, stride, batch)
+    return {**perplexity(model, ids, context_length, stride, batch), "convention": "hf"}

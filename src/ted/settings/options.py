@@ -284,6 +284,11 @@ class LmEvalArguments:
     limit: Optional[int] = option(
         None, help="Score the first N documents (wikitext: articles, split at ' = Title = ' lines) or examples."
     )
+    convention: str = option(
+        "hf",
+        help="wikitext: hf (strided sliding window) or harness (lm-evaluation-harness: per-article rolling "
+        "windows; word/byte perplexity, bits per byte).",
+    )
     gguf_file: Optional[str] = option(
         None, help="The GGUF file inside the model folder to load (needed when the folder holds several)."
     )
