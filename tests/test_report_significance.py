@@ -68,13 +68,13 @@ def test_significance_table_names_each_pair_and_says_not_significant(tmp_path):
     rows = table_of(fake_run(tmp_path / "same", ted_better=False))
     assert set(rows) == {"TED − KD", "TED − LWD", "TED − student", "KD − student"}
     assert all(r[1] == "3" for r in rows.values())
-    assert rows["KD − student"][5] in ("not significant", "significant")
+    assert rows["KD − student"][5] == "not significant" or rows["KD − student"][5].startswith("significant: ")
     assert "n.s." in rows["KD − student"][6]  # both ~60%: the per-seed bootstrap shows no difference
 
 
 def test_a_real_difference_is_significant(tmp_path):
     rows = table_of(fake_run(tmp_path / "better", ted_better=True))
-    assert rows["TED − KD"][5] == "significant" and float(rows["TED − KD"][2]) > 15
+    assert rows["TED − KD"][5] == "significant: TED higher acc" and float(rows["TED − KD"][2]) > 15
     assert "n.s." not in rows["TED − KD"][6] and rows["TED − KD"][6].count("seed") == 3
 
 

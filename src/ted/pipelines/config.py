@@ -9,9 +9,11 @@ A pipeline file is a mapping:
     teacher: ${shared_dir}/models/all-MiniLM-L6-v2
     student: ${shared_dir}/models/paraphrase-MiniLM-L3-v2
     baseline_init: pretrained          # or finetuned
+    text_split: {file: text.txt, dev_documents: 100}   # causal LMs: one text file -> train / dev documents
     methods: [ted, kd, lwd]
     output_dir: runs/rte               # optional; --output_dir wins
     common: {data_dir: ${shared_dir}/data/glue, max_seq_length: 128}     # every stage that takes the key
+    student_init: {...}                # optional: make the student from the teacher (ted init-student)
     teacher_finetune: {...}            # then one section per stage, same keys as the stage's CLI flags
     student_finetune: {...}
     teacher_stage1: {...}
@@ -37,7 +39,16 @@ from typing import Any, Optional
 
 from ted.errors import TedInputError
 
-STAGE_SECTIONS = ("teacher_finetune", "student_finetune", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
+STAGE_SECTIONS = (
+    "student_init",
+    "teacher_finetune",
+    "student_finetune",
+    "teacher_stage1",
+    "student_stage1",
+    "ted",
+    "kd",
+    "lwd",
+)
 SECTIONS = ("common",) + STAGE_SECTIONS
 TOP_KEYS = {
     "preset",
@@ -52,6 +63,7 @@ TOP_KEYS = {
     "methods",
     "output_dir",
     "paper_results",
+    "text_split",
 }
 # Set by the pipeline itself for every stage; a section may not set them.
 PIPELINE_KEYS = {"model_name_or_path", "teacher_model_name_or_path", "output_dir", "seed", "overwrite_output_dir"}
@@ -66,6 +78,7 @@ PATH_KEYS = {
     "tokenizer_name",
     "cache_dir",
     "logging_dir",
+    "file",
 }
 BASELINE_INITS = ("pretrained", "finetuned")
 

@@ -1,45 +1,37 @@
 """Planning `ted pipeline`: from config files to the stages of every task and seed, with their fingerprints.
 
 For every task and seed the plan holds, in running order, each stage's command, resolved arguments, the models
-it reads (another stage of the seed, or an outside path) and its folder `OUTPUT/<task>/seed<k>/<role>`; nothing
-is loaded or trained here (`ted.pipelines.runner` runs the plan).
+it reads (another stage of the run, or an outside path) and its folder `OUTPUT/<task>/seed<k>/<role>` (or
+`OUTPUT/<task>/<role>` for a stage made once per task; `ted.pipelines.roles` says which stages run). Nothing is
+loaded or trained here (`ted.pipelines.runner` runs the plan); a config's `text_split` writes its two text files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ted.errors import TedInputError
 from ted.method.recipes import PIPELINE_METHODS as METHODS
 from ted.pipelines.config import BASELINE_INITS, PIPELINE_KEYS, SECTIONS, coerce, field_types, load_file
+from ted.pipelines.roles import (
+    EVALUATE_SKIPS,
+    ROLE_COMMAND,
+    Source,
+    model_inputs,
+    once_per_task,
+    role_command,
+    role_folder,
+    role_section,
+    roles_for,
+    student_made,
+)
+from ted.pipelines.text_split import apply_text_split
 from ted.settings.parse import parse_mapping
 from ted.settings.training_args import COMMAND_ARGS
 from ted.stages import fingerprint
 from ted.stages.output import check_writable
-
-ROLES = ("teacher", "student", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
-ROLE_SECTION = dict(
-    zip(ROLES, ("teacher_finetune", "student_finetune", "teacher_stage1", "student_stage1", "ted", "kd", "lwd"))
-)
-ROLE_COMMAND = {
-    "teacher": "finetune",
-    "student": "finetune",
-    "teacher_stage1": "learn-filters",
-    "student_stage1": "learn-filters",
-    "ted": "distill",
-    "kd": "distill",
-    "lwd": "distill",
-}
-
-
-@dataclass
-class Source:
-    """A model a stage reads: another stage of this seed (`role`) or an outside path / hub id."""
-
-    role: Optional[str] = None
-    path: Optional[str] = None
 
 
 @dataclass
@@ -49,6 +41,7 @@ class StageSpec:
     kwargs: dict[str, Any]
     inputs: dict[str, Source]  # model argument -> where it comes from
     folder: Path
+    per_seed: bool = True  # False: made once per task (OUTPUT/<task>/<role>), shared by every seed
 
 
 def task_configs(config_files: list[str], overrides: dict) -> list[tuple[str, dict]]:
@@ -59,6 +52,8 @@ def task_configs(config_files: list[str], overrides: dict) -> list[tuple[str, di
     out: list[tuple[str, dict]] = []
     for file in config_files:
         cfg = load_file(file, top)
+        # Which stage sections the file or the command line has (a causal-LM teacher is fine-tuned only if asked).
+        cfg["given"] = {s for s in SECTIONS if s in cfg or s in overrides}
         for section in SECTIONS:
             cfg[section] = dict(cfg.get(section) or {})
         cfg["cli"] = {section: dict(overrides.get(section, {})) for section in SECTIONS}
@@ -73,7 +68,12 @@ def task_configs(config_files: list[str], overrides: dict) -> list[tuple[str, di
 
 
 def check_models(cfg: dict) -> None:
-    for key in ("teacher", "student"):
+    if student_made(cfg) and cfg.get("student"):
+        raise TedInputError(
+            f"{cfg['config_file']}: `student_init` makes the student from the teacher, and `student:` names one too. "
+            "Keep one of them."
+        )
+    for key in ("teacher",) if student_made(cfg) else ("teacher", "student"):
         if not cfg.get(key):
             raise TedInputError(f"{cfg['config_file']}: set `{key}:` (a model folder or hub id).")
         if str(cfg[key]).startswith(("/", ".")) and not Path(cfg[key]).exists():
@@ -92,10 +92,13 @@ def check_models(cfg: dict) -> None:
 
 def _stage_kwargs(cfg: dict, role: str, task: str) -> dict[str, Any]:
     """common + section from the file, then common + section from the command line (the later wins)."""
-    command, section = ROLE_COMMAND[role], ROLE_SECTION[role]
+    command, section = role_command(role, cfg, task), role_section(role, cfg, task)
     types = field_types(COMMAND_ARGS[command])
-    merged: dict[str, Any] = {"task_name": task}
-    layers = ((cfg["common"], False), (cfg[section], True), (cfg["cli"]["common"], False), (cfg["cli"][section], True))
+    if command == "evaluate":  # scores the dev set of a fixed model: no training data, no seed
+        types = {k: v for k, v in types.items() if k not in EVALUATE_SKIPS}
+    merged: dict[str, Any] = {"task_name": task} if "task_name" in types else {}
+    own = (cfg[section], cfg["cli"][section]) if section else ({}, {})
+    layers = ((cfg["common"], False), (own[0], True), (cfg["cli"]["common"], False), (own[1], True))
     for layer, strict in layers:
         for key, value in layer.items():
             if key in PIPELINE_KEYS:
@@ -111,7 +114,7 @@ def _stage_kwargs(cfg: dict, role: str, task: str) -> dict[str, Any]:
 
 
 def _check_common_keys(cfg: dict) -> None:
-    known = set().union(*(field_types(COMMAND_ARGS[c]) for c in set(ROLE_COMMAND.values())))
+    known = set().union(*(field_types(COMMAND_ARGS[c]) for c in {*ROLE_COMMAND.values(), "evaluate"}))
     unknown = (set(cfg["common"]) | set(cfg["cli"]["common"])) - known - PIPELINE_KEYS
     if unknown:
         raise TedInputError(f"Unknown option(s) {sorted(unknown)}: no stage takes them (see `ted <stage> --help`).")
@@ -135,39 +138,19 @@ def _method_defaults(role: str, kwargs: dict, cfg: dict, task: str) -> None:
                 kwargs.setdefault(key, student_s1[key])
 
 
-def roles_for(methods: list[str]) -> list[str]:
-    needed = {"teacher", "student", *methods}
-    if "ted" in methods:
-        needed |= {"teacher_stage1", "student_stage1"}
-    return [r for r in ROLES if r in needed]
-
-
-def model_inputs(role: str, cfg: dict) -> dict[str, Source]:
-    pretrained = cfg.get("baseline_init", "pretrained") == "pretrained"
-    return {
-        "teacher": {"model_name_or_path": Source(path=cfg["teacher"])},
-        "student": {"model_name_or_path": Source(path=cfg["student"])},
-        "teacher_stage1": {"model_name_or_path": Source(role="teacher")},
-        "student_stage1": {"model_name_or_path": Source(role="student")},
-        "ted": {
-            "model_name_or_path": Source(role="student_stage1"),
-            "teacher_model_name_or_path": Source(role="teacher_stage1"),
-        },
-        "kd": {
-            "model_name_or_path": Source(path=cfg["student"]) if pretrained else Source(role="student"),
-            "teacher_model_name_or_path": Source(role="teacher"),
-        },
-    }[role if role != "lwd" else "kd"]
-
-
 def plan_seed(task: str, cfg: dict, seed: int, seed_dir: Path) -> list[StageSpec]:
+    """The stages of one seed in running order (the once-per-task ones included, in OUTPUT/<task>/<role>)."""
     specs = []
-    for role in roles_for(list(cfg.get("methods") or METHODS)):
+    for role in roles_for(list(cfg.get("methods") or METHODS), cfg, task):
+        command = role_command(role, cfg, task)
         kwargs = _stage_kwargs(cfg, role, task)
-        if ROLE_COMMAND[role] == "distill":
+        if command == "distill":
             _method_defaults(role, kwargs, cfg, task)
-        kwargs["seed"] = seed
-        specs.append(StageSpec(role, ROLE_COMMAND[role], kwargs, model_inputs(role, cfg), seed_dir / role))
+        per_seed = not once_per_task(role, cfg, task)
+        if per_seed:
+            kwargs["seed"] = seed
+        inputs = model_inputs(role, cfg, task)
+        specs.append(StageSpec(role, command, kwargs, inputs, role_folder(role, cfg, task, seed_dir), per_seed))
     return specs
 
 
@@ -181,7 +164,11 @@ def stage_fingerprint(spec: StageSpec, parents: dict[str, str]) -> str:
 def stage_call_kwargs(spec: StageSpec, seed_dir: Path) -> dict:
     kwargs = dict(spec.kwargs)
     for key, src in spec.inputs.items():
-        kwargs[key] = str(seed_dir / src.role) if src.role else src.path
+        # student_init is the one model source made once per task (OUTPUT/<task>/student_init); the others
+        # belong to the seed.
+        task_dir = spec.folder.parent.parent if spec.per_seed else spec.folder.parent
+        folder = task_dir / src.role if src.role == "student_init" else seed_dir / (src.role or "")
+        kwargs[key] = str(folder) if src.role else src.path
     kwargs["output_dir"] = str(spec.folder)
     return kwargs
 
@@ -227,9 +214,13 @@ def plan_jobs(config_files: list[str], overrides: dict) -> list[Job]:
         if not cfg.get("output_dir"):
             raise TedInputError("Give the run folder with --output_dir DIR (or `output_dir:` in the config).")
         check_run_folder(Path(cfg["output_dir"]) / task)
+        apply_text_split(cfg, Path(cfg["output_dir"]) / task)
+        planned: set[Path] = set()
         for seed in [int(s) for s in (cfg.get("seeds") or [42])]:
             fingerprints: dict[str, str] = {}
             for spec in plan_seed(task, cfg, seed, Path(cfg["output_dir"]) / task / f"seed{seed}"):
                 fingerprints[spec.role] = stage_fingerprint(spec, fingerprints)
-                jobs.append(Job(task, seed, cfg, spec, fingerprints[spec.role]))
+                if spec.folder not in planned:  # a once-per-task stage runs for the first seed only
+                    jobs.append(Job(task, seed, cfg, spec, fingerprints[spec.role]))
+                planned.add(spec.folder)
     return jobs

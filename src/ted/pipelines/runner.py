@@ -48,8 +48,28 @@ def _run_stage(command: str, **options: Any) -> StageResult:
     return run_options(command, options)
 
 
+def _run_evaluate(**options: Any) -> StageResult:
+    """`ted evaluate` of a fixed model (a pre-trained teacher, the initial student) as a stage folder: its
+    eval_results.json and a ted_stage.json (with the pipeline's fingerprint), written all-or-nothing."""
+    from ted.tasks import task_from_name
+
+    folder = Path(options.pop("output_dir"))
+    options.pop("overwrite_output_dir", None)
+    task = task_from_name(options["task_name"])
+    description = artifacts.describe_stage("evaluate", task, dict(options), {"model": options["model_name_or_path"]})
+    with artifacts.stage_folder(folder, description) as tmp:
+        result = run_options("evaluate", {**options, "output_dir": str(tmp)})
+    return result
+
+
 # Each takes the stage's options as keyword arguments (tests replace them to check what would run).
-RUNNERS = {command: functools.partial(_run_stage, command) for command in ("finetune", "learn-filters", "distill")}
+RUNNERS = {
+    **{
+        command: functools.partial(_run_stage, command)
+        for command in ("init-student", "finetune", "learn-filters", "distill")
+    },
+    "evaluate": _run_evaluate,
+}
 PIPELINE_FILE = "pipeline.json"
 TEACHER_CACHE_FOLDER = "teacher_cache"  # OUTPUT/<task>/teacher_cache: Stage II teacher signals of every seed
 
@@ -64,6 +84,7 @@ class StageRun:
     fingerprint: str
     seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    seed_shown: str = ""  # the seed, or "-" for a stage made once per task
 
 
 def on_main_process_then_wait(fn: Callable[..., object], *args: Any) -> None:
@@ -83,11 +104,14 @@ def on_main_process_then_wait(fn: Callable[..., object], *args: Any) -> None:
 
 def run_stage(spec: StageSpec, fp: str, task: str, seed: int) -> StageRun:
     start = time.time()
-    label = f"[{task} seed {seed}] {spec.role}"
+    label = f"[{task} seed {seed}] {spec.role}" if spec.per_seed else f"[{task}] {spec.role}"
+    shown = str(seed) if spec.per_seed else "-"
     on_main_process_then_wait(drop_leftovers, spec.folder)  # of a killed run; finished ones too
     if reusable(spec.folder, fp):
         logger.info("%s: reused %s (fingerprint %s)", label, spec.folder, fp)
-        return StageRun(task, seed, spec.role, str(spec.folder), "reused", fp, time.time() - start, _metrics(spec))
+        return StageRun(
+            task, seed, spec.role, str(spec.folder), "reused", fp, time.time() - start, _metrics(spec), shown
+        )
     kwargs = stage_call_kwargs(spec, spec.folder.parent)
     if spec.folder.exists():
         logger.warning("%s: %s was made with other settings or inputs; training it again.", label, spec.folder)
@@ -98,9 +122,10 @@ def run_stage(spec: StageSpec, fp: str, task: str, seed: int) -> StageRun:
     # `--teacher_cache auto` of every Stage II run of a task shares one folder: KD and TED seeds read the same
     # entries wherever the teacher signal is the same (entries are keyed by content, see ted.method.teacher_cache).
     shared = teacher_cache.shared_root(spec.folder.parent.parent / TEACHER_CACHE_FOLDER)
-    with artifacts.stage_extras(fingerprint=fp, pipeline={"task": task, "seed": seed, "role": spec.role}), shared:
+    meta = {"task": task, "seed": seed if spec.per_seed else None, "role": spec.role}
+    with artifacts.stage_extras(fingerprint=fp, pipeline=meta), shared:
         RUNNERS[spec.command](**kwargs)
-    return StageRun(task, seed, spec.role, str(spec.folder), "trained", fp, time.time() - start, _metrics(spec))
+    return StageRun(task, seed, spec.role, str(spec.folder), "trained", fp, time.time() - start, _metrics(spec), shown)
 
 
 def _metrics(spec: StageSpec) -> dict:
@@ -116,11 +141,13 @@ def write_pipeline_file(task_dir: Path, task: str, cfg: dict, specs: list[StageS
         "preset": cfg.get("preset"),
         "config_file": cfg.get("config_file"),
         "teacher": cfg["teacher"],
-        "student": cfg["student"],
+        "student": cfg.get("student"),
+        "student_init": cfg["student_init"] or None,
         "baseline_init": cfg.get("baseline_init", "pretrained"),
         "methods": list(cfg.get("methods") or METHODS),
         "seeds": sorted(set(old.get("seeds", [])) | set(seeds)),
         "stages": {spec.role: {k: v for k, v in spec.kwargs.items() if k != "seed"} for spec in specs},
+        "commands": {spec.role: spec.command for spec in specs},
         "paper_results": cfg.get("paper_results"),
     }
     if data == old:
@@ -163,16 +190,18 @@ def run_pipeline_cli(argv: list[str]) -> list[StageRun]:
 
 
 def summary(runs: list[StageRun]) -> str:
-    lines = ["task   seed  stage           status   seconds  dev score  folder"]
+    width = max([6, *(len(r.task) for r in runs)])
+    lines = [f"{'task':<{width}} seed  stage           status   seconds  dev score  folder"]
     for r in runs:
         metric = (artifacts.stage_info(r.folder) or {}).get("task", {}).get("selection_metric")
         score = r.metrics.get(f"eval_{metric}")
         shown = f"{score:.4f}" if isinstance(score, float) else "-"
-        lines.append(f"{r.task:<6} {r.seed:<5} {r.role:<15} {r.status:<8} {r.seconds:7.1f}  {shown:>9}  {r.folder}")
+        seed = r.seed_shown or str(r.seed)
+        lines.append(f"{r.task:<{width}} {seed:<5} {r.role:<15} {r.status:<8} {r.seconds:7.1f}  {shown:>9}  {r.folder}")
     trained = sum(r.status == "trained" for r in runs)
     lines.append(
         f"{trained} stage(s) trained, {len(runs) - trained} reused. Next: ted report "
-        f"{Path(runs[0].folder).parents[2] if runs else 'RUN_DIR'}"
+        f"{Path(runs[0].folder).parents[2 if runs[0].seed_shown != '-' else 1] if runs else 'RUN_DIR'}"
     )
     return "\n".join(lines)
 

@@ -13,9 +13,20 @@ from ted.method.kinds import HeadKind, get_kind
 if TYPE_CHECKING:
     import numpy as np
 
-PIPELINE_ROLES = ("teacher", "student", "teacher_stage1", "student_stage1", "ted", "kd", "lwd")
+PIPELINE_ROLES = (
+    "student_init",
+    "teacher",
+    "initial_student",
+    "student",
+    "teacher_stage1",
+    "student_stage1",
+    "ted",
+    "kd",
+    "lwd",
+)
 RESULT_ROWS = (
     ("teacher", "teacher (fine-tuned)"),
+    ("initial_student", "student (initialised, before training)"),
     ("student", "student (fine-tuned)"),
     ("kd", "student + KD"),
     ("lwd", "student + LWD"),
@@ -39,14 +50,36 @@ METRIC_NAMES = {
     "spearmanr": "Spearman",
     "exact": "EM",
     "validation_mismatched_accuracy": "acc (mm)",
+    "perplexity": "perplexity",
 }
+LM_EVAL_FILE = "lm_eval_results.json"  # ted.lm: what `ted lm-eval --output_dir` writes
+# lm-eval columns: (task in the file, key, column name, shown in percent, higher is better).
+LM_EVAL_COLUMNS = (
+    ("wikitext", "perplexity", "WikiText ppl", False, False),
+    ("lambada", "accuracy", "LAMBADA acc", True, True),
+    ("lambada", "perplexity", "LAMBADA ppl", False, False),
+)
 PREDICTIONS_FILE = "eval_predictions.npz"  # stages.saving.EVAL_PREDICTIONS (not imported: it pulls in torch)
 
 
+def model_folder(folder: str | Path) -> str:
+    """Where a stage's model is: the folder itself, or for a stage that only scored a model (`evaluate`, no
+    weights of its own) the model it scored."""
+    if (Path(folder) / "config.json").is_file():
+        return str(folder)
+    return str(((artifacts.stage_info(folder) or {}).get("lineage") or {}).get("model") or folder)
+
+
 def count_parameters(folder: str | Path) -> int:
-    """Parameters of the stock model in a stage folder (filters and Stage I heads excluded)."""
+    """Parameters of the stock model in a stage folder (filters and Stage I heads excluded); a folder holding
+    GGUF files counts the tensors of its first one."""
     from safetensors import safe_open
 
+    ggufs = sorted(Path(folder).glob("*.gguf")) if not (Path(folder) / "config.json").is_file() else []
+    if ggufs:
+        from gguf import GGUFReader
+
+        return sum(int(t.n_elements) for t in GGUFReader(str(ggufs[0])).tensors)
     total = 0
     for file in sorted(Path(folder).glob("model*.safetensors")):
         with safe_open(str(file), "pt") as f:
@@ -82,8 +115,21 @@ class TaskRuns:
         return [self.stages[role][s] for s in sorted(self.stages.get(role, {}))]
 
     def info(self) -> dict:
-        first = next(iter(self.stages.values()))
-        return artifacts.stage_info(next(iter(first.values()))) or {}
+        """The ted_stage.json of a stage that names the task's head (a student made by init-student names none)."""
+        found = {}
+        for seeds in self.stages.values():
+            for folder in seeds.values():
+                found = artifacts.stage_info(folder) or {}
+                if found.get("task", {}).get("head"):
+                    return found
+        return found
+
+    def label(self, role: str, name: str) -> str:
+        """A row's name; a teacher scored as it is (no Stage 0, a causal LM) is the pre-trained teacher."""
+        folder = next(iter(self.folders(role)), None)
+        if role == "teacher" and folder is not None and (artifacts.stage_info(folder) or {}).get("stage") == "evaluate":
+            return "teacher (pre-trained)"
+        return name
 
 
 def _seed_of(folder: Path, info: dict) -> int:
@@ -110,10 +156,12 @@ def find_runs(run_dirs: list[str | Path]) -> dict[str, TaskRuns]:
                 continue
             task = meta.get("task") or info.get("task", {}).get("name", "task")
             entry = runs.setdefault(task, TaskRuns(task))
-            entry.stages.setdefault(role, {})[int(meta.get("seed", _seed_of(folder, info)))] = folder
-            pipeline_file = folder.parent.parent / "pipeline.json"
-            if not entry.pipeline and pipeline_file.is_file():
-                entry.pipeline = artifacts.read_json(pipeline_file)
+            seed = meta["seed"] if "seed" in meta else _seed_of(folder, info)
+            # A stage made once per task (seed None) is filed under seed 0: its role has no other seeds.
+            entry.stages.setdefault(role, {})[int(seed or 0)] = folder
+            for pipeline_file in (folder.parent.parent / "pipeline.json", folder.parent / "pipeline.json"):
+                if not entry.pipeline and pipeline_file.is_file():
+                    entry.pipeline = artifacts.read_json(pipeline_file)
     if not runs:
         raise TedInputError(
             f"No pipeline stage folders under {', '.join(map(str, run_dirs))} (run `ted pipeline` first)."
@@ -130,6 +178,21 @@ def metric_keys(runs: TaskRuns) -> list[str]:
         for folder in runs.folders(role):
             present |= {k[5:] for k in artifacts.read_json(folder / artifacts.EVAL_RESULTS) if k.startswith("eval_")}
     return [selection] + [m for m in SHOWN_METRICS if m in present and m != selection]
+
+
+def greater_is_better(runs: TaskRuns) -> bool:
+    """Which way the selection metric improves (the task's head kind says: perplexity is lower-is-better)."""
+    return task_kind(runs.info()).greater_is_better
+
+
+def lm_eval_results(folder: Path) -> dict[str, dict]:
+    """task -> the `ted lm-eval` result saved in a stage folder (`--output_dir` the folder or one below it)."""
+    found: dict[str, dict] = {}
+    for path in sorted(Path(folder).glob(LM_EVAL_FILE)) + sorted(Path(folder).glob(f"*/**/{LM_EVAL_FILE}")):
+        result = artifacts.read_json(path)
+        if isinstance(result, dict) and result.get("task"):
+            found.setdefault(str(result["task"]), result)
+    return found
 
 
 def task_kind(info: dict) -> HeadKind:
@@ -192,6 +255,8 @@ def decoded_predictions(folder: Path, kind: HeadKind) -> Optional[tuple[np.ndarr
         return None
     with np.load(path) as data:
         predictions, labels = data["predictions"], data["labels"]
+    if kind.token_labels:  # causal LMs save each dev block's (summed NLL, scored tokens): used as they are
+        return predictions, labels
     decode = regression_predictions if kind.scores else class_predictions
     return decode(predictions), labels
 
@@ -203,6 +268,8 @@ def constant_baseline(runs: TaskRuns) -> Optional[float]:
 
     info = runs.info()
     kind = task_kind(info)
+    if not kind.sequence_level:  # token-level outputs (span, next-token) have no one constant prediction
+        return None
     metric = metric_function(info)
     for role, _ in RESULT_ROWS:
         for folder in runs.folders(role):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from ted import artifacts
 from ted.errors import TedInputError
-from ted.reporting.collect import METRIC_NAMES, RESULT_ROWS, TaskRuns, constant_baseline, eval_curve
+from ted.reporting.collect import METRIC_NAMES, RESULT_ROWS, TaskRuns, constant_baseline, eval_curve, seed_values
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,6 +51,13 @@ def _save(fig: Figure, path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def _log_if_wide(ax: Axes, values: Sequence[float]) -> None:
+    """A log axis for positive values spanning more than 20x (perplexities of a layer-dropped student and of a
+    trained one), where a linear axis would flatten all but the largest."""
+    if values and min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_yscale("log")
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, legend_size: Optional[int] = None) -> None:
@@ -124,12 +131,14 @@ def plot_stage1_layers(runs: TaskRuns, metric: str, path: Path, scale: float) ->
     if not roles:
         return None
     fig, ax = _figure(figsize=(6, 3.5))
+    shown: list[float] = []
     for role in roles:
         per_layer = _layer_scores(runs, role, metric, scale)
         if not per_layer:
             continue
         layers = sorted(per_layer)
         means = [statistics.fmean(per_layer[x]) for x in layers]
+        shown += means
         stds = [statistics.stdev(per_layer[x]) if len(per_layer[x]) > 1 else 0.0 for x in layers]
         ax.errorbar(
             layers,
@@ -143,6 +152,11 @@ def plot_stage1_layers(runs: TaskRuns, metric: str, path: Path, scale: float) ->
     baseline = constant_baseline(runs)
     if baseline is not None:  # a head at this line learned nothing about the task (ted doctor flags it)
         ax.axhline(scale * baseline, color="#999999", linestyle=":", label="best constant prediction")
+    teacher = seed_values(runs.folders("teacher"), f"eval_{metric}")
+    if teacher:  # the whole teacher's own output: what its last layer's head can reach
+        ax.axhline(scale * statistics.fmean(teacher), color="#444444", linestyle="--", label="teacher's own output")
+        shown.append(scale * statistics.fmean(teacher))
+    _log_if_wide(ax, shown)
     title = f"{runs.task}: Stage I filter heads, dev score per layer"
     _finish(ax, "layer (1-based) carrying the filter", f"dev {METRIC_NAMES.get(metric, metric)}", title)
     return _save(fig, path)
@@ -185,9 +199,11 @@ def plot_layer_cka(runs: TaskRuns, path: Path) -> Optional[Path]:
 def plot_dev_curves(runs: TaskRuns, metric: str, path: Path, scale: float) -> Optional[Path]:
     """The dev metric after every epoch, per model (one line per seed)."""
     fig, ax = _figure(figsize=(6, 3.5))
-    drawn = False
+    drawn, shown = False, []
     for role, name in RESULT_ROWS:
         for i, folder in enumerate(runs.folders(role)):
+            if not (folder / artifacts.LOG_HISTORY).is_file():  # a model scored once, not trained (evaluate)
+                continue
             points = eval_curve(artifacts.read_json(folder / artifacts.LOG_HISTORY), f"eval_{metric}")
             if points:
                 epochs, values = zip(*points)
@@ -199,9 +215,10 @@ def plot_dev_curves(runs: TaskRuns, metric: str, path: Path, scale: float) -> Op
                     color=METHOD_COLORS[role],
                     label=name if i == 0 else None,
                 )
-                drawn = True
+                drawn, shown = True, shown + [scale * v for v in values]
     if not drawn:
         return None
+    _log_if_wide(ax, shown)
     title = f"{runs.task}: dev score per epoch (one line per seed)"
     _finish(ax, "epoch", f"dev {METRIC_NAMES.get(metric, metric)}", title, legend_size=8)
     return _save(fig, path)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ted.reporting.collect import TaskRuns, find_runs, metric_keys, metric_scale
+from ted.reporting.collect import METRIC_NAMES, TaskRuns, find_runs, greater_is_better, metric_keys, metric_scale
 from ted.reporting.plots import plot_dev_curves, plot_layer_cka, plot_stage1_layers, plot_task_losses
 from ted.reporting.render import render
-from ted.reporting.tables import significance_table, speed_table, task_results_table
+from ted.reporting.tables import lm_eval_note, significance_table, speed_table, task_results_table
 
 
 def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict], cka: bool = True) -> list[tuple]:
@@ -16,32 +16,45 @@ def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict], cka: bool = 
     keys, scale = metric_keys(runs), metric_scale(runs)
     pipe = runs.pipeline
     blocks: list[tuple] = [("h2", f"Task: {runs.task}")]
+    made = pipe.get("student_init")
+    student = (
+        f"student made from it by `ted init-student` ({_init_words(made)})"
+        if made
+        else f"student `{pipe.get('student')}`"
+    )
     about = [
-        f"teacher `{pipe['teacher']}`, student `{pipe['student']}`" if pipe.get("teacher") else "",
+        f"teacher `{pipe['teacher']}`, {student}" if pipe.get("teacher") else "",
         f"preset `{pipe['preset']}`" if pipe.get("preset") else "",
         f"KD/LWD start from the {pipe.get('baseline_init', 'pretrained')} student" if pipe else "",
     ]
     if any(about):
         blocks.append(("p", "; ".join(a for a in about if a) + "."))
     blocks.append(("table", *task_results_table(runs)))
+    if lm_eval_note(runs):
+        blocks.append(
+            ("p", f"`ted lm-eval` columns (lm_eval_results.json in each stage folder): {lm_eval_note(runs)}.")
+        )
     significance = significance_table(runs)
     if significance is not None:
         blocks += [
             ("table", *significance),
             (
                 "p",
-                "Differences in points (first minus second) of the selection metric. Over seeds: mean of the "
+                f"Differences{' in points' if scale != 1 else ''} (first minus second) of the selection metric"
+                f" ({METRIC_NAMES.get(keys[0], keys[0])}, {'higher' if greater_is_better(runs) else 'lower'} is "
+                "better). Over seeds: mean of the "
                 "per-seed differences, 95% t interval and paired t-test; with 2-3 seeds this test has little "
                 "power, so 'not significant' means the difference is not shown, not that the methods are equal. "
                 "Per seed: percentile bootstrap over dev examples (1,000 resamples, the same examples for both "
                 "methods) and a paired permutation test (n.s.: p >= 0.05).",
             ),
         ]
+    unit = "in percent" if scale != 1 else "as recorded"
     blocks.append(
         (
             "p",
             "Dev scores of the kept checkpoint (best epoch on dev, as in the paper; Stage I keeps its "
-            "last epoch), in percent; mean ± sample standard deviation over seeds."
+            f"last epoch), {unit}; mean ± sample standard deviation over seeds; ↑ higher is better, ↓ lower is better."
             + (
                 " 'paper': the numbers published with the original code (DeBERTaV3-base → DeBERTaV3-xsmall, one seed)."
                 if pipe.get("paper_results")
@@ -53,7 +66,7 @@ def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict], cka: bool = 
         (plot_task_losses(runs, files / f"{runs.task}_loss_terms.png"), "Stage II loss terms per method"),
         (
             plot_stage1_layers(runs, keys[0], files / f"{runs.task}_stage1_layers.png", scale),
-            "Stage I: dev score of each filter's own head, per layer",
+            f"Stage I: dev {METRIC_NAMES.get(keys[0], keys[0])} of each filter's own head, per layer",
         ),
         (
             plot_dev_curves(runs, keys[0], files / f"{runs.task}_dev_per_epoch.png", scale),
@@ -83,6 +96,13 @@ def task_blocks(runs: TaskRuns, files: Path, speed: Optional[dict], cka: bool = 
             ),
         ]
     return blocks
+
+
+def _init_words(settings: dict) -> str:
+    """How the student was made, from the pipeline's student_init settings."""
+    if settings.get("layers"):
+        return f"teacher layers {settings['layers']}"
+    return f"{settings.get('num_layers')} layers, {settings.get('strategy') or 'default strategy'}"
 
 
 def drop_stale_temp(out: Path, files: Path) -> None:

@@ -62,11 +62,17 @@ def devices() -> list[str]:
 
 
 def load_for_inference(folder: str | Path) -> PreTrainedModel:
-    """The model of a folder with its task head when it has one (config `architectures`)."""
+    """The model of a folder with its task head when it has one (config `architectures`); a folder holding one
+    GGUF file is a causal LM (dequantised to float32)."""
     from transformers import AutoConfig, AutoModel
 
     from ted.method.kinds import kind_of_model
+    from ted.stages.gguf_files import resolve_gguf_file
 
+    if Path(folder).is_dir() and resolve_gguf_file(Path(folder)):
+        from ted.stages.models import load_causal_lm
+
+        return load_causal_lm(str(folder))
     config = AutoConfig.from_pretrained(folder)
     kind = kind_of_model(config.architectures, config.num_labels)
     has_head = any(arch.endswith(kind.architecture_suffix) for arch in config.architectures or [])

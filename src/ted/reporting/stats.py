@@ -134,7 +134,14 @@ def _spearman(preds: np.ndarray, labels: np.ndarray) -> float:
     return _pearson(rankdata(preds), rankdata(labels))
 
 
+def _perplexity(rows: np.ndarray, labels: np.ndarray) -> float:
+    """Causal LMs: rows of (summed next-token NLL, scored tokens) per dev block -> the exact perplexity."""
+    sums = np.asarray(rows, dtype=np.float64).reshape(-1, 2).sum(axis=0)
+    return float(np.exp(sums[0] / sums[1])) if sums[1] else math.nan
+
+
 FAST_METRICS = {
+    "perplexity": _perplexity,
     "accuracy": _accuracy,
     "f1": _f1,
     "matthews_correlation": _mcc,

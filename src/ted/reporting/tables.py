@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from ted.reporting.collect import (
+    LM_EVAL_COLUMNS,
     METRIC_NAMES,
     RESULT_ROWS,
     TaskRuns,
     count_parameters,
     decoded_predictions,
+    greater_is_better,
+    lm_eval_results,
     metric_function,
     metric_keys,
     metric_scale,
+    model_folder,
     seed_values,
     selection_score,
     task_kind,
@@ -52,11 +59,35 @@ def _paper_cell(paper: Optional[dict], role: str) -> str:
     return " / ".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
+def arrow(higher_is_better: bool) -> str:
+    return "↑" if higher_is_better else "↓"
+
+
+def lm_eval_columns(runs: TaskRuns) -> list[tuple[str, str, str, bool, bool]]:
+    """The lm-eval columns (LM_EVAL_COLUMNS entries) that some result row's folders hold."""
+    held = {task for role, _ in RESULT_ROWS for folder in runs.folders(role) for task in lm_eval_results(folder)}
+    return [column for column in LM_EVAL_COLUMNS if column[0] in held]
+
+
+def _lm_eval_cell(folders: list[Path], column: tuple[str, str, str, bool, bool]) -> str:
+    task, key, _, percent, _ = column
+    values = [
+        float(found[task][key])
+        for found in map(lm_eval_results, folders)
+        if isinstance(found.get(task, {}).get(key), (int, float))
+    ]
+    return mean_std(values, 100.0 if percent else 1.0)
+
+
 def task_results_table(runs: TaskRuns) -> tuple[list[str], list[list[str]]]:
-    """Per model: seeds and mean ± std of each dev metric, plus the paper's numbers when the run has them."""
+    """Per model: seeds and mean ± std of each dev metric (an arrow says which way is better), the `ted lm-eval`
+    results saved in the stage folders, and the paper's numbers when the run has them."""
     keys, scale = metric_keys(runs), metric_scale(runs)
+    better = [greater_is_better(runs)] + [True] * (len(keys) - 1)  # the other shown metrics are scores
     paper = runs.pipeline.get("paper_results")
-    header = ["model", "seeds"] + [f"dev {METRIC_NAMES.get(k, k)}" for k in keys]
+    lm_columns = lm_eval_columns(runs)
+    header = ["model", "seeds"] + [f"dev {METRIC_NAMES.get(k, k)} {arrow(b)}" for k, b in zip(keys, better)]
+    header += [f"{name} {arrow(up)}" for _, _, name, _, up in lm_columns]
     if paper:
         header.append("paper (" + " / ".join(METRIC_NAMES.get(m, m) for m in paper.get("metrics", [])) + ")")
     rows = []
@@ -64,9 +95,25 @@ def task_results_table(runs: TaskRuns) -> tuple[list[str], list[list[str]]]:
         folders = runs.folders(role)
         if not folders:
             continue
-        row = [name, str(len(folders))] + [mean_std(seed_values(folders, f"eval_{k}"), scale) for k in keys]
+        row = [runs.label(role, name), str(len(folders))]
+        row += [mean_std(seed_values(folders, f"eval_{k}"), scale) for k in keys]
+        row += [_lm_eval_cell(folders, column) for column in lm_columns]
         rows.append(row + ([_paper_cell(paper, role)] if paper else []))
     return header, rows
+
+
+def lm_eval_note(runs: TaskRuns) -> str:
+    """Where the lm-eval columns come from: each task's data file, limit and window, as recorded."""
+    parts = []
+    for task in dict.fromkeys(column[0] for column in lm_eval_columns(runs)):
+        found = next(
+            (r[task] for role, _ in RESULT_ROWS for r in map(lm_eval_results, runs.folders(role)) if task in r), {}
+        )
+        limit = found.get("limit")
+        where = f"`{Path(str(found.get('data', '?'))).name}`" + (f", first {limit}" if limit else ", all")
+        window = f", context {found['context_length']}, stride {found['stride']}" if "stride" in found else ""
+        parts.append(f"{task}: {where}{window}")
+    return "; ".join(parts)
 
 
 def _interval(low: Optional[float], high: Optional[float], scale: float) -> str:
@@ -88,12 +135,22 @@ def bootstrap_cell(runs: TaskRuns, first: str, second: str, seeds: list[int], sc
     for seed in seeds:
         a = decoded_predictions(runs.stages[first][seed], kind)
         b = decoded_predictions(runs.stages[second][seed], kind)
-        if a is None or b is None or len(a[1]) != len(b[1]) or not (a[1] == b[1]).all():
+        if a is None or b is None or not np.array_equal(a[1], b[1]):
             continue
-        found = paired_bootstrap(metric, a[0], b[0], a[1])
+        if kind.token_labels:  # per-block (NLL, tokens) rows: resample and swap blocks through row indices
+            found = paired_bootstrap(*_block_rows(metric, a[0], b[0]))
+        else:
+            found = paired_bootstrap(metric, a[0], b[0], a[1])
         mark = "" if significant(found["p"]) else ", n.s."
         cells.append(f"seed {seed}: {_interval(found['low'], found['high'], scale)} p {_p(found['p'])}{mark}")
     return "; ".join(cells) if cells else "no per-example predictions"
+
+
+def _block_rows(metric: Callable, rows_a: np.ndarray, rows_b: np.ndarray) -> tuple:
+    """paired_bootstrap's arguments for causal LMs: both methods' (NLL, tokens) rows in one table, each method's
+    predictions being indices into it (A: 0..n-1, B: n..2n-1), so a swap exchanges one dev block's two rows."""
+    n, table = len(rows_a), np.concatenate([rows_a, rows_b])
+    return lambda index, _: metric(table[np.asarray(index)], None), np.arange(n), np.arange(n) + n, np.arange(n)
 
 
 def significance_table(runs: TaskRuns) -> Optional[tuple[list[str], list[list[str]]]]:
@@ -102,11 +159,11 @@ def significance_table(runs: TaskRuns) -> Optional[tuple[list[str], list[list[st
     from ted.reporting.stats import seed_difference, significant
 
     keys, scale = metric_keys(runs), metric_scale(runs)
-    key = f"eval_{keys[0]}"
+    key, name, higher = f"eval_{keys[0]}", METRIC_NAMES.get(keys[0], keys[0]), greater_is_better(runs)
     header = [
         "pair",
         "seeds",
-        f"mean difference ({METRIC_NAMES.get(keys[0], keys[0])})",
+        f"mean difference ({name}; {'higher' if higher else 'lower'} is better)",
         "95% interval (seeds)",
         "p (paired t, seeds)",
         "verdict",
@@ -126,7 +183,9 @@ def significance_table(runs: TaskRuns) -> Optional[tuple[list[str], list[list[st
         if found["p"] is None:
             verdict = "one seed: no test over seeds"
         else:
-            verdict = "significant" if significant(found["p"]) else "not significant"
+            verdict = (
+                _verdict(first, second, found["mean"], higher, name) if significant(found["p"]) else "not significant"
+            )
         rows.append(
             [
                 f"{first.upper()} − {second.upper()}" if second != "student" else f"{first.upper()} − student",
@@ -141,11 +200,18 @@ def significance_table(runs: TaskRuns) -> Optional[tuple[list[str], list[list[st
     return (header, rows) if rows else None
 
 
+def _verdict(first: str, second: str, mean: float, higher: bool, metric: str) -> str:
+    """'significant: TED higher acc' / 'significant: KD lower perplexity': who is better, in the metric's words."""
+    better = first if (mean > 0) == higher else second
+    who = better if better == "student" else better.upper()
+    return f"significant: {who} {'higher' if higher else 'lower'} {metric}"  # the better one is higher/lower
+
+
 def speed_table(runs: TaskRuns, batch_size: int, seq_len: int, iterations: int) -> tuple[list[str], list[list[str]]]:
     """Parameters and measured latency / throughput of the teacher and the (TED) student."""
     from ted.reporting.speed import SPEED_HEADER, compare, speed_cells
 
-    teacher = next(iter(runs.folders("teacher")), None)
+    teacher = next(iter(map(model_folder, runs.folders("teacher"))), None)
     student = next(iter(runs.folders("ted") or runs.folders("student") or runs.folders("kd")), None)
     rows, base = [], {}
     for r in compare(student, teacher, batch_size, seq_len, iterations):

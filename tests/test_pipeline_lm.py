@@ -1,0 +1,230 @@
+"""`ted pipeline`, `ted report` and `ted doctor` on causal-LM runs (issue 11): a tiny Llama teacher, its student made
+by `ted init-student`, KD / LWD (and TED) by CLI; the LM presets parse and plan without the hub."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+import ted
+import tiny
+from ted.cli.main import main
+from ted.errors import TedInputError
+from ted.pipelines import plan
+from test_causal_lm import decoder_tokenizer, hand_next_token_loss, sentences, write_text
+from tiny import one_thread  # noqa: F401  (module fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+task: causal_lm
+seeds: [3]
+teacher: ./teacher
+methods: [kd, lwd]
+text_split: {file: ./text.txt, dev_documents: 8}
+common:
+  block_size: 32
+  num_train_epochs: 1
+  per_device_train_batch_size: 4
+  per_device_eval_batch_size: 16
+  learning_rate: 1.0e-2
+  logging_steps: 1
+  dataloader_pin_memory: false
+student_init: {num_layers: 2, strategy: block_influence}
+student_finetune: {num_train_epochs: 2}
+kd: {kl_alpha: 1}
+lwd: {kl_alpha: 1, mse_alpha: 1, teacher_filter_interval: 2}
+"""
+
+
+def write_teacher(folder: Path) -> Path:
+    """A 4-layer tiny Llama (GQA, untied head) with its BOS-adding tokenizer."""
+    tokenizer = decoder_tokenizer(bos=True)
+    tiny.decoder("llama", len(tokenizer), seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def read(folder: Path, name: str = "ted_stage.json") -> dict:
+    return json.loads((Path(folder) / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, one_thread):  # noqa: F811
+    os.environ["TQDM_DISABLE"] = "1"
+    root = tmp_path_factory.mktemp("lm_pipe")
+    write_teacher(root / "teacher")
+    write_text(root / "text.txt", 60, seed=0)
+    (root / "cfg.yaml").write_text(CONFIG)
+    out = root / "out"
+    argv = ["pipeline", "--config", str(root / "cfg.yaml"), "--output_dir", str(out)]
+    assert main(argv) == 0
+    return {"root": root, "out": out, "argv": argv}
+
+
+def dev_perplexity(model_dir: Path, dev: Path) -> float:
+    """exp(mean next-token NLL) of a model folder over the dev file's 32-token blocks, by the hand loop."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ted.settings.options import DataArguments
+    from ted.tasks import load_task
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    args = DataArguments(task_name="causal_lm", validation_file=str(dev), block_size=32)
+    _, data = load_task(args, decoder_tokenizer(bos=True))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids in data.eval_sets["validation"]["input_ids"]:
+            row = torch.tensor([ids])
+            t, c = hand_next_token_loss(model(input_ids=row).logits, row)
+            total, count = total + t, count + c
+    return math.exp(total / count)
+
+
+def test_layout_lineage_and_scores(run):
+    task = run["out"] / "causal_lm"
+    root, seed = run["root"], task / "seed3"
+    # Made once per task: the student, and the scores of the pre-trained teacher and of the untrained student.
+    for role in ("student_init", "teacher", "initial_student"):
+        assert read(task / role)["pipeline"] == {"task": "causal_lm", "seed": None, "role": role}
+    assert sorted(p.name for p in seed.iterdir()) == ["kd", "lwd", "student"]
+    init = read(task / "student_init")
+    assert init["student"]["strategy"] == "block_influence" and len(init["student"]["layers"]) == 2
+    assert init["args"]["train_file"] == str(task / "data" / "train.txt")  # block influence on the training text
+    assert read(seed / "student")["lineage"]["model"] == str(task / "student_init")
+    assert read(seed / "kd")["lineage"]["student"] == str(task / "student_init")  # baseline_init: pretrained
+    assert read(seed / "lwd")["lineage"]["teacher"] == str(root / "teacher")  # no Stage 0 for the teacher
+    assert read(task / "teacher")["stage"] == "evaluate" and not (task / "teacher" / "config.json").exists()
+    # text_split: the last 8 documents are dev, the rest train, every stage reads them.
+    docs = (root / "text.txt").read_text().strip().split("\n\n")
+    assert (task / "data" / "dev.txt").read_text() == "\n\n".join(docs[-8:]) + "\n"
+    assert (task / "data" / "train.txt").read_text() == "\n\n".join(docs[:-8]) + "\n"
+    # The recorded dev perplexities are the hand loop's on the dev file.
+    dev = task / "data" / "dev.txt"
+    for folder, model in ((task / "teacher", root / "teacher"), (task / "initial_student", task / "student_init")):
+        assert read(folder, "eval_results.json")["eval_perplexity"] == pytest.approx(
+            dev_perplexity(model, dev), rel=1e-4
+        )
+    for role in ("student", "kd", "lwd"):
+        kept = read(seed / role, "eval_results.json")["eval_perplexity"]
+        assert kept == pytest.approx(dev_perplexity(seed / role, dev), rel=1e-4)
+        assert kept < read(task / "initial_student", "eval_results.json")["eval_perplexity"]
+
+
+def test_rerun_trains_nothing(run, monkeypatch):
+    import ted.pipelines.runner as runner
+
+    def refuse(**kwargs):
+        raise AssertionError(f"a finished stage was run again: {kwargs['output_dir']}")
+
+    monkeypatch.setattr(runner, "RUNNERS", {k: refuse for k in runner.RUNNERS})
+    before = {p: p.stat().st_mtime_ns for p in run["out"].rglob("*")}
+    assert main(run["argv"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run["out"].rglob("*")} == before
+
+
+def test_report_has_perplexity_lm_eval_columns_and_loss_plots(run, tmp_path):
+    task = run["out"] / "causal_lm"
+    kd = task / "seed3" / "kd"
+    dev = task / "data" / "dev.txt"
+    lambada = tmp_path / "lambada.jsonl"
+    lambada.write_text("".join(json.dumps({"text": s[:-2]}) + "\n" for s in sentences(6, seed=9)))
+    for name, data in (("wikitext", dev), ("lambada", lambada)):
+        argv = [
+            "lm-eval",
+            "--model_name_or_path",
+            kd,
+            "--task",
+            name,
+            "--data",
+            data,
+            "--output_dir",
+            kd / "lm_eval" / name,
+        ]
+        assert main([str(a) for a in argv]) == 0
+    wiki = read(kd / "lm_eval" / "wikitext", "lm_eval_results.json")
+    lamb = read(kd / "lm_eval" / "lambada", "lm_eval_results.json")
+    md, _ = ted.report(str(run["out"]), output=str(tmp_path / "rep"), cka=False)
+    text = Path(md).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| model"))
+    assert "dev perplexity ↓" in header and "WikiText ppl ↓" in header and "LAMBADA acc ↑" in header
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"teacher (pre-trained)", "student (initialised, before training)", "student + KD"}
+    assert rows["student + KD"][3] == f"{wiki['perplexity']:.2f}"
+    assert rows["student + KD"][4] == f"{100 * lamb['accuracy']:.2f}"
+    assert rows["student + LWD"][3] == "n/a"
+    teacher = read(task / "teacher", "eval_results.json")["eval_perplexity"]
+    assert rows["teacher (pre-trained)"][2] == f"{teacher:.2f}"
+    assert (tmp_path / "rep" / "report_files" / "causal_lm_loss_terms.png").is_file()
+    assert "lower is better" in text
+
+
+def lm_stage(folder: Path, role: str, seed: int, perplexity: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    task = {"name": "causal_lm", "head": "causal_lm", "label_list": None, "selection_metric": "perplexity"}
+    info = {"stage": "distill", "task": task, "pipeline": {"role": role, "task": "causal_lm", "seed": seed}}
+    (folder / "ted_stage.json").write_text(json.dumps(info))
+    (folder / "eval_results.json").write_text(json.dumps({"eval_perplexity": perplexity}))
+    (folder / "log_history.json").write_text("[]")
+
+
+def test_significance_says_lower_perplexity(tmp_path):
+    from ted.reporting import collect, tables
+
+    for seed, (ted_ppl, kd_ppl, student_ppl) in enumerate([(20.0, 30.0, 25.0), (21.0, 30.5, 26.0), (20.5, 31.0, 25.0)]):
+        for role, ppl in (("ted", ted_ppl), ("kd", kd_ppl), ("student", student_ppl), ("lwd", ted_ppl + seed)):
+            lm_stage(tmp_path / "causal_lm" / f"seed{seed}" / role, role, seed, ppl)
+    runs = collect.find_runs([tmp_path])["causal_lm"]
+    header, rows = tables.significance_table(runs)
+    by_pair = {row[0]: row for row in rows}
+    assert "lower is better" in header[2]
+    assert by_pair["TED − KD"][2] == "-10.00" and by_pair["TED − KD"][5] == "significant: TED lower perplexity"
+    assert by_pair["KD − student"][5] == "significant: student lower perplexity"  # KD's perplexity is higher
+    assert collect.constant_baseline(runs) is None
+
+
+def test_lm_presets_parse_and_plan(tmp_path, monkeypatch):
+    """Both LM presets resolve and plan offline (the hub ids are only names here)."""
+    monkeypatch.setenv("TED_SHARED_DIR", str(tmp_path / "shared"))
+    data = tmp_path / "shared" / "data" / "lm" / "wikitext-2"
+    data.mkdir(parents=True)
+    (data / "valid.txt").write_text("".join(f" = A{i} = \n \n text {i} .\n \n" for i in range(200)))
+    (tmp_path / "shared" / "models" / "smollm2-135m-instruct-q4_1").mkdir(parents=True)
+    [(task, cfg)] = plan.task_configs(
+        [str(REPO / "configs" / "lm" / "smollm2_wikitext.yaml")], {"output_dir": str(tmp_path / "o")}
+    )
+    plan.check_models(cfg)
+    specs = {s.role: s for s in plan.plan_seed(task, cfg, 42, tmp_path / "o" / task / "seed42")}
+    assert specs["student_init"].kwargs["num_layers"] == 15 and specs["teacher"].command == "evaluate"
+    assert specs["kd"].kwargs["block_size"] == 128
+    jobs = plan.plan_jobs([str(REPO / "configs" / "lm" / "smollm2_wikitext.yaml")], {"output_dir": str(tmp_path / "o")})
+    assert {j.spec.role for j in jobs} >= {"student_init", "teacher", "initial_student", "student", "kd", "lwd", "ted"}
+    plan.validate([j.spec for j in jobs])
+    [(task, cfg)] = plan.task_configs(
+        [str(REPO / "configs" / "paper" / "gpt2_openwebtext.yaml")], {"output_dir": str(tmp_path / "p")}
+    )
+    plan.check_models(cfg)
+    specs = {s.role: s for s in plan.plan_seed(task, cfg, 42, tmp_path / "p" / task / "seed42")}
+    assert cfg["teacher"] == "gpt2" and specs["student_init"].kwargs["num_layers"] == 6
+    assert specs["ted"].kwargs["dataset_name"] == "openwebtext"
+
+
+def test_bad_lm_configs_fail_before_training(run, tmp_path):
+    base = (run["root"] / "cfg.yaml").read_text()
+    cases = [
+        (base.replace("teacher: ./teacher", "teacher: ./teacher\nstudent: ./teacher"), "Keep one of them"),
+        (base.replace("dev_documents: 8", "dev_documents: 600"), "leaves none for training"),
+        (base.replace("dev_documents: 8", "dev_docs: 8"), "text_split needs exactly"),
+        (base.replace("block_size: 32", "block_size: 32\n  train_file: ./text.txt"), "drop them from `common`"),
+    ]
+    for text, words in cases:
+        cfg = run["root"] / "bad.yaml"
+        cfg.write_text(text)
+        with pytest.raises(TedInputError, match=words):
+            ted.pipeline(str(cfg), output_dir=str(tmp_path / "o"))
