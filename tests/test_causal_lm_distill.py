@@ -84,7 +84,8 @@ def test_distill_by_cli_writes_a_stock_causal_lm_and_keeps_the_lowest_perplexity
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_the_loss_is_next_token_ce_plus_the_weighted_kd_and_layer_terms(tmp_path, arch):
     """One padded batch with unscored (prompt) tokens: total = CE + kl_alpha * T^2 KL (mean over scored next
-    tokens) + mse_alpha * MSE of the projected student layer against the teacher's raw layer over real tokens."""
+    tokens) + mse_alpha * MSE of the projected student layer against the teacher's raw layer over the same
+    positions (neither prompt tokens nor padding count)."""
     from transformers import AutoModelForCausalLM
 
     t_path, s_path = pair(tmp_path, arch)
@@ -124,8 +125,8 @@ def test_the_loss_is_next_token_ce_plus_the_weighted_kd_and_layer_terms(tmp_path
     linear = projector.filters["0"]
     squares, elements = 0.0, 0
     with torch.no_grad():
-        for b, length in enumerate(batch["attention_mask"].sum(1).tolist()):
-            for t in range(length):  # real tokens only
+        for b, row in enumerate(batch["labels"]):
+            for t in [t for t in range(len(row) - 1) if int(row[t + 1]) != -100]:  # the KD term's positions
                 projected = linear(s_out.hidden_states[1][b, t]).double()
                 squares += float((projected - t_out.hidden_states[2][b, t].double()).pow(2).sum())
                 elements += projected.numel()

@@ -96,6 +96,16 @@ class TaskAwareFilters(SavedModule):
                 nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
                 nn.init.zeros_(module.bias)
 
+    def start_as_identity(self) -> None:
+        """Linear filters as wide as their input start as the identity (zero bias) instead of random: a causal LM's
+        lens filter then starts from the model's own reading of its layer (the "logit lens")."""
+        if self.config.nonlinear or self.config.output_dim != self.config.hidden_size:
+            raise ValueError("only linear filters that keep the width can start as the identity")
+        with torch.no_grad():
+            for module in self.filters.values():
+                module.weight.copy_(torch.eye(self.config.hidden_size))
+                module.bias.zero_()
+
     @property
     def layers(self) -> list[int]:
         return list(self.config.layers)

@@ -109,6 +109,10 @@ class HeadKind:
 
         return losses.classification_loss(predictions, labels, label_smoothing)
 
+    def distilled_positions(self, attention_mask: Optional[torch.Tensor], labels: Any) -> Optional[torch.Tensor]:
+        """[B, T] (1 = counts) the positions whose layer states the layer term compares: the real tokens."""
+        return attention_mask
+
     def output_distillation(
         self, student: Predictions, teacher: Predictions, mask: Optional[torch.Tensor], kd: OutputKD, labels: Any = None
     ) -> torch.Tensor:
@@ -240,21 +244,29 @@ class CausalLMKind(HeadKind):
 
         return losses.next_token_nll_per_row(predictions, labels)
 
+    def distilled_positions(self, attention_mask: Optional[torch.Tensor], labels: Any) -> Optional[torch.Tensor]:
+        """The positions t whose next token t + 1 is scored (its label is not -100; without labels, is a real
+        token): what the KD term and the layer term both count, so prompt tokens and padding count in neither."""
+        import torch
+
+        from ted.method import losses
+
+        if labels is not None:
+            return losses.next_token_targets(labels) != -100
+        if attention_mask is not None:
+            return torch.nn.functional.pad(attention_mask[:, 1:], (0, 1)) != 0
+        return None
+
     def output_distillation(
         self, student: Predictions, teacher: Predictions, mask: Optional[torch.Tensor], kd: OutputKD, labels: Any = None
     ) -> torch.Tensor:
         """The divergence of the next-token distributions, mean over scored positions (times T^2 as the divergence
         scales it): position t counts when token t + 1 is scored (its label is not -100; without labels, when it is
         a real token). Unshifted [B, T, V] logits with a [B, T] mask: nothing of the logits is copied."""
-        import torch
+        scored = self.distilled_positions(mask, labels)
+        if scored is None:
+            import torch
 
-        from ted.method import losses
-
-        if labels is not None:
-            scored = losses.next_token_targets(labels) != -100
-        elif mask is not None:  # the attention mask
-            scored = torch.nn.functional.pad(mask[:, 1:], (0, 1)) != 0
-        else:
             scored = torch.ones(student.shape[:2], dtype=torch.bool, device=student.device)
             scored[:, -1] = False
         divergence = kd.divergence or _forward_kl()

@@ -17,6 +17,7 @@ from ted.method.filters import TaskAwareFilters
 from ted.method.heads import StageOneHeads
 from ted.method.kinds import get_kind
 from ted.method.teacher_cache.collate import strip_batch_keys
+from ted.method.tied import TiedWeights
 
 if TYPE_CHECKING:
     from transformers.utils import ModelOutput
@@ -89,8 +90,9 @@ class CachedFilterLearner(nn.Module):
         return self.heads(self.filters(hidden))
 
 
-class DistillStudent(nn.Module):
-    """Stage II module: the student model and, for TED / LWD, its filters or projector."""
+class DistillStudent(TiedWeights):
+    """Stage II module: the student model and, for TED / LWD, its filters or projector (a tied LM head saved
+    once: `TiedWeights`)."""
 
     def __init__(self, model: nn.Module, filters: Optional[TaskAwareFilters]) -> None:
         super().__init__()
@@ -104,27 +106,6 @@ class DistillStudent(nn.Module):
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         self.model.gradient_checkpointing_enable(**kwargs)
-
-    @property
-    def _keys_to_ignore_on_save(self) -> list[str]:
-        """The names under which a tied parameter appears again (a causal LM's LM head tied to its input
-        embeddings): left out of the state dict, so the Trainer's checkpoints (safetensors refuses shared tensors)
-        hold each weight once; a checkpoint missing just these keys is loaded and then re-tied (`tie_weights`)."""
-        first: dict[int, str] = {}
-        again = []
-        for name, param in self.named_parameters(remove_duplicate=False):
-            if first.setdefault(id(param), name) != name:
-                again.append(name)
-        return again
-
-    def tie_weights(self) -> None:
-        self.model.tie_weights()
-
-    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
-        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for name in self._keys_to_ignore_on_save:
-            state.pop(prefix + name, None)
-        return state
 
     def forward(
         self, with_states: bool = False, token_index: Optional[torch.Tensor] = None, **inputs: torch.Tensor

@@ -182,7 +182,10 @@ class DistillObjective:
             loss = self.kind.task_loss(s_preds, labels, self.label_smoothing) if labels is not None else None
             return loss, {}, evaluated(self.kind, model, s_preds, labels)
         need_states = self.w.mse_alpha > 0
-        mask = None if self.w.paper_compat else model_inputs.get("attention_mask")
+        # The layer term's positions: the real tokens (a causal LM: those whose next token is scored).
+        mask = None
+        if not self.w.paper_compat:
+            mask = self.kind.distilled_positions(model_inputs.get("attention_mask"), labels)
         token_index = None
         if need_states and mask is not None and mask.device.type == "cpu":
             # The layer MSE reads real tokens only, and filters are position-wise: on CPU, filter just those

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -16,6 +17,7 @@ from ted.artifacts import StageResult
 from ted.method.feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, first_token_features
 from ted.method.filters import new_filters, select_layers
 from ted.method.heads import new_heads
+from ted.method.lens import LENS, NextTokenFilterLearner, NextTokenFilterObjective, new_next_token_heads
 from ted.method.objectives import CachedFilterLearner, FilterLearner, FilterObjective
 from ted.stages.common import args_dict, start_model_stage
 from ted.stages.models import has_trained_head, num_layers
@@ -29,10 +31,14 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from ted.method.feature_cache import CachedFeatures
+    from ted.method.filters import TaskAwareFilters
     from ted.settings.options import DataArguments, FilterArguments, ModelArguments
     from ted.settings.training_args import TedTrainingArguments
 
 logger = logging.getLogger(__name__)
+
+# Tokens of the first training row on which a causal LM's lens heads are checked against its own logits.
+LENS_CHECK_TOKENS = 16
 
 
 def layer_scores(eval_metrics: dict, layers: list[int]) -> dict[str, dict[str, float]]:
@@ -41,6 +47,8 @@ def layer_scores(eval_metrics: dict, layers: list[int]) -> dict[str, dict[str, f
     for layer in layers:
         prefix = f"eval_layer{layer}_"
         scores[str(layer)] = {k[len(prefix) :]: v for k, v in eval_metrics.items() if k.startswith(prefix)}
+        if "perplexity" in scores[str(layer)]:  # a causal LM's head: its dev loss (mean next-token NLL) too
+            scores[str(layer)]["loss"] = math.log(scores[str(layer)]["perplexity"])
     return scores
 
 
@@ -98,6 +106,19 @@ def cache_affordable(
     return fits
 
 
+def next_token_learner(
+    model: PreTrainedModel, filters: TaskAwareFilters, data: TaskData, filter_args: FilterArguments
+) -> tuple[NextTokenFilterLearner, NextTokenFilterObjective]:
+    """A causal LM's Stage I: every token is a prediction, so there is nothing per example to cache and the
+    backbone runs on every batch; the lens heads are checked against the model's logits on the first train row."""
+    sample = torch.tensor([data.train[0]["input_ids"][:LENS_CHECK_TOKENS]])
+    heads = new_next_token_heads(model, filters.layers, filters.config.output_dim, filter_args.stage1_lm_head, sample)
+    if heads.config.mode == LENS and not filters.config.nonlinear:
+        filters.start_as_identity()  # from the logit lens: the last layer's filter then gives the model's logits
+    learner = NextTokenFilterLearner(model, filters, heads, backbone_mode=filter_args.stage1_backbone_mode)
+    return learner, NextTokenFilterObjective()
+
+
 def run_learn_filters(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -120,34 +141,38 @@ def run_learn_filters(
         filter_args.filter_nonlinear,
         interval=filter_args.filter_interval,
     )
-    heads = new_heads(task.head, len(layers), filters.config.output_dim, task.num_labels, model.config)
     # Every trainable parameter (filters, heads) feeds the loss: DDP need not search for unused ones.
     if training_args.ddp_find_unused_parameters is None:
         training_args = dataclasses.replace(training_args, ddp_find_unused_parameters=False)
-    collator = None
-    use_cache = (
-        filter_args.stage1_backbone_mode == "eval"
-        and task.kind.sequence_level  # span heads read every token: nothing to cache per example
-        and cache_affordable(model, data, layers, training_args)
-    )
-    if use_cache:
-        # Eval-mode backbone + heads reading token 0: compute token 0 of each selected layer once and train
-        # the filters and heads on it (see ted.method.feature_cache); same logits as the uncached eval-mode learner.
-        logger.info("Stage I with cached features: one backbone pass over %d train rows", len(data.train))
-        data = cached_data(model, data, layers, tokenizer, training_args)
-        learner = CachedFilterLearner(filters, heads)
-        collator = default_data_collator
-        if training_args.train_sampling_strategy == "group_by_length":  # cached rows have no length
-            training_args = dataclasses.replace(training_args, train_sampling_strategy="random")
+    collator, use_cache = None, False
+    if task.kind.token_labels:
+        learner, objective = next_token_learner(model, filters, data, filter_args)
     else:
-        # The paper: the frozen backbone runs on every batch (train mode: with dropout). Span heads read every
-        # token, so SQuAD always takes this path; so does an eval-mode run whose cache would not fit in memory.
-        learner = FilterLearner(model, filters, heads, backbone_mode=filter_args.stage1_backbone_mode)
+        heads = new_heads(task.head, len(layers), filters.config.output_dim, task.num_labels, model.config)
+        objective = FilterObjective(task.head)
+        use_cache = (
+            filter_args.stage1_backbone_mode == "eval"
+            and task.kind.sequence_level  # span heads read every token: nothing to cache per example
+            and cache_affordable(model, data, layers, training_args)
+        )
+        if use_cache:
+            # Eval-mode backbone + heads reading token 0: compute token 0 of each selected layer once and train the
+            # filters and heads on it (ted.method.feature_cache); same logits as the uncached eval-mode learner.
+            logger.info("Stage I with cached features: one backbone pass over %d train rows", len(data.train))
+            data = cached_data(model, data, layers, tokenizer, training_args)
+            learner = CachedFilterLearner(filters, heads)
+            collator = default_data_collator
+            if training_args.train_sampling_strategy == "group_by_length":  # cached rows have no length
+                training_args = dataclasses.replace(training_args, train_sampling_strategy="random")
+        else:
+            # The paper: the frozen backbone runs on every batch (train mode: with dropout). Span heads read every
+            # token, so SQuAD always takes this path; so does an eval-mode run whose cache would not fit in memory.
+            learner = FilterLearner(model, filters, heads, backbone_mode=filter_args.stage1_backbone_mode)
     # The paper keeps the last epoch (no selection); every epoch still scores each filter head on dev.
     trained = run_trainer(
         StageTraining(output_dir, run_args, training_args, tokenizer, task, data),
         module=learner,
-        objective=FilterObjective(task.head),
+        objective=objective,
         compute_metrics=per_filter_metrics(task, layers, data, data_args),
         selection_metric=None,
         data_collator=collator,
@@ -162,7 +187,7 @@ def run_learn_filters(
 
     def extras(folder: Path, state: dict) -> None:  # backbone.* (uncached learner only; frozen), filters.*, heads.*
         filters.save(folder, sub_state(state, "filters"))
-        heads.save(folder, sub_state(state, "heads"))
+        learner.heads.save(folder, sub_state(state, "heads"))
         artifacts.write_json(folder / artifacts.STAGE1_SCORES, scores)
 
     save_stage(trained, model=model, description=description, model_prefix="backbone", extras=extras)
