@@ -251,7 +251,8 @@ def test_paper_preset_matches_the_reference(task, tmp_path):
 
 
 def test_paper_presets_are_all_covered():
-    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted(list(GLUE_FT) + ["squad_v2"])
+    # gpt2_openwebtext (no published settings to compare with) is planned in tests/test_pipeline_lm.py.
+    assert sorted(p.stem for p in PRESETS.glob("*.yaml")) == sorted(list(GLUE_FT) + ["squad_v2", "gpt2_openwebtext"])
 
 
 # ------------------------------------------------------------------------------------------ --paper_compat

@@ -12,6 +12,7 @@ import pytest
 
 import ted
 import tiny
+from helpers import SHARED
 from ted.cli.main import main
 from ted.errors import TedInputError
 from ted.pipelines import plan
@@ -212,7 +213,19 @@ def test_lm_presets_parse_and_plan(tmp_path, monkeypatch):
     plan.check_models(cfg)
     specs = {s.role: s for s in plan.plan_seed(task, cfg, 42, tmp_path / "p" / task / "seed42")}
     assert cfg["teacher"] == "gpt2" and specs["student_init"].kwargs["num_layers"] == 6
-    assert specs["ted"].kwargs["dataset_name"] == "openwebtext"
+    assert specs["ted"].kwargs["dataset_name"] == "openwebtext" and specs["teacher"].command == "evaluate"
+    assert specs["kd"].inputs["model_name_or_path"].role == "student_init"
+    plan.validate(list(specs.values()))
+
+
+@pytest.mark.skipif(not (SHARED / "models" / "smollm2-135m-instruct-q4_1").is_dir(), reason="no shared SmolLM2")
+def test_smollm2_preset_plans_on_the_shared_assets(tmp_path, monkeypatch):
+    monkeypatch.delenv("TED_SHARED_DIR", raising=False)
+    config = str(REPO / "configs" / "lm" / "smollm2_wikitext.yaml")
+    jobs = plan.plan_jobs([config], {"output_dir": str(tmp_path)})
+    plan.validate([j.spec for j in jobs])
+    dev = (tmp_path / "causal_lm" / "data" / "dev.txt").read_text()
+    assert dev.startswith(" = ") and dev.count("\n = ") - dev.count("\n = = ") == 5  # 6 whole articles held out
 
 
 def test_bad_lm_configs_fail_before_training(run, tmp_path):
