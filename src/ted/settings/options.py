@@ -52,7 +52,10 @@ class DataArguments:
     data_dir: Optional[str] = option(
         None, help="Folder of GLUE task folders in the original TSV format (DIR/RTE/train.tsv, ...)."
     )
-    dataset_name: Optional[str] = option(None, help="Hub dataset id for GLUE tasks (default: nyu-mll/glue).")
+    dataset_name: Optional[str] = option(
+        None, help="Hub dataset id: GLUE tasks (default: nyu-mll/glue) or causal_lm text (e.g. wikitext)."
+    )
+    dataset_config_name: Optional[str] = option(None, help="causal_lm: the hub dataset's configuration, if any.")
     train_file: Optional[str] = option(None, help="CSV/TSV/JSON/JSONL training file.")
     validation_file: Optional[str] = option(None, help="CSV/TSV/JSON/JSONL dev file.")
     text_columns: Optional[list[str]] = option(
@@ -85,7 +88,7 @@ class DataArguments:
         False, help="causal_lm .txt files: every non-empty line is a document (default: blank lines separate them)."
     )
     text_column: Optional[str] = option(
-        None, help="causal_lm CSV/JSON(L) files: the column holding each document's text (default: text)."
+        None, help="causal_lm CSV/JSON(L) files or hub dataset: the column holding each document (default: text)."
     )
     prompt_column: Optional[str] = option(
         None, help="causal_lm CSV/JSON(L): prompt column; with --completion_column only completion tokens are scored."

@@ -2,10 +2,12 @@
 
 Plain text (any file that is not .csv/.tsv/.json/.jsonl, e.g. .txt or WikiText's .raw): documents are separated
 by blank lines, or one per non-empty line with `--line_by_line`. CSV/JSON(L): one document per row of
-`--text_column` (default `text`). Each document is tokenised as the tokenizer does by default minus the special
-tokens it appends (a BOS in front only where the tokenizer adds one, as `ted lm-eval` does), EOS is appended, and
-the whole split is cut into blocks of `--block_size` tokens (the last, shorter block is kept; attention crosses
-document boundaries inside a block, as in Hugging Face's run_clm). Every token of a block is a label.
+`--text_column` (default `text`), as are the rows of a hub dataset's `train` and `validation` splits
+(`--dataset_name`, tasks/lm_hub.py); blank documents are skipped. Each document is tokenised as the tokenizer
+does by default minus the special tokens it appends (a BOS in front only where the tokenizer adds one, as
+`ted lm-eval` does), EOS is appended, and the whole split is cut into blocks of `--block_size` tokens (the last,
+shorter block is kept; attention crosses document boundaries inside a block, as in Hugging Face's run_clm).
+Every token of a block is a label.
 
 With `--prompt_column/--completion_column` every row is one example, padded rather than packed: prompt and
 completion are tokenised separately and joined (put any separator in the text), EOS ends the completion, and
@@ -19,6 +21,7 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -178,10 +181,27 @@ def pack(documents: list[list[int]], block_size: int, limit: Optional[int] = Non
     return blocks[:limit] if limit is not None else blocks
 
 
-def packed_rows(texts: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, limit: Optional[int]) -> dict:
+def packed_blocks(
+    batches: Iterable[list[str]], tokenizer: PreTrainedTokenizerBase, block_size: int, limit: Optional[int]
+) -> datasets.Dataset:
+    """`pack` of the documents (blank ones skipped), each as BOS? + tokens + EOS, in a datasets.Dataset. The stream
+    is kept as one int64 array, not Python lists, and with `limit` only the documents that fill it are encoded."""
+    import datasets
+    import pyarrow as pa
+
     bos, eos = _bos(tokenizer), _eos(tokenizer)
-    docs = [bos + ids + [eos] for ids in _encode(tokenizer, texts)]
-    return {"input_ids": pack(docs, block_size, limit)}
+    need = None if limit is None else limit * block_size
+    pieces, total = [np.zeros(0, dtype=np.int64)], 0
+    for texts in batches:
+        docs = _encode(tokenizer, [text for text in texts if text.strip()])
+        pieces.append(np.fromiter((t for ids in docs for t in (*bos, *ids, eos)), dtype=np.int64))
+        total += len(pieces[-1])
+        if need is not None and total >= need:
+            break  # the rest is not read
+    stream = np.concatenate(pieces)[:need]
+    offsets = np.append(np.arange(0, len(stream), block_size), len(stream)).astype(np.int32)
+    blocks = pa.ListArray.from_arrays(pa.array(offsets), pa.array(stream))
+    return datasets.Dataset(datasets.table.InMemoryTable(pa.table({"input_ids": blocks})))
 
 
 def completion_rows(
@@ -213,7 +233,7 @@ def _split(
         return datasets.Dataset.from_dict(_chats(path, flag, data_args, tokenizer, block, limit))
     texts, completions = _read(path, flag, data_args)
     if completions is None:
-        return datasets.Dataset.from_dict(packed_rows(texts, tokenizer, block, limit))
+        return packed_blocks((texts[i : i + 1000] for i in range(0, len(texts), 1000)), tokenizer, block, limit)
     if limit is not None:
         texts, completions = texts[:limit], completions[:limit]
     return datasets.Dataset.from_dict(completion_rows(texts, completions, tokenizer, block, f"{flag} {path}"))
@@ -235,8 +255,13 @@ def _chats(
 
 
 def load_causal_lm_data(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> tuple[Task, TaskData]:
-    if data_args.data_dir or data_args.dataset_name:
-        raise TedInputError("causal_lm data comes from --train_file/--validation_file (hub datasets: not yet).")
+    from ted.tasks.lm_hub import check_hub_request, hub_data
+
+    if data_args.data_dir:
+        raise TedInputError("causal_lm reads --train_file/--validation_file or --dataset_name, not --data_dir.")
+    check_hub_request(data_args)
+    if data_args.dataset_name:
+        return causal_lm_task(), hub_data(data_args, tokenizer)
     dev_path = _check_path(data_args.validation_file, "--validation_file")
     train_path = _check_path(data_args.train_file, "--train_file") if data_args.train_file else None
     dev = _split(dev_path, "--validation_file", data_args, tokenizer, data_args.max_eval_samples)

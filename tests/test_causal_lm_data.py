@@ -1,0 +1,172 @@
+"""Hub datasets for `--task_name causal_lm` (`--dataset_name`, `--dataset_config_name`): the splits, the text
+column, EOS after each document and packing, equal to the same rows read from local files; the clear errors.
+
+The hub is unreachable here: `datasets.load_dataset` reads a local folder given as --dataset_name (train.jsonl and
+validation.jsonl), which is the same code path as a hub id, or is replaced by a stand-in that records its call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ted.cli.main import main
+from ted.errors import TedInputError
+from ted.tasks import load_task
+from ted.tasks.causal_lm import packed_blocks
+from test_causal_lm import data_args, decoder_tokenizer, lm_flags, sentences, write_decoder
+
+DOCS = sentences(9, seed=5)
+
+
+def write_rows(path: Path, rows: list[str], column: str = "text") -> Path:
+    path.write_text("".join(json.dumps({"id": i, column: r}) + "\n" for i, r in enumerate(rows)))
+    return path
+
+
+def hub_folder(tmp_path: Path, splits=("train", "validation"), column: str = "text") -> Path:
+    """A dataset folder `datasets.load_dataset` reads like a hub dataset: one JSONL file per split."""
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    for i, split in enumerate(splits):
+        write_rows(folder / f"{split}.jsonl", DOCS[i::2] + ["", "  "], column)  # blank rows make no document
+    return folder
+
+
+def hand_blocks(tok, docs: list[str], size: int) -> list[list[int]]:
+    """BOS where the tokenizer adds one, the tokens, EOS; all documents in one stream cut every `size` tokens."""
+    stream = [t for d in docs if d.strip() for t in tok(d)["input_ids"] + [tok.eos_token_id]]
+    return [stream[i : i + size] for i in range(0, len(stream), size)]
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_hub_splits_are_packed_like_the_same_rows_in_files(tmp_path, bos):
+    tok = decoder_tokenizer(bos=bos)
+    folder = hub_folder(tmp_path)
+    _, hub = load_task(data_args(dataset_name=str(folder), block_size=8), tok)
+    train_rows, dev_rows = DOCS[0::2] + ["", "  "], DOCS[1::2] + ["", "  "]
+    assert hub.train["input_ids"] == hand_blocks(tok, train_rows, 8)
+    assert hub.eval_sets["validation"]["input_ids"] == hand_blocks(tok, dev_rows, 8)
+    if bos:
+        assert hub.train["input_ids"][0][0] == tok.bos_token_id
+    files = data_args(
+        train_file=str(write_rows(tmp_path / "t.jsonl", train_rows)),
+        validation_file=str(write_rows(tmp_path / "d.jsonl", dev_rows)),
+        block_size=8,
+    )
+    _, local = load_task(files, tok)
+    assert local.train["input_ids"] == hub.train["input_ids"]
+    assert local.eval_sets["validation"]["input_ids"] == hub.eval_sets["validation"]["input_ids"]
+    assert local.train.features == hub.train.features
+
+
+def test_text_column_and_max_samples(tmp_path):
+    tok = decoder_tokenizer()
+    folder = hub_folder(tmp_path, column="body")
+    args = data_args(dataset_name=str(folder), text_column="body", block_size=4, max_train_samples=3)
+    _, data = load_task(args, tok)
+    assert data.train["input_ids"] == hand_blocks(tok, DOCS[0::2], 4)[:3]
+    with pytest.raises(TedInputError, match=r"no column 'text' \(--text_column\); its columns: \['id', 'body'\]"):
+        load_task(data_args(dataset_name=str(folder)), tok)
+
+
+def test_a_limit_reads_only_the_documents_that_fill_it():
+    tok = decoder_tokenizer()
+
+    def batches():
+        yield ["good movie . bad plot", "the film"]  # 7 tokens with their EOS
+        yield ["a film"]
+        raise AssertionError("read past the blocks asked for")
+
+    blocks = packed_blocks(batches(), tok, 4, limit=2)
+    assert blocks["input_ids"] == hand_blocks(tok, ["good movie . bad plot", "the film", "a film"], 4)[:2]
+
+
+class FakeHub:
+    """`datasets.load_dataset` as a hub with one dataset: WikiText-like rows (lines, blank ones included)."""
+
+    def __init__(self, splits: dict[str, list[str]]):
+        self.splits, self.calls = splits, []
+
+    def __call__(self, name, config=None, **kwargs):
+        import datasets
+
+        self.calls.append((name, config, kwargs))
+        return datasets.DatasetDict({k: datasets.Dataset.from_dict({"text": v}) for k, v in self.splits.items()})
+
+
+def test_name_and_configuration_go_to_load_dataset(monkeypatch):
+    import datasets
+
+    lines = [" = Title = \n", "", " good movie . \n", "", " bad plot \n"]
+    hub = FakeHub({"train": lines, "validation": lines[2:], "test": lines})
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    tok = decoder_tokenizer()
+    args = data_args(dataset_name="wikitext", dataset_config_name="wikitext-103-raw-v1", block_size=64)
+    _, data = load_task(args, tok)
+    assert hub.calls == [("wikitext", "wikitext-103-raw-v1", {})]
+    # Each non-blank row (a WikiText line) is one document with its EOS.
+    words = tok.convert_ids_to_tokens(data.eval_sets["validation"]["input_ids"][0])
+    assert " ".join(words) == "good movie . </s> bad plot </s>"
+    assert [len(block) for block in data.train["input_ids"]] == [4 + 4 + 3]  # 3 rows: their tokens and EOS
+
+
+@pytest.mark.parametrize(
+    ("extra", "splits", "words"),
+    [
+        ({"train_file": "t.txt"}, None, "so --train_file (for local files) cannot go with it"),
+        ({"validation_file": "d.txt"}, None, "--validation_file (for local files) cannot go with it"),
+        ({"prompt_column": "q", "completion_column": "a"}, None, "--prompt_column, --completion_column"),
+        ({"dataset_name": None, "dataset_config_name": "x"}, None, "--dataset_config_name names a configuration"),
+        ({}, {"train": ["a"], "test": ["b"]}, "has no 'validation' split (its splits: train, test)"),
+        ({}, {"train": ["a"], "validation": [" ", ""]}, "the 'validation' split holds no text"),
+    ],
+)
+def test_bad_hub_requests_are_one_line(monkeypatch, extra, splits, words):
+    import datasets
+
+    hub = FakeHub(splits or {"train": ["a"], "validation": ["b"]})
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    with pytest.raises(TedInputError) as err:
+        load_task(data_args(**{"dataset_name": "wikitext", "block_size": 8, **extra}), decoder_tokenizer())
+    assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert splits is not None or not hub.calls  # option conflicts are refused before anything loads
+
+
+def test_an_unreachable_hub_says_so_in_one_line(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(TedInputError, match=r"Could not load the hub dataset 'wikitext' \(configuration 'w2'\): "):
+        load_task(data_args(dataset_name="wikitext", dataset_config_name="w2"), decoder_tokenizer())
+
+
+def test_evaluate_by_cli_scores_the_hub_validation_split_as_the_file(tmp_path):
+    model = write_decoder(tmp_path / "m", "gpt2")
+    folder = hub_folder(tmp_path)
+    dev = write_rows(tmp_path / "d.jsonl", DOCS[1::2])
+    scores = []
+    for source in (["--dataset_name", folder], ["--validation_file", dev]):
+        out = tmp_path / f"out{len(scores)}"
+        flags = ["--task_name", "causal_lm", *source, "--block_size", 8, "--output_dir", out, "--disable_tqdm", True]
+        assert main(["evaluate", "--model_name_or_path", str(model), *map(str, flags)]) == 0
+        scores.append(json.loads((out / "eval_results.json").read_text()))
+    assert scores[0]["eval_tokens"] == scores[1]["eval_tokens"] > 0
+    assert scores[0]["eval_perplexity"] == pytest.approx(scores[1]["eval_perplexity"], rel=1e-6)
+
+
+def test_finetune_by_cli_trains_on_the_hub_train_split(tmp_path, capsys):
+    model = write_decoder(tmp_path / "m", "gpt2")
+    folder = hub_folder(tmp_path)
+    flags = lm_flags(Path("t"), Path("d"))
+    del flags[flags.index("--train_file") : flags.index("--train_file") + 2]
+    del flags[flags.index("--validation_file") : flags.index("--validation_file") + 2]
+    out = tmp_path / "out"
+    argv = ["finetune", "--model_name_or_path", str(model), "--output_dir", str(out), "--dataset_name", str(folder)]
+    assert main([*argv, *map(str, flags), "--max_steps", "1"]) == 0, capsys.readouterr().err
+    info = json.loads((out / "ted_stage.json").read_text())
+    assert info["args"]["dataset_name"] == str(folder)
