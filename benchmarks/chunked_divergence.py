@@ -2,13 +2,16 @@
 
     python benchmarks/chunked_divergence.py                          # B=4, T=512, V=49,152 (SmolLM2), forward_kl
     python benchmarks/chunked_divergence.py --vocab 151936 --length 256 --divergence jsd:0.5 --json out.json
+    python benchmarks/chunked_divergence.py --logits FILE.pt    # real logits (benchmarks/run.py --kind causal_lm)
 
 Each configuration runs in a fresh process: its student logits (a leaf, as a model's output would be, so the
-gradient w.r.t. them is part of both) and teacher logits are made first, then the term's forward+backward runs
-once. Extra peak memory = the process's peak minus what it held after making the inputs: on CPU peak RSS
-(`ru_maxrss`) minus RSS (psutil); on CUDA `max_memory_allocated` minus `memory_allocated`. Time: a third
-process alternates dense and chunked for `--rounds` rounds (so load changes hit both alike), medians.
-The last line of stdout is one JSON object with both configurations and the ratios.
+gradient w.r.t. them is part of both) and teacher logits are made first (random, or read from `--logits`: a
+`torch.save`d dict of `student` and `teacher` [B, T, V] logits and a [B, T] `mask` of the scored positions), then
+the term's forward+backward runs once. Extra peak memory = the process's peak minus what it held after making
+the inputs: on CPU peak RSS minus RSS (psutil), the peak reset after the inputs are made where Linux allows it
+(/proc/self/clear_refs; else `ru_maxrss`, the process's lifetime peak); on CUDA `max_memory_allocated` minus
+`memory_allocated`. Time: a third process alternates dense and chunked for `--rounds` rounds (so load changes
+hit both alike), medians. The last line of stdout is one JSON object with both configurations and the ratios.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_measure import reset_rss_peak, rss_peak_kb
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -42,16 +47,10 @@ def measure(args: argparse.Namespace) -> dict:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    generator = torch.Generator(device=device).manual_seed(0)
-    shape = (args.batch, args.length, args.vocab)
-    # Made in place (no temporaries), so the peak before the term is exactly the inputs.
-    student = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 2.0, generator=generator)
-    teacher = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 2.0, generator=generator)
-    student.requires_grad_(True)
-    mask = torch.ones(shape[:-1], dtype=torch.long, device=device)
+    student, teacher, mask = make_inputs(args, device, getattr(torch, args.dtype))
+    shape = tuple(student.shape)
     divergence = DIVERGENCES.resolve(args.divergence)
-    chunk_tokens = args.chunk_tokens or default_chunk_tokens(args.vocab)
+    chunk_tokens = args.chunk_tokens or default_chunk_tokens(shape[-1])
     terms = {
         "dense": lambda s, t, m: divergence(s, t, args.temperature, m),
         "chunked": lambda s, t, m: chunked(divergence, s, t, args.temperature, m, chunk_tokens),
@@ -78,6 +77,7 @@ def measure(args: argparse.Namespace) -> dict:
     del small
     sync()
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    result.update(shape=list(shape), scored_positions=int(mask.ne(0).sum()))
     if args.worker != "dense":
         result["chunk_tokens"] = chunk_tokens
     if args.worker == "time":
@@ -94,12 +94,13 @@ def measure(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
+        reset = reset_rss_peak()  # reading --logits may have peaked above what the inputs hold now
         before = psutil.Process().memory_info().rss
     seconds, value = run(args.worker)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+        peak = rss_peak_kb() * 1024 if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     gradient = student.numel() * student.element_size()
     return {
         **result,
@@ -110,6 +111,28 @@ def measure(args: argparse.Namespace) -> dict:
         "seconds": round(seconds, 3),
         "value": value,
     }
+
+
+def make_inputs(args: argparse.Namespace, device, dtype) -> tuple:
+    """(student logits as a leaf that requires grad, teacher logits, mask of scored positions)."""
+    import torch
+
+    if args.logits:
+        saved = torch.load(args.logits, map_location=device)
+        student, teacher = (saved[name].to(dtype) for name in ("student", "teacher"))
+        mask = saved["mask"].to(torch.long)
+        if student.shape != teacher.shape or mask.shape != student.shape[:-1]:
+            sys.exit(f"{args.logits}: student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and mask "
+                     f"{tuple(mask.shape)} logits must be [B, T, V], [B, T, V] and [B, T].")  # fmt: skip
+        del saved
+        return student.requires_grad_(True), teacher, mask
+    generator = torch.Generator(device=device).manual_seed(0)
+    shape = (args.batch, args.length, args.vocab)
+    # Made in place (no temporaries), so the peak before the term is exactly the inputs.
+    student = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 2.0, generator=generator)
+    teacher = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 2.0, generator=generator)
+    mask = torch.ones(shape[:-1], dtype=torch.long, device=device)
+    return student.requires_grad_(True), teacher, mask
 
 
 def main() -> None:
@@ -124,6 +147,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA where there is one), cpu, cuda")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds of both")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--logits", default=None, help="real logits to use instead of random ones (see above)")
     parser.add_argument("--json", default=None, help="also write the result here")
     parser.add_argument("--worker", choices=["dense", "chunked", "time"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -141,7 +165,8 @@ def main() -> None:
         print(f"{worker}: {results[worker]}", file=sys.stderr)
     dense, chunk, timing = results["dense"], results["chunked"], results["time"]
     out = {
-        "shape": [args.batch, args.length, args.vocab],
+        "shape": dense["shape"],
+        "scored_positions": dense["scored_positions"],
         "divergence": args.divergence,
         "dtype": args.dtype,
         "memory_ratio_dense_over_chunked": round(dense["extra_peak_mb"] / max(chunk["extra_peak_mb"], 1e-9), 2),
