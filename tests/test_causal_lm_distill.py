@@ -66,8 +66,9 @@ def test_distill_by_cli_writes_a_stock_causal_lm_and_keeps_the_lowest_perplexity
     assert model.config.num_hidden_layers == 1 if arch == "llama" else model.config.n_layer == 1
     stage = json.loads((out / "ted_stage.json").read_text())
     assert stage["method"] == method and stage["task"]["head"] == "causal_lm"
-    refusal = get_kind("causal_lm").teacher_cache_refusal  # auto: the teacher runs online, the reason recorded
-    assert stage["teacher_cache"] == {"used": False, "reason": refusal}
+    cache = stage["teacher_cache"]  # auto over 4 epochs: the teacher's top-k (and LWD's states) stored once
+    stored = {"topk_logprobs", "topk_ids"} | ({"states"} if method == "lwd" else set())
+    assert cache["used"] and set(cache["entries"]) == stored
     assert stage["lineage"]["layer_pairs"] == ([[0, 1]] if method == "lwd" else [])
     assert (out / "filters.safetensors").is_file() == (method == "lwd")  # LWD's projector, beside the model
 
@@ -152,10 +153,10 @@ def test_teacher_cache_dir_is_refused_before_the_model_loads(tmp_path, capsys, m
     out = tmp_path / "out"
     argv = ["distill", "--model_name_or_path", student, "--teacher_model_name_or_path", teacher,
             "--output_dir", out, "--method", "kd", "--kl_alpha", 1, "--teacher_cache", tmp_path / "cache",
-            *lm_flags(train, dev)]  # fmt: skip
+            "--kd_loss", "reverse_kl", *lm_flags(train, dev)]  # fmt: skip
     assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "causal-LM teachers are not cached yet" in err and len(err.splitlines()) == 1, err
+    err = capsys.readouterr().err.strip()  # the top-k cache gives the teacher's other tokens probability 0
+    assert "--kd_loss reverse_kl cannot be computed" in err and len(err.splitlines()) == 1, err
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 

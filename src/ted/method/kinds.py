@@ -60,6 +60,9 @@ class HeadKind:
     token_labels = False
     # Why Stage II's teacher cache cannot store this kind's teacher signal yet (None: it can).
     teacher_cache_refusal: Optional[str] = None
+    # How the teacher cache stores this kind's logits: "full" (all of them) or "topk" (a vocabulary: the top-k
+    # next-token log-probabilities per position, ted.method.teacher_cache.topk).
+    teacher_cache_logits = "full"
 
     def has_trained_head(self, architectures: Optional[list[str]]) -> bool:
         """Whether a saved model (its config's `architectures`) carries a trained head of this kind, rather than
@@ -224,7 +227,7 @@ class CausalLMKind(HeadKind):
     default_selection_metric = "perplexity"
     greater_is_better = False
     token_labels = True
-    teacher_cache_refusal = "causal-LM teachers are not cached yet (their top-k next-token logits are future work)"
+    teacher_cache_logits = "topk"
 
     def num_labels(self, label_list: Optional[list[str]]) -> int:
         return 0  # the vocabulary is the output; no label head is built

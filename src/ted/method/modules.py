@@ -16,6 +16,7 @@ from torch import nn
 from ted.method.filters import TaskAwareFilters
 from ted.method.heads import StageOneHeads
 from ted.method.kinds import get_kind
+from ted.method.layer_hooks import LayerTaps
 from ted.method.teacher_cache.collate import strip_batch_keys
 from ted.method.tied import TiedWeights
 
@@ -131,6 +132,9 @@ class Teacher:
         self.layers = layers
         self.head = head
         self.kind = get_kind(head)
+        # The selected layers (and the filters' own) by forward hooks: not every layer's hidden state at once.
+        tapped = set(layers) | set(self.filters.layers if self.filters is not None else [])
+        self.taps = LayerTaps(self.model, sorted(tapped))
         # Set by TedTrainer from --bf16 / --fp16: the teacher is not prepared by accelerate, so it would
         # otherwise run in full precision while the student runs under autocast.
         self.autocast_dtype: Optional[torch.dtype] = None
@@ -153,11 +157,10 @@ class Teacher:
     ) -> tuple[Predictions, Optional[list[torch.Tensor]]]:
         # Only what the loss reads: logits, and the selected layers (filtered) when there is a layer term.
         with torch.inference_mode(), self.autocast():
-            outputs = self.model(**inputs, output_hidden_states=with_states)
+            outputs, hidden = self.taps(inputs) if with_states else (self.model(**inputs), None)
             preds = self.kind.predictions(outputs)
             states = None
             if with_states:
-                hidden = outputs.hidden_states
                 if token_index is not None:
                     hidden = real_tokens(hidden, self.layers, token_index)
                 states = self.filters(hidden) if self.filters is not None else [hidden[i + 1] for i in self.layers]

@@ -130,11 +130,9 @@ def _check_teacher_cache(values: Mapping[str, Any]) -> None:
         _fail("teacher_cache_dtype", "one of " + ", ".join(TEACHER_CACHE_DTYPES), dtype)
     if values.get("teacher_cache_max_gb") is not None and not values["teacher_cache_max_gb"] > 0:
         _fail("teacher_cache_max_gb", "a positive number of GB", values["teacher_cache_max_gb"])
-    if values.get("teacher_cache_topk") is not None:
-        raise TedInputError(
-            "--teacher_cache_topk caches a causal language model's top-k next-token probabilities, and ted has no "
-            "causal-LM task yet; remove it (classification, regression and SQuAD caches are exact without it)."
-        )
+    topk = values.get("teacher_cache_topk")
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+        _fail("teacher_cache_topk", "a positive whole number of tokens", topk)
     if option in (None, "auto", "off"):
         return
     folder = Path(str(option)).expanduser()

@@ -167,15 +167,18 @@ class DistillArguments:
     )
     teacher_cache_dtype: str = option(
         "auto",
-        help="auto | float32 | float16 | bfloat16: how cached layer states are stored (auto: the run's "
-        "precision, so a float32 run reproduces the online teacher exactly). Logits are always float32.",
+        help="auto | float32 | float16 | bfloat16: how cached layer states (and a causal LM's top-k "
+        "log-probabilities) are stored (auto: the run's precision, so a float32 run reproduces the online teacher "
+        "exactly). Other logits are always float32.",
     )
     teacher_cache_max_gb: Optional[float] = option(
         None, help="Budget of --teacher_cache auto in GB (default: half of the free disk where it goes)."
     )
     teacher_cache_topk: Optional[int] = option(
         None,
-        help="Reserved for causal-LM teachers (top-k next-token log-probabilities + tail mass); not available yet.",
+        help="Causal-LM teachers: how many next-token log-probabilities (and their token ids) the cache keeps per "
+        "scored token (default 64, at most the vocabulary). The KD term then renormalises the teacher over those "
+        "k tokens (equal to the full term when k is the vocabulary size); see docs/teacher-cache.md.",
     )
     paper_compat: bool = option(
         False,

@@ -5,9 +5,12 @@ deterministic function of (teacher weights, filters, the tokenized example, the 
 inference-mode pass over the training set (batches sorted by length) stores it per example:
 
 * `logits`: classification / regression logits [N, C]; SQuAD start/end logits at each window's real tokens;
-* `states`: the selected layers at each example's real tokens, through the teacher's filters (TED) or raw (LWD).
+* `topk_logprobs` + `topk_ids`: a causal LM's k most likely next tokens and their log-probabilities at every
+  scored position (a full [T, V] row per token would be far too large; `topk`);
+* `states`: the selected layers at each example's distilled positions (real tokens; a causal LM's scored ones),
+  through the teacher's filters (TED) or raw (LWD).
 
-Token-level arrays are ragged: one flat array [all real tokens, ...] and `offsets` [N + 1]. Every array is
+Token-level arrays are ragged: one flat array [all stored positions, ...] and `offsets` [N + 1]. Every array is
 a `.npy` file read memory-mapped, so every process reads one copy in the page cache, and the gather per
 batch runs in the DataLoader workers (`CachedSignalCollator`): shuffling, dynamic padding, length grouping
 and several processes read the same rows unchanged. An entry lives in `ROOT/<component>-<key>/`, where the
@@ -16,12 +19,12 @@ key hashes the teacher's weights and config, its filters, the layers, the tokeni
 the compute precision and the stored dtype: any change reads another folder, never a stale one. Folders are
 built under `.<name>.building` and renamed into place with their manifest written last.
 
-Causal-LM teachers (future): a third component, `topk` (the top-k next-token log-probabilities per position
-plus the tail mass, `--teacher_cache_topk K`), plugs in as another `Component`. Until then `auto` runs a
-causal-LM teacher online with the reason recorded, an explicit DIR is refused before any model loads
-(`kind_conflict`), and --teacher_cache_topk is refused (`check_values` in ted.settings).
+A causal LM's KD term read from the top-k cache renormalises the teacher over its k tokens (see `topk`, which
+also says which --kd_loss divergences it serves); its positions depend on the labels, so it is built through the
+run's collator.
 
-Modules: `identity` (content hashes), `plan` (components, keys, dtypes), `policy` (auto / off / DIR, budgets),
+Modules: `identity` (content hashes), `plan` (components, keys, dtypes), `topk` (the causal-LM part),
+`policy` (auto / off / DIR, budgets),
 `store` (the on-disk format and its reader), `builder` (the teacher pass that fills it), `collate` (the
 collator and teacher seam that read it in training), `wiring` (Stage II's entry: `prepare`, `remove_root`).
 This package re-exports their public names, so `from ted.method import teacher_cache` reads as before.
@@ -35,6 +38,8 @@ from ted.method.teacher_cache.collate import (
     EXAMPLE_INDEX,
     LOGITS_KEY,
     STATES_KEY,
+    TOPK_IDS_KEY,
+    TOPK_VALUES_KEY,
     CachedSignalCollator,
     CachedTeacher,
     scatter_tokens,
@@ -62,11 +67,13 @@ from ted.method.teacher_cache.policy import (
     shared_root,
 )
 from ted.method.teacher_cache.store import MANIFEST, Store, is_complete, read_manifest
+from ted.method.teacher_cache.topk import DEFAULT_TOPK, dense_teacher, divergence_conflict, top_log_probs
 from ted.method.teacher_cache.wiring import ROOT_MARKER, Setup, default_root, prepare, remove_root
 
 __all__ = [
     "AUTO_DISK_FRACTION",
     "BATCH_KEYS",
+    "DEFAULT_TOPK",
     "DTYPES",
     "DTYPE_CHOICES",
     "EXAMPLE_INDEX",
@@ -76,6 +83,8 @@ __all__ = [
     "MANIFEST",
     "ROOT_MARKER",
     "STATES_KEY",
+    "TOPK_IDS_KEY",
+    "TOPK_VALUES_KEY",
     "CachedSignalCollator",
     "CachedTeacher",
     "Component",
@@ -87,6 +96,8 @@ __all__ = [
     "compute_dtype",
     "decide",
     "default_root",
+    "dense_teacher",
+    "divergence_conflict",
     "epochs_of",
     "free_disk_bytes",
     "kind_conflict",
@@ -103,4 +114,5 @@ __all__ = [
     "scatter_tokens",
     "shared_root",
     "strip_batch_keys",
+    "top_log_probs",
 ]

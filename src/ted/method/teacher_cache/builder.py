@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -16,12 +17,21 @@ from ted.method.frozen_pass import padded_batches, process_share
 from ted.method.teacher_cache.identity import real_lengths
 from ted.method.teacher_cache.plan import DTYPES, Component
 from ted.method.teacher_cache.store import finish_folder, is_complete, start_folder
+from ted.method.teacher_cache.topk import (
+    TOPK_IDS,
+    TOPK_VALUES,
+    collated_batches,
+    distilled_mask,
+    position_counts,
+    top_log_probs,
+)
 
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedTokenizerBase
 
     from ted.method.modules import Teacher
+    from ted.method.teacher_cache.collate import Collator
 
 T = TypeVar("T")
 
@@ -50,9 +60,12 @@ def build(
     tokenizer: PreTrainedTokenizerBase,
     device: torch.device,
     batch_size: int = 64,
+    collator: Optional[Collator] = None,
 ) -> dict[str, Any]:
     """Compute and store the missing components (each process a share of the batches); returns what was done.
 
+    `collator`: the run's, for a kind whose labels decide the stored positions (a causal LM); batches are then
+    padded exactly as in training. Without it the tokenizer pads the model inputs alone.
     Process 0 holds a lock on ROOT while building: another run building into the same folder waits, then finds
     the entries complete (a killed build holds no lock, so its `.building` folder is safely started again)."""
     rank, _ = process_share()
@@ -64,7 +77,7 @@ def build(
         report = {"built": [c.name for c in missing], "build_seconds": 0.0}
         if missing:
             start = time.perf_counter()
-            _build_missing(root, missing, teacher, dataset, tokenizer, device, batch_size)
+            _build_missing(root, missing, teacher, dataset, tokenizer, device, batch_size, collator)
             report["build_seconds"] = round(time.perf_counter() - start, 3)
     return report
 
@@ -77,9 +90,10 @@ def _build_missing(
     tokenizer: PreTrainedTokenizerBase,
     device: torch.device,
     batch_size: int,
+    collator: Optional[Collator] = None,
 ) -> None:
     rank, world = process_share()
-    lengths = real_lengths(dataset)
+    lengths = stored_lengths(dataset, teacher, collator)
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     tmps = {c.name: root / f".{c.folder_name}.building" for c in missing}
@@ -88,7 +102,12 @@ def _build_missing(
             start_folder(tmps[c.name], c, len(lengths), int(offsets[-1]), offsets)
     barrier()
     arrays = {c.name: np.load(tmps[c.name] / "values.npy", mmap_mode="r+") for c in missing}
-    _fill(arrays, missing, teacher, dataset, tokenizer, device, batch_size, offsets, rank, world)
+    teacher.to(device)
+    if collator is not None:
+        batches = collated_batches(dataset, collator, device, batch_size, rank, world)
+    else:
+        batches = padded_batches(dataset, tokenizer, device, batch_size, rank, world)
+    _fill(arrays, missing, teacher, batches, offsets)
     for array in arrays.values():
         array.flush()
     del arrays
@@ -99,28 +118,33 @@ def _build_missing(
     barrier()
 
 
+def stored_lengths(dataset: datasets.Dataset, teacher: Teacher, collator: Optional[Collator]) -> np.ndarray:
+    """Per row, the positions a per-token component stores: the kind's distilled positions (through the run's
+    collator when it is given: a causal LM's scored next tokens), else the real tokens."""
+    return real_lengths(dataset) if collator is None else position_counts(dataset, teacher.kind, collator)
+
+
 def _fill(
     arrays: dict[str, np.ndarray],
     components: list[Component],
     teacher: Teacher,
-    dataset: datasets.Dataset,
-    tokenizer: PreTrainedTokenizerBase,
-    device: torch.device,
-    batch_size: int,
+    batches: Iterator[tuple[list[int], dict[str, torch.Tensor]]],
     offsets: np.ndarray,
-    rank: int,
-    world: int,
 ) -> None:
-    """One inference-mode pass, batches sorted by length; process `rank` computes every `world`-th batch."""
+    """One inference-mode pass over this process's share of the length-sorted batches."""
     from ted.method.objectives import stack_predictions  # objectives imports the cache's batch keys
 
     need_states = any(c.name == "states" for c in components)
     store = {c.name: c for c in components}
-    teacher.to(device)
-    for index, batch in padded_batches(dataset, tokenizer, device, batch_size, rank, world):
-        mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
-        token_index = mask.flatten().nonzero().squeeze(1)
-        preds, states = teacher(batch, with_states=need_states, token_index=token_index)
+    for index, batch in batches:
+        positions = distilled_mask(teacher.kind, batch)
+        token_index = positions.flatten().nonzero().squeeze(1)
+        inputs, _ = teacher.kind.split_labels(batch)
+        preds, states = teacher(inputs, with_states=need_states, token_index=token_index)
+        if TOPK_VALUES in store:  # [B, T, V] -> the top k at the stored positions, flat
+            values, ids = top_log_probs(preds.flatten(0, 1), token_index, store[TOPK_IDS].row_shape[0])
+            _write(arrays[TOPK_VALUES], store[TOPK_VALUES], values, index, offsets)
+            _write(arrays[TOPK_IDS], store[TOPK_IDS], ids, index, offsets)
         if "logits" in store:
             preds = stack_predictions(teacher.head, preds)
             if store["logits"].per_token:  # [B, T, 2] -> the real tokens, flat

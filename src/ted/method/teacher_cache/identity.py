@@ -67,6 +67,16 @@ def inputs_identity(dataset: datasets.Dataset) -> str:
     return h.hexdigest()[:24]
 
 
+def labels_identity(dataset: datasets.Dataset) -> Optional[str]:
+    """Content hash of per-token labels (a causal LM's -100 marks decide which positions are stored), or None."""
+    if "labels" not in dataset.column_names:
+        return None
+    h = hashlib.sha256(b"labels")
+    for array in _column_arrays(dataset, "labels"):
+        h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return h.hexdigest()[:24]
+
+
 def real_lengths(dataset: datasets.Dataset) -> np.ndarray:
     """Real tokens per row: the row's own attention mask (padding when --pad_to_max_length), else its length."""
     column = "attention_mask" if "attention_mask" in dataset.column_names else "input_ids"

@@ -14,6 +14,7 @@ from ted.errors import TedInputError
 from ted.method.kinds import get_kind
 from ted.method.teacher_cache.plan import Component
 from ted.method.teacher_cache.store import is_complete
+from ted.method.teacher_cache.topk import check_topk_option, divergence_conflict
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
@@ -61,9 +62,15 @@ def epochs_of(training_args: TrainingArguments, batches_per_epoch: int) -> float
     return float(training_args.num_train_epochs)
 
 
-def kind_conflict(head: str) -> Optional[str]:
-    """Why the cache cannot store the teacher signal of this head kind (causal LMs, for now), or None."""
-    return get_kind(head).teacher_cache_refusal
+def kind_conflict(head: str, kd_loss: Optional[str] = None, kl_alpha: float = 0.0) -> Optional[str]:
+    """Why the cache cannot store the teacher signal of this head kind, or None: the kind's own refusal, or a
+    --kd_loss that a causal LM's top-k cache cannot serve (it gives the teacher's other tokens probability 0)."""
+    kind = get_kind(head)
+    if kind.teacher_cache_refusal:
+        return kind.teacher_cache_refusal
+    if kind.teacher_cache_logits == "topk" and kl_alpha > 0:
+        return divergence_conflict(kd_loss)
+    return None
 
 
 def paper_compat_conflict(head: str, paper_compat: bool, need_states: bool, need_logits: bool) -> Optional[str]:
@@ -80,9 +87,20 @@ def paper_compat_conflict(head: str, paper_compat: bool, need_states: bool, need
     return None
 
 
-def check_before_loading(option: str, head: str, paper_compat: bool, kl_alpha: float, mse_alpha: float) -> None:
-    """An explicit DIR that --paper_compat or the task's kind cannot use is refused before any model loads."""
-    conflict = kind_conflict(head) or paper_compat_conflict(head, paper_compat, mse_alpha > 0, kl_alpha > 0)
+def check_before_loading(
+    option: str,
+    head: str,
+    paper_compat: bool,
+    kl_alpha: float,
+    mse_alpha: float,
+    kd_loss: Optional[str] = None,
+    topk: Optional[int] = None,
+) -> None:
+    """An explicit DIR that --paper_compat, the task's kind or its --kd_loss cannot use is refused before any model
+    loads, and so is --teacher_cache_topk for a teacher whose output is not a vocabulary."""
+    check_topk_option(topk, get_kind(head))
+    conflict = kind_conflict(head, kd_loss, kl_alpha)
+    conflict = conflict or paper_compat_conflict(head, paper_compat, mse_alpha > 0, kl_alpha > 0)
     if option not in ("auto", "off") and conflict:
         raise TedInputError(f"--teacher_cache {option}: {conflict}. Use --teacher_cache off (or auto).")
 
@@ -106,7 +124,7 @@ def decide(
     explicit = option != "auto"
     root = Path(option) if explicit else Path(pipeline_root() or default_root)
     nbytes = sum(c.nbytes(rows, tokens) for c in components)
-    size = f"{nbytes / 1e9:.3f} GB ({rows} examples, {tokens} real tokens)"
+    size = f"{nbytes / 1e9:.3f} GB ({rows} examples, {tokens} stored token positions)"
     if conflict:
         if explicit:
             raise TedInputError(f"--teacher_cache {option}: {conflict}. Use --teacher_cache off (or auto).")

@@ -88,6 +88,11 @@ class Store:
         t = torch.from_numpy(np.ascontiguousarray(array))
         return t.view(torch.bfloat16) if self.component.dtype == "bfloat16" else t
 
+    def values(self) -> np.ndarray:
+        """The whole memory-mapped array (bfloat16 as its uint16 bits)."""
+        self._open()
+        return self._values
+
     def rows(self, index: list[int]) -> torch.Tensor:
         self._open()
         return self._tensor(self._values[np.asarray(index)])

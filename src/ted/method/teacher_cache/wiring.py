@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ted import artifacts
-from ted.method.teacher_cache.builder import barrier, build, from_main_process
+from ted.method.kinds import get_kind
+from ted.method.teacher_cache.builder import barrier, build, from_main_process, stored_lengths
 from ted.method.teacher_cache.collate import EXAMPLE_INDEX, CachedSignalCollator, CachedTeacher
-from ted.method.teacher_cache.identity import real_lengths
 from ted.method.teacher_cache.plan import compute_dtype, plan_components, resolve_dtype
 from ted.method.teacher_cache.policy import (
     check_before_loading,
@@ -21,6 +21,7 @@ from ted.method.teacher_cache.policy import (
     pipeline_root,
 )
 from ted.method.teacher_cache.store import Store
+from ted.method.teacher_cache.topk import TOPK_VALUES, mean_mass
 
 if TYPE_CHECKING:
     import datasets
@@ -60,17 +61,22 @@ def prepare(
     tokenizer: PreTrainedTokenizerBase,
     collator: Collator,
     output_dir: Path,
+    kd_loss: Optional[str] = None,
 ) -> Setup:
-    """Decide, build if needed, and wire the cache; falls back to the online teacher with a logged reason."""
+    """Decide, build if needed, and wire the cache; falls back to the online teacher with a logged reason.
+    `kd_loss`: the run's divergence spec (--kd_loss or the method's), which a causal LM's top-k cache must serve."""
     option = distill_args.teacher_cache
     need_logits, need_states = distill_args.kl_alpha > 0, distill_args.mse_alpha > 0
+    kd_loss = kd_loss or distill_args.kd_loss
     online = Setup(teacher, collator, train, {"used": False})
     if option == "off":
         online.record["reason"] = "--teacher_cache off"
         return online
-    refusal = kind_conflict(head)
+    refusal = kind_conflict(head, kd_loss, distill_args.kl_alpha)
     if refusal:  # auto: the online teacher (an explicit DIR was refused before any model loaded)
-        check_before_loading(option, head, distill_args.paper_compat, distill_args.kl_alpha, distill_args.mse_alpha)
+        check_before_loading(
+            option, head, distill_args.paper_compat, distill_args.kl_alpha, distill_args.mse_alpha, kd_loss
+        )
         logger.info("Stage II runs the teacher online: %s.", refusal)
         online.record["reason"] = refusal
         return online
@@ -86,8 +92,12 @@ def prepare(
         dataset=train,
         compute_dtype=teacher.autocast_dtype,
         store_dtype=store_dtype,
+        topk=distill_args.teacher_cache_topk,
     )
-    lengths = real_lengths(train)
+    # A kind whose labels decide the stored positions (a causal LM's scored tokens) is built through the run's
+    # collator, padded as in training; the others from the model inputs alone.
+    run_collator = collator if get_kind(head).token_labels else None
+    lengths = stored_lengths(train, teacher, run_collator)
     world = max(training_args.world_size, 1)
     batches = -(-len(train) // (training_args.per_device_train_batch_size * world))  # per process and epoch
     decision = decide(
@@ -113,7 +123,8 @@ def prepare(
         if made_root:
             (root / ROOT_MARKER).touch()
     barrier()
-    report = build(root, components, teacher, train, tokenizer, device, training_args.per_device_eval_batch_size)
+    batch_size = training_args.per_device_eval_batch_size
+    report = build(root, components, teacher, train, tokenizer, device, batch_size, collator=run_collator)
     stores = {c.name: Store(root / c.folder_name, c) for c in components}
     record = {
         "used": True,
@@ -125,11 +136,16 @@ def prepare(
         "bytes_per_example": round(decision.nbytes / max(len(train), 1), 1),
         **report,
     }
+    vocab = None
+    if TOPK_VALUES in stores:  # how much of the teacher's distribution the kept k tokens hold
+        topk = stores[TOPK_VALUES]
+        vocab = topk.component.description["vocab"]
+        record.update(topk=topk.component.row_shape[0], topk_mass=mean_mass(topk.values(), topk.component.dtype))
     per_run = option == "auto" and pipeline_root() is None and (root / ROOT_MARKER).is_file()
     flat = device.type == "cpu"  # DistillObjective gathers real tokens on CPU and masks on accelerators
     return Setup(
-        CachedTeacher(head, list(teacher.layers)),
-        CachedSignalCollator(collator, stores, flat_states=flat),
+        CachedTeacher(head, list(teacher.layers), vocab_size=vocab),
+        CachedSignalCollator(collator, stores, flat_states=flat, head=head),
         train.add_column(EXAMPLE_INDEX, list(range(len(train)))),
         record,
         root if per_run else None,
