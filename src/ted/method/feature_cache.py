@@ -1,11 +1,11 @@
 """Cached Stage I features for classification / regression.
 
 With the frozen backbone in eval mode (`--stage1_backbone_mode eval`), a Stage I head only reads one
-position (token 0, `heads.POOLED_POSITION`) of its filter's output, and a filter is position-wise. So the
-backbone is run once over the data, under `torch.inference_mode()` in the run's own precision (bf16
-autocast only under --bf16, fp16 only under --fp16 on CUDA, else float32), keeping token 0 of each
-selected layer's hidden state; the filters and heads then train on these [K, hidden] features for
-all epochs through the same `TedTrainer` (`modules.CachedFilterLearner`).
+position of its filter's output (token 0 for encoders, each row's last real token for decoders: the rule of
+`ted.method.pooling`), and a filter is position-wise. So the backbone is run once over the data, under
+`torch.inference_mode()` in the run's own precision (bf16 autocast only under --bf16, fp16 only under --fp16
+on CUDA, else float32), keeping that token of each selected layer's hidden state; the filters and heads then
+train on these [K, hidden] features for all epochs through the same `TedTrainer` (`modules.CachedFilterLearner`).
 
 Batches for the single backbone pass are sorted by length (least padding). Under DDP every process
 computes a share of the batches and the shares are summed across processes, so the pass is split
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from ted.method import frozen_pass
 from ted.method.frozen_pass import padded_batches, process_share
-from ted.method.heads import POOLED_POSITION
+from ted.method.pooling import pool, pooled_token
 
 if TYPE_CHECKING:
     import datasets
@@ -81,7 +81,7 @@ def cache_fits(needed_per_process: int, processes_on_node: int, fraction: float 
     return total <= fraction * available, why + f" of {available / gib:.2f} GiB available"
 
 
-def first_token_features(
+def pooled_token_features(
     backbone: torch.nn.Module,
     dataset: datasets.Dataset,
     layers: list[int],
@@ -90,9 +90,11 @@ def first_token_features(
     batch_size: int = 64,
     autocast_dtype: Optional[torch.dtype] = None,
 ) -> CachedFeatures:
-    """Token 0 of `hidden_states[i + 1]` for every selected layer i, for every row of a tokenized dataset.
+    """The token a Stage I head reads (`ted.method.pooling.pooled_token` of the backbone: token 0, or each row's
+    last real token) of `hidden_states[i + 1]` for every selected layer i, for every row of a tokenized dataset.
 
     Stored in bf16 under bf16 autocast, else float32 (an fp16 pass is stored in float32)."""
+    rule = pooled_token(backbone.config)
     n = len(dataset)
     labels = torch.tensor(dataset["labels"])
     rank, world = process_share()
@@ -111,14 +113,18 @@ def first_token_features(
             for index, batch in padded_batches(dataset, tokenizer, device, batch_size, rank, world):
                 with torch.inference_mode():
                     hidden = backbone(**batch, output_hidden_states=True).hidden_states
-                    token0 = torch.stack([hidden[i + 1][:, POOLED_POSITION] for i in layers], dim=1)
+                    mask = batch.get("attention_mask")
+                    read = torch.stack([pool(hidden[i + 1], rule, mask) for i in layers], dim=1)
                 # Copied into an ordinary tensor: the cache feeds autograd later (inference tensors cannot).
-                features[index] = token0.to(store_dtype).cpu()
+                features[index] = read.to(store_dtype).cpu()
     finally:
         backbone.train(was_training)
     if world > 1:
         _gather_rows(features, device)
     return CachedFeatures(features, labels)
+
+
+first_token_features = pooled_token_features  # its name before decoders (token 0 only), still imported by name
 
 
 def _gather_rows(features: torch.Tensor, device: torch.device) -> None:

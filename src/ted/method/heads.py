@@ -1,21 +1,23 @@
 """Stage I heads: one freshly initialised prediction head per filter.
 
-Classification / regression heads read token 0 of their filter's output (the paper's context
-pooler: dense -> activation -> dropout -> classifier). Span heads predict start/end logits at
-every token. Keys `filter_pooler.{k}.dense.*` and `filter_head.{k}.*` follow the paper's names,
-k being the rank of the filter in increasing layer order.
+Classification / regression heads read one token of their filter's output (the paper's context
+pooler: dense -> activation -> dropout -> classifier): token 0 for encoders, each row's last real token
+for decoder-only models (the rule of `ted.method.pooling`, chosen from the model's config and saved with
+the heads). Span heads predict start/end logits at every token. Keys `filter_pooler.{k}.dense.*` and
+`filter_head.{k}.*` follow the paper's names, k being the rank of the filter in increasing layer order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
 from ted.method.kinds import get_kind
+from ted.method.pooling import FIRST, pool, pooled_token
 from ted.method.saved_module import SavedModule
 
 if TYPE_CHECKING:
@@ -23,9 +25,6 @@ if TYPE_CHECKING:
 
 HEADS_WEIGHTS = "stage1_heads.safetensors"
 HEADS_CONFIG = "stage1_heads.json"
-# The token a sequence-level head reads (token 0: [CLS] / <s> of encoders). The Stage I feature cache
-# (ted.method.feature_cache) stores exactly this position, so change both through this constant.
-POOLED_POSITION = 0
 
 
 @dataclass
@@ -38,6 +37,7 @@ class HeadsConfig:
     pooler_dropout: float = 0.0
     classifier_dropout: float = 0.1
     initializer_range: float = 0.02
+    pooling: str = FIRST  # the token sequence-level heads read: ted.method.pooling's "first" or "last"
 
 
 class _Pooler(nn.Module):
@@ -65,13 +65,17 @@ class StageOneHeads(SavedModule):
                 nn.init.normal_(module.weight, mean=0.0, std=config.initializer_range)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, filter_states: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Logits per head: [B, C] for classification / regression, [B, T, 2] for spans."""
+    def forward(
+        self, filter_states: list[torch.Tensor], attention_mask: Optional[torch.Tensor] = None
+    ) -> list[torch.Tensor]:
+        """Logits per head: [B, C] for classification / regression, [B, T, 2] for spans. A `last` head needs the
+        attention mask of [B, T] states to find each row's last real token (states of one position need none)."""
         if not self.sequence_level:
             return [head(state) for head, state in zip(self.filter_head, filter_states, strict=True)]
         logits = []
         for pooler, head, state in zip(self.filter_pooler, self.filter_head, filter_states, strict=True):
-            pooled = self.activation(pooler.dense(self.pooler_dropout(state[:, POOLED_POSITION])))
+            token = pool(state, self.config.pooling, attention_mask)
+            pooled = self.activation(pooler.dense(self.pooler_dropout(token)))
             logits.append(head(self.dropout(pooled)))
         return logits
 
@@ -79,7 +83,8 @@ class StageOneHeads(SavedModule):
 def new_heads(
     kind: str, num_heads: int, input_dim: int, num_labels: int, model_config: PretrainedConfig
 ) -> StageOneHeads:
-    """Heads for one filter set; dropouts come from the model config as in the paper's pooler."""
+    """Heads for one filter set; dropouts come from the model config as in the paper's pooler, and the token they
+    read from the model's family (`ted.method.pooling.pooled_token`)."""
     classifier_dropout = next(
         (
             v
@@ -102,5 +107,6 @@ def new_heads(
             pooler_dropout=getattr(model_config, "pooler_dropout", 0.0) or 0.0,
             classifier_dropout=classifier_dropout,
             initializer_range=getattr(model_config, "initializer_range", 0.02),
+            pooling=pooled_token(model_config),
         )
     )

@@ -67,7 +67,8 @@ class FilterLearner(nn.Module):
     def forward(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
             hidden = self.backbone(**inputs, output_hidden_states=True).hidden_states
-        return self.heads(self.filters(hidden))
+        # The mask: a decoder's sequence-level heads read each row's last real token (ted.method.pooling).
+        return self.heads(self.filters(hidden), inputs.get("attention_mask"))
 
 
 class CachedFilterLearner(nn.Module):

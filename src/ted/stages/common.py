@@ -92,7 +92,7 @@ def start_model_stage(
     tokenizer_path = model_args.tokenizer_name or path
     tokenizer = load_tokenizer(tokenizer_path, model_args.cache_dir, gguf_for(tokenizer_path, gguf))
     task, data = load_training_task(data_args, tokenizer, training_args)
-    model = load_task_model(path, task, model_args.cache_dir, gguf, **dropout_overrides(model_args))
+    model = load_task_model(path, task, model_args.cache_dir, gguf, tokenizer, **dropout_overrides(model_args))
     return output_dir, tokenizer, task, data, model
 
 

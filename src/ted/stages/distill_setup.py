@@ -124,13 +124,15 @@ def load_setup(
     task, data = load_training_task(data_args, tokenizer, training_args)
     if check_task is not None:
         check_task(task)
-    teacher_model = load_task_model(teacher_path, task, model_args.cache_dir, t_gguf)
+    teacher_model = load_task_model(teacher_path, task, model_args.cache_dir, t_gguf, tokenizer)
     if not has_trained_head(teacher_model.config, task):
         raise TedInputError(
             f"Teacher {teacher_path!r} has no fine-tuned task head. Fine-tune it first (`ted finetune`)."
         )
     # Label order: load_task_model has checked each fine-tuned head against the task's label list.
-    student = load_task_model(student_path, task, model_args.cache_dir, s_gguf, **dropout_overrides(model_args))
+    student = load_task_model(
+        student_path, task, model_args.cache_dir, s_gguf, tokenizer, **dropout_overrides(model_args)
+    )
     t_layers, pairs, teacher_filters, student_filters = _layer_terms(
         layers, filter_args, student, teacher_model, student_path, teacher_path
     )

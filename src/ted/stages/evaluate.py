@@ -98,7 +98,7 @@ def run_evaluate(
         data_args = with_model_labels(data_args, load_config(path, model_args.cache_dir, gguf))
     data_args = fit_data_to_model(path, data_args, model_args.cache_dir, gguf)
     task, data = load_task(data_args, tokenizer)
-    model = load_task_model(path, task, model_args.cache_dir, gguf)
+    model = load_task_model(path, task, model_args.cache_dir, gguf, tokenizer)
     with tempfile.TemporaryDirectory() as scratch:
         # SQuAD streams each batch's logits into post-processing (as the stages do) instead of gathering them all.
         args = dataclasses.replace(

@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from ted.errors import TedInputError
+from ted.method.pooling import prepare_decoder_classifier
 from ted.stages.gguf_files import has_tokenizer_files, resolve_gguf_file
 from ted.tasks import model_fit, resolve_task_name
 from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
@@ -237,10 +238,13 @@ def load_task_model(
     task: Task,
     cache_dir: Optional[str] = None,
     gguf_file: Optional[str] = None,
+    tokenizer: Optional[PreTrainedTokenizerBase] = None,
     **overrides: Optional[float],
 ) -> PreTrainedModel:
     """An `AutoModelFor...` with the task's head; a pre-trained checkpoint gets a fresh head. A folder holding one
-    GGUF file, or `gguf_file` in it, loads from that file (dequantised to float32), as `load_causal_lm` does."""
+    GGUF file, or `gguf_file` in it, loads from that file (dequantised to float32), as `load_causal_lm` does.
+    `tokenizer` (the one that pads the stage's batches): a decoder-only sequence classifier gets its pad token
+    (EOS when it has none) and position ids from the attention mask (`ted.method.pooling`)."""
     config = config_for_task(name_or_path, task, cache_dir, overrides, gguf_file)
     gguf = check_model_source(name_or_path, gguf_file)
     extra = {"gguf_file": gguf, "dtype": "float32"} if gguf else {}
@@ -248,6 +252,8 @@ def load_task_model(
         model = task.kind.auto_class().from_pretrained(name_or_path, config=config, cache_dir=cache_dir, **extra)
     except (OSError, ValueError) as err:
         raise TedInputError(f"Cannot load model weights from {name_or_path!r}: {err}") from err
+    if tokenizer is not None and task.kind.sequence_level:
+        prepare_decoder_classifier(model, tokenizer)
     return dense(model, name_or_path) if gguf else model
 
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from datasets import DatasetDict
 
+from ted.method.pooling import ensure_pad_token
+
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
 
@@ -38,9 +40,11 @@ def tokenize_pairs(
     Every original column is dropped, so the splits hold only what the model consumes (string
     columns left behind would break collators when `remove_unused_columns` is off).
     `labels` is int64 for classification and float32 for regression (what the HF heads expect).
+    A tokenizer without a pad token (GPT-2, Llama) gets its EOS token as one: batches are padded.
     """
     if len(text_columns) not in (1, 2):
         raise ValueError(f"expected 1 or 2 text columns, got {list(text_columns)}")
+    ensure_pad_token(tokenizer)
     padding = "max_length" if pad_to_max_length else False
 
     def encode(batch: dict[str, list]) -> BatchEncoding:
