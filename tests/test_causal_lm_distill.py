@@ -178,4 +178,46 @@ def test_doctor_measures_the_step0_terms_of_a_causal_lm_distill(tmp_path, capsys
     assert main([str(a) for a in argv]) == 0
     found = json.loads(report.read_text())
     assert set(found["initial_terms"]) == {"pred", "kl", "mse"} and found["layer_map"] == [[0, 1]]
-    assert any("causal_lm tasks" in w for w in found["warnings"])
+    # The doctor scores causal LMs now: perplexities beside a unigram baseline (tests/test_pipeline_lm.py checks them).
+    assert found["baseline"] == "unigram baseline" and found["teacher_dev"] > 1 and found["student_dev"] > 1
+
+
+def test_lm_heads_padded_to_different_sizes_are_compared_over_the_tokenizers_tokens(tmp_path, capsys):
+    """A teacher head padded with 8 extra rows: KD compares the tokenizer's tokens (a view, same value as on the
+    sliced logits); a head smaller than the tokenizer is refused before training."""
+    from transformers import AutoModelForCausalLM
+
+    from ted.method.kinds import OutputKD
+
+    teacher, student = pair(tmp_path, "llama")
+    tokens = len(decoder_tokenizer(bos=True))
+    padded = AutoModelForCausalLM.from_pretrained(teacher)
+    padded.resize_token_embeddings(tokens + 8)
+    padded.save_pretrained(tmp_path / "padded")
+    decoder_tokenizer(bos=True).save_pretrained(tmp_path / "padded")
+
+    kind, mask = get_kind("causal_lm"), torch.ones(2, 5)
+    s_logits, t_logits = torch.randn(2, 5, tokens), torch.randn(2, 5, tokens + 8)
+    sliced = kind.output_distillation(s_logits, t_logits, mask, OutputKD(2.0, vocab_size=tokens))
+    assert float(sliced) == pytest.approx(float(kind.output_distillation(s_logits, t_logits[..., :tokens], mask,
+                                                                          OutputKD(2.0))))  # fmt: skip
+
+    train, dev = write_text(tmp_path / "train.txt", 16), write_text(tmp_path / "dev.txt", 4)
+    flags = lm_flags(train, dev, num_train_epochs=1)
+    out = tmp_path / "kd"
+    assert main([str(a) for a in ["distill", "--model_name_or_path", student, "--teacher_model_name_or_path",
+                                  tmp_path / "padded", "--output_dir", out, "--method", "kd", "--kl_alpha", 1,
+                                  *flags]]) == 0  # fmt: skip
+    assert math.isfinite(json.loads((out / "eval_results.json").read_text())["eval_perplexity"])
+
+    small = AutoModelForCausalLM.from_pretrained(student)
+    small.resize_token_embeddings(tokens - 2)
+    small.save_pretrained(tmp_path / "small")
+    decoder_tokenizer(bos=True).save_pretrained(tmp_path / "small")
+    capsys.readouterr()
+    assert main([str(a) for a in ["distill", "--model_name_or_path", tmp_path / "small",
+                                  "--teacher_model_name_or_path", teacher, "--output_dir", tmp_path / "bad",
+                                  "--method", "kd", "--kl_alpha", 1, *flags]]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"the student's {tokens - 2}" in err and f"tokenizer has {tokens} tokens" in err
+    assert not (tmp_path / "bad").exists()

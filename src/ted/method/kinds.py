@@ -33,6 +33,9 @@ class OutputKD:
     temperature: float
     paper_compat: bool = False
     divergence: Optional[Divergence] = None
+    # Causal LMs whose heads are padded to different multiples: compare the first `vocab_size` entries (the
+    # tokenizer's tokens) only. None: the heads have one size.
+    vocab_size: Optional[int] = None
 
 
 class HeadKind:
@@ -266,6 +269,8 @@ class CausalLMKind(HeadKind):
         """The divergence of the next-token distributions, mean over scored positions (times T^2 as the divergence
         scales it): position t counts when token t + 1 is scored (its label is not -100; without labels, when it is
         a real token). Unshifted [B, T, V] logits with a [B, T] mask: nothing of the logits is copied."""
+        if kd.vocab_size is not None:  # views: nothing is copied
+            student, teacher = student[..., : kd.vocab_size], teacher[..., : kd.vocab_size]
         scored = self.distilled_positions(mask, labels)
         if scored is None:
             import torch

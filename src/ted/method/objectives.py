@@ -104,6 +104,7 @@ class DistillWeights:
     every_step: bool = False
     kd_loss: str = "forward_kl"  # --kd_loss: a spec of ted.method.divergences.DIVERGENCES
     layer_loss: str = "mse"  # --layer_loss: a spec of ted.method.divergences.LAYER_LOSSES
+    vocab_size: Optional[int] = None  # causal LMs with differently padded heads: OutputKD.vocab_size
 
     def alpha(self, name: str) -> float:
         return self.kl_alpha if name == "kl" else self.mse_alpha
@@ -127,7 +128,9 @@ class DistillObjective:
         self.kind = get_kind(head)
         self.teacher = teacher
         self.w = weights
-        self.output_kd = OutputKD(weights.temperature, weights.paper_compat, DIVERGENCES.resolve(weights.kd_loss))
+        self.output_kd = OutputKD(
+            weights.temperature, weights.paper_compat, DIVERGENCES.resolve(weights.kd_loss), weights.vocab_size
+        )
         self.layer_loss = LAYER_LOSSES.resolve(weights.layer_loss)
         self.balanced: dict[str, float] = {}  # --balance_losses: the weights fixed on the first batch
         self.step0: dict[str, float] = {}  # ... and the raw terms they came from

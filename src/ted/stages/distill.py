@@ -108,6 +108,7 @@ def run_distill(
     args = (model_args, data_args, filter_args, distill_args, training_args)
     setup = load_setup(args, method, recipe.layers, check_task)
     task, data, tokenizer, student, pairs = setup.task, setup.data, setup.tokenizer, setup.student, setup.pairs
+    weights = dataclasses.replace(weights, vocab_size=setup.kd_vocab)
     # ted doctor's cheap checks (128 dev examples, 2 batches): warnings printed before training, never a stop.
     checked = preflight({**vars(setup), "weights": weights, "training_args": training_args})
     cache = teacher_cache.prepare(

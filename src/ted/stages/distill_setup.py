@@ -4,6 +4,7 @@ checks exactly what distill would train."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -34,6 +35,8 @@ from ted.stages.models import (
 )
 from ted.tasks import Task
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -58,6 +61,9 @@ class DistillSetup:
     pairs: list[tuple[int, int]]
     teacher_path: str
     student_path: str
+    # Causal LMs whose LM heads are padded to different sizes: the KD term compares this many entries (the
+    # tokenizer's); None when the heads have one size.
+    kd_vocab: Optional[int] = None
 
 
 def distill_weights(distill_args: DistillArguments) -> DistillWeights:
@@ -133,6 +139,7 @@ def load_setup(
     student = load_task_model(
         student_path, task, model_args.cache_dir, s_gguf, tokenizer, **dropout_overrides(model_args)
     )
+    kd_vocab = shared_vocabulary(teacher_model, student, len(tokenizer)) if task.kind.token_labels else None
     t_layers, pairs, teacher_filters, student_filters = _layer_terms(
         layers, filter_args, student, teacher_model, student_path, teacher_path
     )
@@ -150,7 +157,28 @@ def load_setup(
         pairs=pairs,
         teacher_path=teacher_path,
         student_path=student_path,
+        kd_vocab=kd_vocab,
     )
+
+
+def shared_vocabulary(teacher: PreTrainedModel, student: PreTrainedModel, tokens: int) -> Optional[int]:
+    """None when the two LM heads have one size; the tokenizer's length when both heads cover it but one is padded
+    further (Qwen2.5's 151,936 vs 152,064 rows: the extra rows are no token's); an error otherwise."""
+    t_rows = teacher.get_output_embeddings().out_features
+    s_rows = student.get_output_embeddings().out_features
+    if t_rows == s_rows:
+        return None
+    if min(t_rows, s_rows) < tokens:
+        raise TedInputError(
+            f"The teacher's LM head has {t_rows} rows and the student's {s_rows}, but their tokenizer has {tokens} "
+            "tokens: a head smaller than the tokenizer cannot be compared token for token. Use a student made from "
+            "the teacher (`ted init-student`) or one with the same vocabulary."
+        )
+    logger.info(
+        "The LM heads have %d (teacher) and %d (student) rows; the KD term compares the tokenizer's %d tokens.",
+        t_rows, s_rows, tokens,
+    )  # fmt: skip
+    return tokens
 
 
 def _layer_terms(

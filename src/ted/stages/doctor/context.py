@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from ted.method.recipes import METHODS, resolve_method
@@ -25,4 +26,5 @@ def build_context(
     layers = METHODS.get(method).layers  # what the method's layer term compares (a registered method too)
     check_model_paths(model_args, data_args, filter_args, distill_args, layers)
     setup = load_setup((model_args, data_args, filter_args, distill_args, training_args), method, layers)
-    return {**vars(setup), "weights": distill_weights(distill_args), "training_args": training_args}
+    weights = dataclasses.replace(distill_weights(distill_args), vocab_size=setup.kd_vocab)
+    return {**vars(setup), "weights": weights, "training_args": training_args}
