@@ -241,3 +241,49 @@ def test_bad_lm_configs_fail_before_training(run, tmp_path):
         cfg.write_text(text)
         with pytest.raises(TedInputError, match=words):
             ted.pipeline(str(cfg), output_dir=str(tmp_path / "o"))
+
+
+def test_doctor_on_the_lm_run_compares_perplexities_with_a_unigram_baseline(run, tmp_path):
+    from collections import Counter
+
+    from ted.settings.options import DataArguments
+    from ted.tasks import load_task
+
+    task = run["out"] / "causal_lm"
+    report = tmp_path / "doctor.json"
+    argv = ["doctor", "--pipeline_config", run["root"] / "cfg.yaml", "--output_dir", run["out"], "--seed", "3"]
+    assert main([str(a) for a in [*argv, "--method", "lwd", "--json", report]]) == 0
+    data = json.loads(report.read_text())
+    assert {"teacher_dev", "majority_baseline", "stage1_layers", "initial_terms", "suggested", "warnings"} <= set(data)
+    assert data["baseline"] == "unigram baseline" and data["greater_is_better"] is False
+    # The same dev blocks as the pipeline's evaluations: the same perplexities.
+    assert data["teacher_dev"] == pytest.approx(
+        read(task / "teacher", "eval_results.json")["eval_perplexity"], rel=1e-4
+    )
+    initial = read(task / "initial_student", "eval_results.json")["eval_perplexity"]
+    assert data["student_dev"] == pytest.approx(initial, rel=1e-4)
+    # The unigram baseline by hand: add-one smoothed training-token frequencies on the scored dev tokens.
+    tok = decoder_tokenizer(bos=True)
+    args = DataArguments(
+        task_name="causal_lm", train_file=str(task / "data" / "train.txt"),
+        validation_file=str(task / "data" / "dev.txt"), block_size=32,
+    )  # fmt: skip
+    _, blocks = load_task(args, tok)
+    counts = Counter(t for row in blocks.train["input_ids"] for t in row[1:])
+    total, vocab = sum(counts.values()), len(tok)
+    dev = [t for row in blocks.eval_sets["validation"]["input_ids"] for t in row[1:]]
+    nll = -sum(math.log((counts[t] + 1) / (total + vocab)) for t in dev) / len(dev)
+    assert data["majority_baseline"] == pytest.approx(math.exp(nll), rel=1e-9)
+    assert set(data["initial_terms"]) == {"pred", "kl", "mse"} and data["suggested"]["mse_alpha"] > 0
+
+
+def test_stage1_heads_not_below_the_unigram_perplexity_are_flagged():
+    from ted.stages.doctor import Findings, check_stage1
+
+    findings = Findings(
+        metric="perplexity", majority_baseline=400.0, greater_is_better=False, baseline="unigram baseline"
+    )
+    scores = {"0": {"loss": 6.2, "perplexity": 480.0}, "2": {"perplexity": 400.0}, "4": {"perplexity": 35.0}}
+    check_stage1(findings, "student", scores, dev_examples=16)
+    assert [v["at_chance"] for v in findings.stage1_layers["student"].values()] == [True, True, False]
+    assert "layer(s) 0, 2" in findings.warnings[0] and "unigram baseline 400" in findings.warnings[0]

@@ -45,8 +45,35 @@ def chance_band(metric: str, n: int) -> float:
     return (2.0 if metric in CORRELATIONS else 1.0) / math.sqrt(max(n, 1))
 
 
-def at_chance(score: float, baseline: float, band: float) -> bool:
-    return score <= baseline + band
+def at_chance(score: float, baseline: float, band: float, greater_is_better: bool = True) -> bool:
+    """Not better than the baseline by more than the noise band (for perplexity: not lower than it)."""
+    return score <= baseline + band if greater_is_better else score >= baseline - band
+
+
+def unigram_perplexity(train_tokens: np.ndarray, dev_tokens: np.ndarray, vocab_size: int) -> float:
+    """Perplexity on the dev tokens of the training text's token frequencies, add-one smoothed over the vocabulary:
+    what a model that ignores every context scores. A causal LM that does not beat it learned nothing usable."""
+    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    log_p = np.log(counts + 1.0) - math.log(counts.sum() + vocab_size)
+    return float(math.exp(-log_p[np.asarray(dev_tokens, dtype=np.int64)].mean()))
+
+
+def check_lm_models(findings: Findings) -> None:
+    """Causal LMs: the teacher's dev perplexity against the unigram baseline and against the student's."""
+    teacher, base, student = findings.teacher_dev, findings.majority_baseline, findings.student_dev
+    if teacher is None or base is None:
+        return
+    if teacher >= base:
+        findings.warnings.append(
+            f"The teacher's dev perplexity {teacher:.4g} is not lower than the unigram baseline's {base:.4g}: it "
+            "predicts this text no better than token frequencies do. Check that the teacher, its tokenizer and the "
+            "text belong together (a GGUF file's tokenizer, --block_size), or continue its pre-training on the text."
+        )
+    if student is not None and student <= teacher:
+        findings.warnings.append(
+            f"The student's dev perplexity {student:.4g} is already as low as the teacher's {teacher:.4g}: the "
+            "teacher has little to teach it on this text. Use a stronger teacher or other text."
+        )
 
 
 # ------------------------------------------------------------------------------------------ the checks
@@ -54,7 +81,7 @@ def at_chance(score: float, baseline: float, band: float) -> bool:
 
 def check_teacher(findings: Findings) -> None:
     score, base, band = findings.teacher_dev, findings.majority_baseline, findings.chance_band
-    if score is None or base is None:
+    if score is None or base is None or band is None:
         return
     metric = findings.metric
     if score < base - band:
@@ -71,23 +98,24 @@ def check_teacher(findings: Findings) -> None:
 
 def check_stage1(findings: Findings, role: str, scores: dict, dev_examples: int) -> None:
     """Each filter head's dev score against the baseline (scores: stage1_layer_scores.json)."""
-    metric, base = findings.metric, findings.majority_baseline
+    metric, base, higher = findings.metric, findings.majority_baseline, findings.greater_is_better
     if base is None or not scores:
         return
-    band = chance_band(metric, dev_examples)
+    band = chance_band(metric, dev_examples) if higher else 0.0  # perplexity: strictly better than the unigram
     layers = {}
     for layer, values in sorted(scores.items(), key=lambda kv: int(kv[0])):
         if metric not in values:
             continue
         score = float(values[metric])
-        layers[str(layer)] = {"score": score, "at_chance": at_chance(score, base, band)}
+        layers[str(layer)] = {"score": score, "at_chance": at_chance(score, base, band, higher)}
     findings.stage1_layers[role] = layers
     dead = [int(layer) for layer, v in layers.items() if v["at_chance"]]
     if dead:
         which = ", ".join(str(x) for x in dead)
         findings.warnings.append(
-            f"The {role}'s Stage I filter head(s) on layer(s) {which} (0-based) score at the majority baseline "
-            f"{base:.3f} ({metric}): those filters learned nothing about the task, and TED would pull the student "
+            f"The {role}'s Stage I filter head(s) on layer(s) {which} (0-based) score no better than the "
+            f"{findings.baseline} {base:.4g} ({metric}): those filters learned nothing about the task, and TED would "
+            "pull the student "
             "onto them. Train Stage I longer (more epochs, a larger learning rate) or use --filter_interval to "
             "skip those layers."
         )

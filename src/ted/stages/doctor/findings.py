@@ -17,8 +17,10 @@ class Findings:
     dev_examples: int = 0
     teacher_dev: Optional[float] = None
     student_dev: Optional[float] = None
-    majority_baseline: Optional[float] = None
+    majority_baseline: Optional[float] = None  # causal LMs: the unigram baseline's perplexity
     chance_band: Optional[float] = None
+    greater_is_better: bool = True  # perplexity is not
+    baseline: str = "majority baseline"
     labels: dict[str, Any] = field(default_factory=dict)
     tokenizers_agree: Optional[bool] = None
     layer_map: list[list[int]] = field(default_factory=list)
@@ -42,6 +44,8 @@ class Findings:
             "teacher_dev": self.teacher_dev,
             "student_dev": self.student_dev,
             "majority_baseline": self.majority_baseline,
+            "baseline": self.baseline,
+            "greater_is_better": self.greater_is_better,
             "chance_band": self.chance_band,
             "labels": self.labels,
             "tokenizers_agree": self.tokenizers_agree,
@@ -62,9 +66,11 @@ def write_findings(findings: Findings, path: Optional[str]) -> None:
 def report_text(findings: Findings) -> str:
     lines = []
     if findings.teacher_dev is not None:
+        band = f", noise band +-{findings.chance_band:.3f}" if findings.chance_band else ""
         lines.append(
             f"teacher dev {findings.metric}: {findings.teacher_dev:.4f} on {findings.dev_examples} examples "
-            f"(majority baseline {findings.majority_baseline:.4f}, noise band +-{findings.chance_band:.3f})"
+            f"({findings.baseline} {findings.majority_baseline:.4f}{band}; "
+            f"{'higher' if findings.greater_is_better else 'lower'} is better)"
         )
     if findings.student_dev is not None:
         lines.append(f"student dev {findings.metric} before Stage II: {findings.student_dev:.4f}")
@@ -75,7 +81,10 @@ def report_text(findings: Findings) -> str:
         )
     lines.append(f"tokenizers agree: {findings.tokenizers_agree}; layer map (student, teacher): {findings.layer_map}")
     for role, layers in findings.stage1_layers.items():
-        shown = ", ".join(f"{k}: {v['score']:.3f}{' (at chance)' if v['at_chance'] else ''}" for k, v in layers.items())
+        shown = ", ".join(
+            f"{k}: {v['score']:.3f}{' (no better than the baseline)' if v['at_chance'] else ''}"
+            for k, v in layers.items()
+        )
         lines.append(f"Stage I {role} heads by layer: {shown}")
     for name, value in findings.initial_terms.items():
         lines.append(f"step-0 {name}: raw {value['raw']:.4g}, weighted {value['weighted']:.4g}")

@@ -12,7 +12,16 @@ import numpy as np
 
 from ted import artifacts
 from ted.method.recipes import FILTERS
-from ted.stages.doctor.checks import chance_band, check_stage1, check_teacher, check_terms, majority_baseline, selection
+from ted.stages.doctor.checks import (
+    chance_band,
+    check_lm_models,
+    check_stage1,
+    check_teacher,
+    check_terms,
+    majority_baseline,
+    selection,
+    unigram_perplexity,
+)
 from ted.stages.doctor.findings import Findings
 
 if TYPE_CHECKING:
@@ -60,9 +69,10 @@ def predict(
     out = []
     with torch.inference_mode():
         for batch in batches(dataset, collator, batch_size):
-            inputs, _ = kind.split_labels(on(batch, device))
-            logits = kind.predictions(model(**inputs))
-            out.append(logits.float().cpu().numpy())
+            inputs, labels = kind.split_labels(on(batch, device))
+            # What the task's metric reads: logits, or a causal LM's per-row (summed NLL, scored tokens).
+            rows = kind.metric_inputs(kind.predictions(model(**inputs)), labels)
+            out.append(rows.float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -116,6 +126,8 @@ def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
     }
     if task.kind.sequence_level:  # span heads have no constant-prediction baseline
         _score_on_dev(findings, ctx, collator, eval_samples)
+    elif task.kind.token_labels:  # causal LMs: perplexities against a unigram baseline
+        _score_lm_on_dev(findings, ctx, collator, eval_samples)
     else:
         findings.warnings.append(
             f"{task.kind.name} tasks: the teacher and Stage I heads are not scored by the doctor (yet)."
@@ -148,6 +160,33 @@ def _score_on_dev(findings: Findings, ctx: dict, collator: Collator, eval_sample
             check_stage1(findings, role, scores or {}, full_dev)
 
 
+def scored_targets(dataset: datasets.Dataset) -> np.ndarray:
+    """The next tokens a causal LM is scored on, over every row (labels, else the input ids, from position 1)."""
+    column = "labels" if "labels" in dataset.column_names else "input_ids"
+    rows = [np.asarray(row[1:], dtype=np.int64) for row in dataset[column]]
+    tokens = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return tokens[tokens != -100]
+
+
+def _score_lm_on_dev(findings: Findings, ctx: dict, collator: Collator, eval_samples: int) -> None:
+    """Teacher and student dev perplexity on the first dev blocks, beside the unigram baseline of the training
+    text; each TED Stage I head's perplexity (stage1_layer_scores.json) against the same baseline."""
+    task, data, args = ctx["task"], ctx["data"], ctx["training_args"]
+    dev = first_rows(next(iter(data.eval_sets.values())), eval_samples)
+    findings.greater_is_better, findings.baseline = False, "unigram baseline"
+    findings.dev_examples = len(dev)
+    vocab = max(int(ctx["teacher_model"].config.vocab_size), len(ctx["tokenizer"]))
+    findings.majority_baseline = unigram_perplexity(scored_targets(data.train), scored_targets(dev), vocab)
+    batch_size, device = args.per_device_eval_batch_size, args.device
+    for model, key in ((ctx["teacher_model"], "teacher_dev"), (ctx["student"], "student_dev")):
+        rows = predict(model, dev, collator, batch_size, device, task.kind)
+        setattr(findings, key, selection(task, rows, np.zeros(len(rows))))
+    check_lm_models(findings)
+    if ctx["layers"] == FILTERS:
+        for role, path in (("teacher", ctx["teacher_path"]), ("student", ctx["student_path"])):
+            check_stage1(findings, role, stage1_scores(path) or {}, len(next(iter(data.eval_sets.values()))))
+
+
 def _measure_terms(findings: Findings, ctx: dict, collator: Collator, n_batches: int) -> None:
     """Every loss term at step 0, and the weights that would balance them."""
     import dataclasses
@@ -172,7 +211,8 @@ def _id2label(config: PretrainedConfig, task: Task) -> Optional[list[str]]:
 def preflight(ctx: dict) -> Findings:
     """The cheap part of the doctor that `ted distill` runs before training: 128 dev examples, 2 batches.
     Prints each warning; never stops the run."""
-    findings = diagnose(ctx, eval_samples=128, n_batches=2)
+    # Causal LMs: 16 dev blocks (a teacher and a student pass over each; 128 would cost minutes on a CPU).
+    findings = diagnose(ctx, eval_samples=16 if ctx["task"].kind.token_labels else 128, n_batches=2)
     for message in findings.warnings:
         logger.warning("pre-flight: %s", message)
     if findings.warnings:

@@ -42,6 +42,7 @@ def run_pipeline_doctor(argv: list[str]) -> Findings:
     """Find the pipeline's stage call for the chosen task, seed and method, and run the doctor with it."""
     from ted.pipelines.config import parse_overrides
     from ted.pipelines.plan import plan_seed, stage_call_kwargs, task_configs
+    from ted.pipelines.text_split import apply_text_split
     from ted.settings.parse import parse_mapping
     from ted.stages.registry import run_command
 
@@ -56,16 +57,17 @@ def run_pipeline_doctor(argv: list[str]) -> Findings:
         raise TedInputError("Give the pipeline's run folder with --output_dir (the doctor reads its stage folders).")
     seed = args.seed if args.seed is not None else int((cfg.get("seeds") or [42])[0])
     seed_dir = Path(cfg["output_dir"]) / task / f"seed{seed}"
+    apply_text_split(cfg, seed_dir.parent)  # the train / dev files the pipeline's stages read
     cfg["methods"] = [args.method]
     spec = next(s for s in plan_seed(task, cfg, seed, seed_dir) if s.role == args.method)
-    for src in spec.inputs.values():
-        if src.role and not (seed_dir / src.role / artifacts.STAGE_FILE).is_file():
+    kwargs = stage_call_kwargs(spec, seed_dir)
+    for key, src in spec.inputs.items():
+        if src.role and not (Path(kwargs[key]) / artifacts.STAGE_FILE).is_file():
             raise TedInputError(
-                f"{seed_dir / src.role} is not there yet: the doctor checks the {args.method} stage with the models "
+                f"{kwargs[key]} is not there yet: the doctor checks the {args.method} stage with the models "
                 f"the pipeline made. Run `ted pipeline --config {args.pipeline_config} --seeds {seed} --methods kd` "
                 "(teachers and students) or the Stage I sections first."
             )
-    kwargs = stage_call_kwargs(spec, seed_dir)
     kwargs.pop("output_dir", None)
     kwargs.update(json=args.json, doctor_eval_samples=args.doctor_eval_samples, doctor_batches=args.doctor_batches)
     return run_command("doctor", parse_mapping("doctor", kwargs, where=args.pipeline_config))
