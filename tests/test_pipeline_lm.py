@@ -26,7 +26,7 @@ CONFIG = """
 task: causal_lm
 seeds: [3]
 teacher: ./teacher
-methods: [kd, lwd]
+methods: [ted, kd, lwd]
 text_split: {file: ./text.txt, dev_documents: 8}
 common:
   block_size: 32
@@ -38,6 +38,9 @@ common:
   dataloader_pin_memory: false
 student_init: {num_layers: 2, strategy: block_influence}
 student_finetune: {num_train_epochs: 2}
+teacher_stage1: {filter_interval: 2, learning_rate: 1.0e-2}
+student_stage1: {filter_interval: 1, learning_rate: 1.0e-2}
+ted: {kl_alpha: 1, mse_alpha: 1}
 kd: {kl_alpha: 1}
 lwd: {kl_alpha: 1, mse_alpha: 1, teacher_filter_interval: 2}
 """
@@ -94,7 +97,9 @@ def test_layout_lineage_and_scores(run):
     # Made once per task: the student, and the scores of the pre-trained teacher and of the untrained student.
     for role in ("student_init", "teacher", "initial_student"):
         assert read(task / role)["pipeline"] == {"task": "causal_lm", "seed": None, "role": role}
-    assert sorted(p.name for p in seed.iterdir()) == ["kd", "lwd", "student"]
+    assert sorted(p.name for p in seed.iterdir()) == ["kd", "lwd", "student", "student_stage1", "teacher_stage1", "ted"]
+    assert read(seed / "teacher_stage1")["lineage"]["model"] == str(root / "teacher")  # the teacher itself
+    assert read(seed / "ted")["lineage"]["student"] == str(seed / "student_stage1")
     init = read(task / "student_init")
     assert init["student"]["strategy"] == "block_influence" and len(init["student"]["layers"]) == 2
     assert init["args"]["train_file"] == str(task / "data" / "train.txt")  # block influence on the training text
@@ -112,7 +117,7 @@ def test_layout_lineage_and_scores(run):
         assert read(folder, "eval_results.json")["eval_perplexity"] == pytest.approx(
             dev_perplexity(model, dev), rel=1e-4
         )
-    for role in ("student", "kd", "lwd"):
+    for role in ("student", "kd", "lwd", "ted"):
         kept = read(seed / role, "eval_results.json")["eval_perplexity"]
         assert kept == pytest.approx(dev_perplexity(seed / role, dev), rel=1e-4)
         assert kept < read(task / "initial_student", "eval_results.json")["eval_perplexity"]
@@ -163,6 +168,8 @@ def test_report_has_perplexity_lm_eval_columns_and_loss_plots(run, tmp_path):
     teacher = read(task / "teacher", "eval_results.json")["eval_perplexity"]
     assert rows["teacher (pre-trained)"][2] == f"{teacher:.2f}"
     assert (tmp_path / "rep" / "report_files" / "causal_lm_loss_terms.png").is_file()
+    assert (tmp_path / "rep" / "report_files" / "causal_lm_stage1_layers.png").is_file()  # per-layer perplexity
+    assert "TED − KD" in text
     assert "lower is better" in text
 
 
@@ -275,6 +282,12 @@ def test_doctor_on_the_lm_run_compares_perplexities_with_a_unigram_baseline(run,
     nll = -sum(math.log((counts[t] + 1) / (total + vocab)) for t in dev) / len(dev)
     assert data["majority_baseline"] == pytest.approx(math.exp(nll), rel=1e-9)
     assert set(data["initial_terms"]) == {"pred", "kl", "mse"} and data["suggested"]["mse_alpha"] > 0
+    # TED: each Stage I head's recorded dev perplexity, judged against the same baseline.
+    assert main([str(a) for a in [*argv, "--method", "ted", "--json", report]]) == 0
+    heads = json.loads(report.read_text())["stage1_layers"]
+    recorded = read(task / "seed3" / "teacher_stage1", "stage1_layer_scores.json")
+    assert {k: v["score"] for k, v in heads["teacher"].items()} == {k: v["perplexity"] for k, v in recorded.items()}
+    assert all(v["at_chance"] == (v["score"] >= data["majority_baseline"]) for v in heads["student"].values())
 
 
 def test_stage1_heads_not_below_the_unigram_perplexity_are_flagged():
