@@ -231,7 +231,11 @@ def test_refusals_come_before_the_models_load(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(models_module, "load_task_model", no_model)
     monkeypatch.setattr(setup, "load_task_model", no_model)
     cases = [
-        (["--teacher_cache", tmp_path / "cache", "--kd_loss", "reverse_kl"], "--kd_loss reverse_kl cannot be computed"),
+        (
+            ["--teacher_cache", tmp_path / "cache", "--kd_loss", "reverse_kl", "--temperature", 1],
+            "--kd_loss reverse_kl cannot be computed",
+        ),
+        (["--teacher_cache", tmp_path / "cache"], "at --temperature 2 hold too little of its softened distribution"),
         (["--teacher_cache_topk", 0], "--teacher_cache_topk must be a positive whole number"),
     ]
     for flags, words in cases:
@@ -253,7 +257,7 @@ def distill(tmp_path: Path, name: str, method: str, *extra: object) -> dict:
     flags = {"kd": [], "lwd": ["--mse_alpha", 1, "--teacher_filter_interval", 2]}[method]
     argv = ["distill", "--model_name_or_path", tmp_path / "student", "--teacher_model_name_or_path",
             tmp_path / "teacher", "--output_dir", out, "--method", method, "--kl_alpha", 1, *flags,
-            *lm_flags(train, dev, num_train_epochs=2), *extra]  # fmt: skip
+            *lm_flags(train, dev, num_train_epochs=2, temperature=1), *extra]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     return json.loads((out / "ted_stage.json").read_text())
 
@@ -291,3 +295,5 @@ def test_auto_caches_a_causal_lm_over_two_epochs_and_records_why_not_otherwise(t
     assert not tc.default_root(tmp_path / "auto").exists()  # the per-run cache is gone with the run
     refused = distill(tmp_path, "rkl", "kd", "--kd_loss", "reverse_kl")["teacher_cache"]
     assert not refused["used"] and "--kd_loss reverse_kl cannot be computed" in refused["reason"]
+    softened = distill(tmp_path, "t2", "kd", "--temperature", 2)["teacher_cache"]  # the last flag wins
+    assert not softened["used"] and "at --temperature 2 hold too little" in softened["reason"]

@@ -102,7 +102,7 @@ def run_distill(
         warn_no_ops(method, task.head, weights, training_args.per_device_train_batch_size)
         teacher_cache.check_before_loading(
             distill_args.teacher_cache, task.head, distill_args.paper_compat, distill_args.kl_alpha,
-            distill_args.mse_alpha, loss_specs["kd_loss"], distill_args.teacher_cache_topk,
+            distill_args.mse_alpha, loss_specs["kd_loss"], distill_args.teacher_cache_topk, distill_args.temperature,
         )  # fmt: skip
 
     args = (model_args, data_args, filter_args, distill_args, training_args)

@@ -62,13 +62,24 @@ def epochs_of(training_args: TrainingArguments, batches_per_epoch: int) -> float
     return float(training_args.num_train_epochs)
 
 
-def kind_conflict(head: str, kd_loss: Optional[str] = None, kl_alpha: float = 0.0) -> Optional[str]:
-    """Why the cache cannot store the teacher signal of this head kind, or None: the kind's own refusal, or a
-    --kd_loss that a causal LM's top-k cache cannot serve (it gives the teacher's other tokens probability 0)."""
+def kind_conflict(
+    head: str, kd_loss: Optional[str] = None, kl_alpha: float = 0.0, temperature: float = 1.0
+) -> Optional[str]:
+    """Why the cache cannot store the teacher signal of this head kind, or None: the kind's own refusal, or what a
+    causal LM's top-k cache cannot serve: a --kd_loss that needs the teacher's other tokens (they get probability
+    0), or a temperature other than 1."""
     kind = get_kind(head)
     if kind.teacher_cache_refusal:
         return kind.teacher_cache_refusal
     if kind.teacher_cache_logits == "topk" and kl_alpha > 0:
+        if temperature != 1:
+            # Softening flattens the teacher: its top k hold far less of the mass than at T=1, and renormalising
+            # over them distorts the term (shared SmolLM2, k=64: 82% of the mass at T=1, 21% at T=2, term 3.5x).
+            return (
+                f"the top-k cache keeps the teacher's k most likely tokens, which at --temperature {temperature:g} "
+                "hold too little of its softened distribution for the KD term to be right (docs/teacher-cache.md); "
+                "use --temperature 1 to cache a causal-LM teacher"
+            )
         return divergence_conflict(kd_loss)
     return None
 
@@ -95,11 +106,12 @@ def check_before_loading(
     mse_alpha: float,
     kd_loss: Optional[str] = None,
     topk: Optional[int] = None,
+    temperature: float = 1.0,
 ) -> None:
     """An explicit DIR that --paper_compat, the task's kind or its --kd_loss cannot use is refused before any model
     loads, and so is --teacher_cache_topk for a teacher whose output is not a vocabulary."""
     check_topk_option(topk, get_kind(head))
-    conflict = kind_conflict(head, kd_loss, kl_alpha)
+    conflict = kind_conflict(head, kd_loss, kl_alpha, temperature)
     conflict = conflict or paper_compat_conflict(head, paper_compat, mse_alpha > 0, kl_alpha > 0)
     if option not in ("auto", "off") and conflict:
         raise TedInputError(f"--teacher_cache {option}: {conflict}. Use --teacher_cache off (or auto).")

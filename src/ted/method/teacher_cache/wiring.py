@@ -72,11 +72,12 @@ def prepare(
     if option == "off":
         online.record["reason"] = "--teacher_cache off"
         return online
-    refusal = kind_conflict(head, kd_loss, distill_args.kl_alpha)
+    refusal = kind_conflict(head, kd_loss, distill_args.kl_alpha, distill_args.temperature)
     if refusal:  # auto: the online teacher (an explicit DIR was refused before any model loaded)
         check_before_loading(
-            option, head, distill_args.paper_compat, distill_args.kl_alpha, distill_args.mse_alpha, kd_loss
-        )
+            option, head, distill_args.paper_compat, distill_args.kl_alpha, distill_args.mse_alpha, kd_loss,
+            temperature=distill_args.temperature,
+        )  # fmt: skip
         logger.info("Stage II runs the teacher online: %s.", refusal)
         online.record["reason"] = refusal
         return online
