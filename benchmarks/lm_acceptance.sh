@@ -4,7 +4,7 @@
 # LWD on the same tokens; teacher, initial student and the three distilled students scored on a prefix of the
 # WikiText-2 raw test set (perplexity) and of LAMBADA (OpenAI: accuracy and perplexity).
 #
-#   bash benchmarks/lm_acceptance.sh      # RUN=runs/lm_acceptance STEPS1=16 STEPS2=32 WIKI_DOCS=3 LAMBADA=100
+#   bash benchmarks/lm_acceptance.sh      # RUN=runs/lm_acceptance STEPS1=16 STEPS2=24 WIKI_DOCS=3 LAMBADA=100
 #
 # Every stage's log, GNU time record (wall time, peak RSS) and result stay under $RUN; a rerun skips what is done.
 # Settings (all methods alike): block 128, batch 8 (1,024 tokens a step), AdamW lr 2e-4 with 2 warm-up steps and
@@ -16,7 +16,7 @@ SHARED=${TED_SHARED_DIR:-$REPO/../shared}
 RUN=${RUN:-runs/lm_acceptance}
 TED=${TED:-ted}
 STEPS1=${STEPS1:-16}     # Stage I optimizer steps (x 1,024 tokens)
-STEPS2=${STEPS2:-32}     # Stage II optimizer steps (x 1,024 tokens)
+STEPS2=${STEPS2:-24}     # Stage II optimizer steps (x 1,024 tokens)
 WIKI_DOCS=${WIKI_DOCS:-3}
 LAMBADA=${LAMBADA:-100}
 TEACHER=$SHARED/models/smollm2-135m-instruct-q4_1
@@ -54,7 +54,7 @@ step kd $TED distill --method kd --model_name_or_path "$RUN/student_init" --teac
 step lwd $TED distill --method lwd --model_name_or_path "$RUN/student_init" --teacher_model_name_or_path "$TEACHER" \
     --output_dir "$RUN/lwd" "${distill[@]}" --mse_alpha 1 --filter_interval 3 --teacher_filter_interval 6
 
-for who in teacher student_init ted kd lwd; do
+for who in student_init ted kd lwd teacher; do
     model=$RUN/$who
     [ "$who" = teacher ] && model=$TEACHER
     step "eval_wikitext_$who" $TED lm-eval --model_name_or_path "$model" --task wikitext \
