@@ -378,6 +378,25 @@ def test_stage1_dev_loss_equals_the_heads_on_one_example_at_a_time(chain, stage)
         assert results[f"eval_layer{layer}_accuracy"] == pytest.approx(accuracy)
 
 
+def test_teacher_cache_trains_as_the_online_teacher(chain, tmp_path):
+    """TED over 2 epochs with the teacher's logits and filtered states cached (built in padded batches, read back
+    for the student's batches, left-padded for GPT-2 and Llama) takes the same steps as with the teacher online."""
+    train, dev = chain["dev"].parent / "train.csv", chain["dev"]
+    flags = tiny.train_flags(train, dev, num_train_epochs=2, per_device_train_batch_size=8)
+    runs = {}
+    for cache in ("off", tmp_path / "cache"):
+        out = tmp_path / ("online" if cache == "off" else "cached")
+        ted_cli("distill", "--method", "ted", "--model_name_or_path", chain["s1"], "--teacher_model_name_or_path",
+                chain["t1"], "--kl_alpha", 1, "--mse_alpha", 10, "--teacher_filter_interval", 2, "--filter_interval",
+                1, "--teacher_cache", cache, "--output_dir", out, *flags)  # fmt: skip
+        log = json.loads((out / "log_history.json").read_text())
+        runs[out.name] = [(e["loss"], e["loss_kl"], e["loss_mse"]) for e in log if "loss" in e and "loss_kl" in e]
+    assert json.loads((tmp_path / "cached" / "ted_stage.json").read_text())["teacher_cache"]["used"] is True
+    assert len(runs["online"]) == 8  # 2 epochs x 4 steps, logged every step
+    for online, cached in zip(runs["online"], runs["cached"], strict=True):
+        assert cached == pytest.approx(online, rel=1e-5, abs=1e-7)
+
+
 def test_evaluate_scores_the_stage_as_it_scored_itself(chain):
     texts, labels = dev_rows(chain["dev"])
     accuracy = float((single_logits(chain["ted"], texts).argmax(-1) == torch.tensor(labels)).float().mean())
