@@ -1,5 +1,7 @@
 """Hub datasets for `--task_name causal_lm` (`--dataset_name`, `--dataset_config_name`): the splits, the text
-column, EOS after each document and packing, equal to the same rows read from local files; the clear errors.
+column, EOS after each document and packing, equal to the same rows read from local files; the clear errors; a
+train-only dataset cut by `--validation_split_percentage` as run_clm cuts it; `ted evaluate` reading no training
+rows and taking the dataset from a hub-trained stage.
 
 The hub is unreachable here: `datasets.load_dataset` reads a local folder given as --dataset_name (train.jsonl and
 validation.jsonl), which is the same code path as a hub id, or is replaced by a stand-in that records its call."""
@@ -120,7 +122,12 @@ def test_name_and_configuration_go_to_load_dataset(monkeypatch):
         ({"prompt_column": "q", "completion_column": "a"}, None, "--prompt_column, --completion_column"),
         ({"dataset_name": None, "dataset_config_name": "x"}, None, "--dataset_config_name names a configuration"),
         ({}, {"train": ["a"], "test": ["b"]}, "has no 'validation' split (its splits: train, test)"),
-        ({}, {"train": ["a"], "validation": [" ", ""]}, "the 'validation' split holds no text"),
+        ({}, {"train": ["a"], "test": ["b"]}, "pass --validation_split_percentage P to score the first P% of its"),
+        ({"validation_split_percentage": 5}, {"test": ["b"]}, "its splits: test), which causal_lm scores as the dev"),
+        ({"validation_split_percentage": 100}, None, "would leave no rows for the dev set or for training"),
+        ({"validation_split_percentage": 0}, None, "pass a whole number from 1 to 99"),
+        ({}, {"train": ["a"], "validation": [" ", ""]}, "the split 'validation' holds no text"),
+        ({"validation_split_percentage": 50}, {"train": [" ", "a"]}, "the first 50% of split 'train' holds no text"),
     ],
 )
 def test_bad_hub_requests_are_one_line(monkeypatch, extra, splits, words):
@@ -170,3 +177,135 @@ def test_finetune_by_cli_trains_on_the_hub_train_split(tmp_path, capsys):
     assert main([*argv, *map(str, flags), "--max_steps", "1"]) == 0, capsys.readouterr().err
     info = json.loads((out / "ted_stage.json").read_text())
     assert info["args"]["dataset_name"] == str(folder)
+
+
+# ------------------------------------------------------------------------------------ a train split only (openwebtext)
+
+
+@pytest.mark.parametrize("percent", [5, 30])
+def test_a_train_only_dataset_gives_its_first_rows_to_dev_as_run_clm(tmp_path, percent):
+    """--validation_split_percentage P: dev = the rows of `load_dataset(NAME, split="train[:P%]")` (run_clm's
+    call), train = `train[P%:]`; both packed like the same rows in files."""
+    import datasets
+
+    folder = tmp_path / "owt"
+    folder.mkdir()
+    rows = sentences(37, seed=7)
+    write_rows(folder / "train.jsonl", rows)
+    tok = decoder_tokenizer()
+    _, data = load_task(data_args(dataset_name=str(folder), validation_split_percentage=percent, block_size=8), tok)
+    first = datasets.load_dataset(str(folder), split=f"train[:{percent}%]")["text"][:]
+    rest = datasets.load_dataset(str(folder), split=f"train[{percent}%:]")["text"][:]
+    assert len(first) == {5: 2, 30: 11}[percent]  # round(37 * P / 100): 1.85 -> 2, 11.1 -> 11
+    assert first + rest == rows
+    assert data.eval_sets["validation"]["input_ids"] == hand_blocks(tok, first, 8)
+    assert data.train["input_ids"] == hand_blocks(tok, rest, 8)
+
+
+def test_the_percentage_is_unused_where_there_is_a_dev_split(tmp_path, caplog):
+    tok = decoder_tokenizer()
+    folder = hub_folder(tmp_path)
+    with caplog.at_level("WARNING", logger="ted.tasks.lm_hub"):
+        _, data = load_task(data_args(dataset_name=str(folder), validation_split_percentage=20, block_size=8), tok)
+    assert data.eval_sets["validation"]["input_ids"] == hand_blocks(tok, DOCS[1::2], 8)
+    assert data.train["input_ids"] == hand_blocks(tok, DOCS[0::2], 8)
+    assert "has a 'validation' split, which is the dev set: --validation_split_percentage 20 is not used" in caplog.text
+    # Local files bring their own dev file: the percentage (a preset's hub setting, say) is unused there too.
+    caplog.clear()
+    dev = write_rows(tmp_path / "d.jsonl", DOCS[1::2])
+    with caplog.at_level("WARNING", logger="ted.tasks.lm_hub"):
+        _, local = load_task(data_args(validation_file=str(dev), validation_split_percentage=20, block_size=8), tok)
+    assert local.eval_sets["validation"]["input_ids"] == data.eval_sets["validation"]["input_ids"]
+    assert "--validation_split_percentage 20 is not used" in caplog.text
+
+
+# ------------------------------------------------------------------------------------ `ted evaluate` and hub stages
+
+
+def unreadable_split():
+    """A train split whose rows raise when anything reads them (its column names and types are known)."""
+    import datasets
+
+    def rows():
+        raise AssertionError("the train split was read")
+        yield {}
+
+    return datasets.IterableDataset.from_generator(rows, features=datasets.Features({"text": datasets.Value("string")}))
+
+
+def test_evaluate_never_reads_the_train_split(tmp_path, monkeypatch):
+    import datasets
+
+    dev = DOCS[1::2]
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda *a, **k: datasets.DatasetDict({"train": unreadable_split(), "validation": text_rows(dev)}),
+    )
+    with pytest.raises(AssertionError, match="the train split was read"):  # a training stage does read it
+        load_task(data_args(dataset_name="owt", block_size=8), decoder_tokenizer())
+    model = write_decoder(tmp_path / "m", "gpt2")
+    out = tmp_path / "out"
+    flags = ["--task_name", "causal_lm", "--dataset_name", "owt", "--block_size", "8", "--output_dir", str(out)]
+    assert main(["evaluate", "--model_name_or_path", str(model), *flags, "--disable_tqdm", "True"]) == 0
+    scored = sum(len(block) - 1 for block in hand_blocks(decoder_tokenizer(), dev, 8))
+    assert json.loads((out / "eval_results.json").read_text())["eval_tokens"] == scored
+
+
+def test_evaluate_reads_only_the_dev_rows_cut_from_train(monkeypatch):
+    """With --validation_split_percentage the dev rows come from `train`; the rest (training rows) is not read."""
+    import datasets
+
+    from ted.tasks import lm_hub
+
+    rows = sentences(20, seed=9)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict({"train": text_rows(rows)}))
+    read, real = [], lm_hub.text_batches
+
+    def recorded(data, column):
+        read.append(list(data[column]))
+        return real(data, column)
+
+    monkeypatch.setattr(lm_hub, "text_batches", recorded)
+    args = data_args(dataset_name="owt", validation_split_percentage=25, block_size=8, max_train_samples=0)
+    _, data = load_task(args, decoder_tokenizer())
+    assert read == [rows[:5]] and len(data.train) == 0
+    assert data.eval_sets["validation"]["input_ids"] == hand_blocks(decoder_tokenizer(), rows[:5], 8)
+
+
+def text_rows(texts: list[str]):
+    import datasets
+
+    return datasets.Dataset.from_dict({"text": texts})
+
+
+def test_evaluate_on_a_hub_stage_remembers_its_dataset_unless_a_file_is_given(tmp_path, capsys):
+    """A stage trained on a train-only local hub folder with --validation_split_percentage: `ted evaluate STAGE`
+    scores the same dev rows without data flags; --validation_file wins over the remembered dataset."""
+    folder = tmp_path / "owt"
+    folder.mkdir()
+    rows = sentences(30, seed=11)
+    write_rows(folder / "train.jsonl", rows)
+    model, stage = write_decoder(tmp_path / "m", "gpt2"), tmp_path / "stage"
+    flags = lm_flags(Path("t"), Path("d"), block_size=8)
+    for name in ("--train_file", "--validation_file"):
+        del flags[flags.index(name) : flags.index(name) + 2]
+    hub = ["--dataset_name", str(folder), "--validation_split_percentage", "20"]
+    argv = ["finetune", "--model_name_or_path", str(model), "--output_dir", str(stage), *hub, *flags]
+    assert main([*argv, "--max_steps", "1"]) == 0, capsys.readouterr().err
+    assert json.loads((stage / "ted_stage.json").read_text())["args"]["validation_split_percentage"] == 20
+
+    def evaluate(name: str, *extra: str) -> dict:
+        out = tmp_path / name
+        argv = ["evaluate", "--model_name_or_path", str(stage), "--output_dir", str(out), "--disable_tqdm", "True"]
+        assert main([*argv, *extra]) == 0, capsys.readouterr().err
+        return json.loads((out / "eval_results.json").read_text())
+
+    tok = decoder_tokenizer()
+    remembered, explicit = evaluate("remembered"), evaluate("explicit", "--task_name", "causal_lm", *hub)
+    assert remembered["eval_tokens"] == sum(len(b) - 1 for b in hand_blocks(tok, rows[:6], 8))  # 20% of 30 rows
+    assert remembered["eval_perplexity"] == pytest.approx(explicit["eval_perplexity"], rel=1e-6)
+    assert remembered["eval_tokens"] == explicit["eval_tokens"]
+    other = write_rows(tmp_path / "other.jsonl", rows[10:13])
+    from_file = evaluate("file", "--validation_file", str(other))  # no conflict with the remembered dataset
+    assert from_file["eval_tokens"] == sum(len(b) - 1 for b in hand_blocks(tok, rows[10:13], 8))

@@ -61,7 +61,9 @@ def init_student(**kwargs: Any) -> StageResult:
 
 def lm_eval(**kwargs: Any) -> dict[str, Any]:
     """`ted lm-eval`: WikiText perplexity or LAMBADA accuracy of a causal LM (model_name_or_path=, task=, data=,
-    context_length=, stride=, limit=, gguf_file=, output_dir=). Returns the scores as a dict."""
+    context_length=, stride=, limit=, convention="hf" or "harness" (WikiText: Hugging Face's strided windows, or
+    lm-evaluation-harness's rolling windows per article with word/byte perplexity), gguf_file=, output_dir=).
+    Returns the scores as a dict."""
     return run_options("lm-eval", kwargs)
 
 

@@ -70,13 +70,42 @@ def root_model(path: Optional[str]) -> Optional[str]:
     return path
 
 
+def hub_dataset(name: Optional[str]) -> bool:
+    """Whether a --dataset_name is a hub id (the card's metadata may list it), not a local folder."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not name or Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:  # a path such as /data/owt or ./owt
+        return False
+    return True
+
+
 def dataset_id(stage: dict) -> Optional[str]:
+    """The hub dataset the stage trained on, for the card's `datasets` metadata (None: local files)."""
     from ted.tasks.glue import canonical_glue_name
 
     name, args = stage.get("task", {}).get("name"), stage.get("args", {})
     if canonical_glue_name(name):
         return args.get("dataset_name") or "nyu-mll/glue"
+    if name == "causal_lm":  # text from a hub dataset, or from files (then no id)
+        return args["dataset_name"] if hub_dataset(args.get("dataset_name")) else None
     return DATASETS.get(name)
+
+
+def data_lines(args: dict) -> list[str]:
+    """The Training section's line naming a --dataset_name the stage read (configuration, how dev was cut)."""
+    name, config = args.get("dataset_name"), args.get("dataset_config_name")
+    if not name:
+        return []
+    percent = args.get("validation_split_percentage")
+    text = f"Data: the {'hub dataset' if hub_dataset(name) else 'dataset folder'} `{name}`"
+    text += f", configuration `{config}`" if config else ""
+    if percent is not None:
+        text += f"; dev set: its validation split, or (where it has none) the first {percent}% of its train rows"
+    return [text + ".", ""]
 
 
 def shown_metrics(metrics: dict) -> dict[str, float]:
@@ -208,6 +237,7 @@ def build(stage_dir: Path, stage: Optional[dict], metrics: dict, speed_rows: Opt
         f"Task `{task.get('name')}` ({task.get('head')}), selection metric "
         f"`{task.get('selection_metric')}`; method **{method}**.",
         "",
+        *data_lines(args),
         "| setting | value |",
         "|---|---|",
     ]

@@ -56,6 +56,7 @@ class DataArguments:
         None, help="Hub dataset id: GLUE tasks (default: nyu-mll/glue) or causal_lm text (e.g. wikitext)."
     )
     dataset_config_name: Optional[str] = option(None, help="causal_lm: the hub dataset's configuration, if any.")
+    validation_split_percentage: Optional[int] = option(None, help="causal_lm hub data: dev = first P percent of train")
     train_file: Optional[str] = option(None, help="CSV/TSV/JSON/JSONL training file.")
     validation_file: Optional[str] = option(None, help="CSV/TSV/JSON/JSONL dev file.")
     text_columns: Optional[list[str]] = option(

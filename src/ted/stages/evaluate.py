@@ -48,6 +48,9 @@ REMEMBERED_SETTINGS = (
     "completion_column",
     "messages_column",
 )
+# The hub dataset a stage trained on is remembered as a whole, and only when the user names no other data (their
+# --validation_file, --data_dir or another --dataset_name wins without a conflict).
+HUB_SETTINGS = ("dataset_name", "dataset_config_name", "validation_split_percentage")
 
 
 def _stage_task_name(info: dict, data_args: DataArguments) -> str | None:
@@ -58,6 +61,16 @@ def _stage_task_name(info: dict, data_args: DataArguments) -> str | None:
     if name in GLUE_TASKS and (data_args.train_file or data_args.validation_file):
         return None
     return name
+
+
+def _stage_hub_dataset(saved: dict, data_args: DataArguments) -> dict:
+    """The stage's hub dataset settings that `data_args` leave open (none when the user names other data)."""
+    if not saved.get("dataset_name") or data_args.train_file or data_args.validation_file or data_args.data_dir:
+        return {}
+    if data_args.dataset_name not in (None, saved["dataset_name"]):
+        return {}
+    open_settings = [name for name in HUB_SETTINGS if getattr(data_args, name) is None]
+    return {name: saved[name] for name in open_settings if saved.get(name) is not None}
 
 
 def with_stage_settings(data_args: DataArguments, model_path: str | None) -> DataArguments:
@@ -76,6 +89,7 @@ def with_stage_settings(data_args: DataArguments, model_path: str | None) -> Dat
         for name in REMEMBERED_SETTINGS
         if saved.get(name) is not None and getattr(data_args, name) == defaults[name] and saved[name] != defaults[name]
     }
+    changes.update(_stage_hub_dataset(saved, data_args))
     if not data_args.task_name and _stage_task_name(info, data_args):
         changes["task_name"] = _stage_task_name(info, data_args)
     if get_kind((info.get("task") or {}).get("head") or "classification").scores and not data_args.task_type:
@@ -97,7 +111,8 @@ def run_evaluate(
     if is_custom(data_args):  # a dev file alone is enough: the labels come from the model
         data_args = with_model_labels(data_args, load_config(path, model_args.cache_dir, gguf))
     data_args = fit_data_to_model(path, data_args, model_args.cache_dir, gguf)
-    task, data = load_task(data_args, tokenizer)
+    # Scoring needs no training rows: every task keeps none, and causal_lm does not even read its train split.
+    task, data = load_task(dataclasses.replace(data_args, max_train_samples=0), tokenizer)
     model = load_task_model(path, task, model_args.cache_dir, gguf, tokenizer)
     with tempfile.TemporaryDirectory() as scratch:
         # SQuAD streams each batch's logits into post-processing (as the stages do) instead of gathering them all.

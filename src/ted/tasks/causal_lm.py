@@ -3,11 +3,11 @@
 Plain text (any file that is not .csv/.tsv/.json/.jsonl, e.g. .txt or WikiText's .raw): documents are separated
 by blank lines, or one per non-empty line with `--line_by_line`. CSV/JSON(L): one document per row of
 `--text_column` (default `text`), as are the rows of a hub dataset's `train` and `validation` splits
-(`--dataset_name`, tasks/lm_hub.py); blank documents are skipped. Each document is tokenised as the tokenizer
-does by default minus the special tokens it appends (a BOS in front only where the tokenizer adds one, as
-`ted lm-eval` does), EOS is appended, and the whole split is cut into blocks of `--block_size` tokens (the last,
-shorter block is kept; attention crosses document boundaries inside a block, as in Hugging Face's run_clm).
-Every token of a block is a label.
+(`--dataset_name`, tasks/lm_hub.py; `--validation_split_percentage` cuts dev from `train`); blank documents are
+skipped. Each document is tokenised as the tokenizer does by default minus the special tokens it appends (a BOS in
+front only where the tokenizer adds one, as `ted lm-eval` does), EOS is appended, and the whole split is cut into
+blocks of `--block_size` tokens (the last, shorter block is kept; attention crosses document boundaries inside a
+block, as in Hugging Face's run_clm). Every token of a block is a label.
 
 With `--prompt_column/--completion_column` every row is one example, padded rather than packed: prompt and
 completion are tokenised separately and joined (put any separator in the text), EOS ends the completion, and
@@ -192,7 +192,7 @@ def packed_blocks(
     bos, eos = _bos(tokenizer), _eos(tokenizer)
     need = None if limit is None else limit * block_size
     pieces, total = [np.zeros(0, dtype=np.int64)], 0
-    for texts in batches:
+    for texts in batches if need != 0 else ():
         docs = _encode(tokenizer, [text for text in texts if text.strip()])
         pieces.append(np.fromiter((t for ids in docs for t in (*bos, *ids, eos)), dtype=np.int64))
         total += len(pieces[-1])
@@ -265,9 +265,9 @@ def load_causal_lm_data(data_args: DataArguments, tokenizer: PreTrainedTokenizer
     dev_path = _check_path(data_args.validation_file, "--validation_file")
     train_path = _check_path(data_args.train_file, "--train_file") if data_args.train_file else None
     dev = _split(dev_path, "--validation_file", data_args, tokenizer, data_args.max_eval_samples)
-    if train_path:
+    if train_path and data_args.max_train_samples != 0:
         train = _split(train_path, "--train_file", data_args, tokenizer, data_args.max_train_samples)
-    else:  # `ted evaluate` scores a dev file alone; the training stages refuse an empty train split
+    else:  # `ted evaluate` (--max_train_samples 0) scores dev alone; the training stages refuse an empty train
         train = dev.select([])
     return causal_lm_task(), TaskData(train=train, eval_sets={"validation": dev})
 
