@@ -22,10 +22,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ted.method.model_parts import final_norm, layer_list
+
 logger = logging.getLogger(__name__)
 
-# Where decoder families keep the norm applied to the last layer (on the layer list's parent or the base model).
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
 PROBE_TOKENS = 8  # tokens of the first batch's first row the one-time check runs on
 
 
@@ -35,34 +35,10 @@ def hidden_of(value: Any) -> torch.Tensor:
 
 
 def find_layer_stack(model: nn.Module) -> Optional[tuple[nn.ModuleList, Optional[nn.Module]]]:
-    """(the model's layer list, its final norm or None), or None when there is no single layer list.
-
-    The layer list is found by shape, not by architecture: the ModuleList under the base model with as many
-    blocks of one class as `config.num_hidden_layers` (GPT-2 `transformer.h`, Llama/Qwen2 `model.layers`, BERT
-    `encoder.layer`); where several fit, the one with the most parameters. The final norm is a module named as
-    in FINAL_NORM_NAMES beside the list or on the base model."""
-    total = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    base = getattr(model, "base_model", model)
-    if not isinstance(total, int) or not isinstance(base, nn.Module):
-        return None
-    found = [
-        (sum(p.numel() for p in module.parameters()), name, module)
-        for name, module in base.named_modules()
-        if isinstance(module, nn.ModuleList)
-        and len(module) == total
-        and len({type(block) for block in module}) == 1
-        and any(True for _ in module.parameters())
-    ]
-    if not found:
-        return None
-    _, name, layers = max(found, key=lambda item: item[0])
-    parent = base.get_submodule(name.rpartition(".")[0])
-    for owner in (parent, base):
-        for norm_name in FINAL_NORM_NAMES:
-            norm = getattr(owner, norm_name, None)
-            if isinstance(norm, nn.Module) and not isinstance(norm, nn.ModuleList):
-                return layers, norm
-    return layers, None
+    """(the model's layer list, its final norm or None), or None when there is no single layer list
+    (ted.method.model_parts)."""
+    found = layer_list(model)
+    return None if found is None else (found[1], final_norm(model))
 
 
 @contextlib.contextmanager

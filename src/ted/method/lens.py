@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ted.errors import TedInputError
+from ted.method import model_parts
 from ted.method.chunked import default_chunk_tokens
 from ted.method.heads import HEADS_CONFIG, HEADS_WEIGHTS
 from ted.method.losses import next_token_targets
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from ted.method.filters import TaskAwareFilters
 
 LENS, FRESH = "lens", "fresh"
-# Where decoder families keep the norm applied to the last layer before the LM head (on `model.base_model`).
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "norm_f", "final_layer_norm")
 
 
 @dataclass
@@ -96,15 +95,14 @@ class NextTokenHeads(SavedModule):
 
 def final_norm(model: PreTrainedModel) -> nn.Module:
     """The norm a decoder applies to its last layer before the LM head."""
-    base = model.base_model
-    for name in FINAL_NORM_NAMES:
-        module = getattr(base, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise TedInputError(
-        f"Cannot find the final norm of this {type(model).__name__} (looked for {', '.join(FINAL_NORM_NAMES)} on "
-        "its base model), so Stage I cannot use the model's own output head. Use --stage1_lm_head fresh."
-    )
+    norm = model_parts.final_norm(model)
+    if norm is None:
+        raise TedInputError(
+            f"Cannot find the final norm of this {type(model).__name__} (looked for "
+            f"{', '.join(model_parts.FINAL_NORM_NAMES)} beside its layers), so Stage I cannot use the model's own "
+            "output head. Use --stage1_lm_head fresh."
+        )
+    return norm
 
 
 def output_path(model: PreTrainedModel, input_ids: torch.Tensor) -> Optional[int]:

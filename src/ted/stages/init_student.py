@@ -45,28 +45,17 @@ def num_layers_of(config: PretrainedConfig) -> int:
 
 
 def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The ModuleList holding the model's layers: as many entries as `num_hidden_layers`, all of one class.
+    """(its name, the ModuleList holding the model's layers), found by shape (ted.method.model_parts.layer_list)."""
+    from ted.method.model_parts import layer_list
 
-    Found by shape, not by a table of architectures (BERT `encoder.layer`, Llama/Qwen2 `model.layers`, GPT-2
-    `transformer.h`); where several lists fit, the one with the most parameters is the layer stack."""
-    from torch import nn
-
-    total = num_layers_of(model.config)
-    found = [
-        (sum(p.numel() for p in module.parameters()), name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList)
-        and len(module) == total
-        and len({type(layer) for layer in module}) == 1
-        and any(True for _ in module.parameters())
-    ]
-    if not found:
+    found = layer_list(model)
+    if found is None:
+        total = num_layers_of(model.config)
         raise TedInputError(
             f"Cannot find the {total} layers of {type(model).__name__} (no list of {total} identical blocks); "
             "ted can drop layers of BERT/RoBERTa/DeBERTa-style encoders and GPT-2/Llama/Qwen2-style decoders."
         )
-    _, name, module = max(found, key=lambda item: item[0])
-    return name, module
+    return found
 
 
 def student_config(config: PretrainedConfig, layers: list[int]) -> PretrainedConfig:
