@@ -16,7 +16,7 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data, select=None):
     import torch
     from transformers import DataCollatorWithPadding, default_data_collator
 
-    from ted.method.feature_cache import cache_autocast_dtype, first_token_features
+    from ted.method.feature_cache import cache_autocast_dtype, pooled_token_features
     from ted.method.filters import new_filters, select_layers
     from ted.method.heads import new_heads
     from ted.method.objectives import CachedFilterLearner, FilterLearner, FilterObjective
@@ -67,7 +67,7 @@ def bench_stage1(opts, size, device, meter, tokenizer, task, data, select=None):
 
         def cached_run():
             start = time.perf_counter()
-            cache = first_token_features(
+            cache = pooled_token_features(
                 backbone.to(device),
                 train,
                 layers,

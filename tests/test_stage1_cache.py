@@ -20,7 +20,7 @@ from transformers import (
 import tiny
 from ted.cli.main import main
 from ted.method import feature_cache
-from ted.method.feature_cache import first_token_features
+from ted.method.feature_cache import pooled_token_features
 from ted.method.filters import new_filters
 from ted.method.heads import new_heads
 from ted.method.objectives import CachedFilterLearner, FilterLearner, FilterObjective
@@ -56,7 +56,7 @@ def _setup(tmp_path):
 def test_cached_logits_equal_eval_mode_backbone(tmp_path):
     tok, model, data, filters, heads = _setup(tmp_path)
     full = FilterLearner(model, filters, heads, backbone_mode="eval").eval()
-    cache = first_token_features(model, data, LAYERS, tok, torch.device("cpu"), batch_size=5)
+    cache = pooled_token_features(model, data, LAYERS, tok, torch.device("cpu"), batch_size=5)
     assert cache.features.shape == (len(data), len(LAYERS), model.config.hidden_size)
     assert not cache.features.is_inference()  # it feeds autograd later
     cached = CachedFilterLearner(filters, heads).eval()
@@ -102,7 +102,7 @@ def test_cached_training_matches_uncached_eval_mode(tmp_path):
         data,
         DataCollatorWithPadding(tok),
     )
-    cache = first_token_features(model, data, LAYERS, tok, torch.device("cpu"), batch_size=7)
+    cache = pooled_token_features(model, data, LAYERS, tok, torch.device("cpu"), batch_size=7)
     cached = train(CachedFilterLearner(copy.deepcopy(filters), copy.deepcopy(heads)), cache, default_data_collator)
     moved = False
     for key, value in uncached.items():

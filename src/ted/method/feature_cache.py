@@ -124,9 +124,6 @@ def pooled_token_features(
     return CachedFeatures(features, labels)
 
 
-first_token_features = pooled_token_features  # its name before decoders (token 0 only), still imported by name
-
-
 def _gather_rows(features: torch.Tensor, device: torch.device) -> None:
     """Each row was computed by exactly one process (zeros elsewhere): a sum across processes gathers them all."""
     reduce_device = device if torch.distributed.get_backend() != "gloo" else torch.device("cpu")

@@ -47,7 +47,7 @@ class HeadKind:
     architecture_suffix = "ForSequenceClassification"
     pipeline_tag = "text-classification"
     problem_type: Optional[str] = "single_label_classification"
-    # One prediction per example, read at one position (heads.POOLED_POSITION): its outputs are the task's
+    # One prediction per example, read at one position (ted.method.pooling): its outputs are the task's
     # labels, and the Stage I feature cache can store just that position. A span head reads every token.
     sequence_level = True
     # Evaluation predictions are post-processed batch by batch (SQuAD) instead of gathered whole.

@@ -72,12 +72,13 @@ class FilterLearner(nn.Module):
 
 
 class CachedFilterLearner(nn.Module):
-    """Stage I on cached features: the filters and heads alone, fed token 0 of each selected layer.
+    """Stage I on cached features: the filters and heads alone, fed the pooled token of each selected layer.
 
-    With the frozen backbone in eval mode the classification / regression heads only read token 0 of each
-    filter's output, and a filter is position-wise, so `features` [B, K, hidden] (token 0 of the K selected
-    layers' hidden states, computed once, see `ted.method.feature_cache`) give exactly the logits of a `FilterLearner`
-    in "eval" mode, without running the backbone every epoch.
+    With the frozen backbone in eval mode the classification / regression heads only read one token of each
+    filter's output (token 0, or a decoder's last real token: ted.method.pooling), and a filter is position-wise, so
+    `features` [B, K, hidden] (that token of the K selected layers' hidden states, computed once, see
+    `ted.method.feature_cache`) give exactly the logits of a `FilterLearner` in "eval" mode, without running the
+    backbone every epoch.
     """
 
     def __init__(self, filters: TaskAwareFilters, heads: StageOneHeads) -> None:

@@ -14,7 +14,7 @@ from transformers import default_data_collator
 
 from ted import artifacts
 from ted.artifacts import StageResult
-from ted.method.feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, first_token_features
+from ted.method.feature_cache import cache_autocast_dtype, cache_bytes, cache_fits, pooled_token_features
 from ted.method.filters import new_filters, select_layers
 from ted.method.heads import new_heads
 from ted.method.lens import LENS, NextTokenFilterLearner, NextTokenFilterObjective, new_next_token_heads
@@ -83,7 +83,7 @@ def cached_data(
     model.to(device)
 
     def cache(dataset: datasets.Dataset) -> CachedFeatures:
-        return first_token_features(model, dataset, layers, tokenizer, device, batch_size, dtype)
+        return pooled_token_features(model, dataset, layers, tokenizer, device, batch_size, dtype)
 
     cached = TaskData(train=cache(data.train), eval_sets={name: cache(ds) for name, ds in data.eval_sets.items()})
     model.to("cpu")  # the backbone is not needed again until it is saved
@@ -156,7 +156,7 @@ def run_learn_filters(
             and cache_affordable(model, data, layers, training_args)
         )
         if use_cache:
-            # Eval-mode backbone + heads reading token 0: compute token 0 of each selected layer once and train the
+            # Eval-mode backbone + heads reading one token: compute that token of each selected layer once and train the
             # filters and heads on it (ted.method.feature_cache); same logits as the uncached eval-mode learner.
             logger.info("Stage I with cached features: one backbone pass over %d train rows", len(data.train))
             data = cached_data(model, data, layers, tokenizer, training_args)
