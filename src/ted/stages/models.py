@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -15,7 +14,7 @@ from transformers import (
 
 from ted.errors import TedInputError
 from ted.method.pooling import prepare_decoder_classifier
-from ted.stages.gguf_files import has_tokenizer_files, resolve_gguf_file
+from ted.stages.gguf_files import has_tokenizer_files, looks_like_local_path, resolve_gguf_file
 from ted.tasks import model_fit, resolve_task_name
 from ted.tasks.base import DEFAULT_MAX_SEQ_LENGTH, Task
 from ted.tasks.squad import DEFAULT_MAX_SEQ_LENGTH as SQUAD_MAX_SEQ_LENGTH
@@ -27,11 +26,6 @@ if TYPE_CHECKING:
     from ted.settings.options import DataArguments
 
 logger = logging.getLogger(__name__)
-
-
-def looks_like_local_path(name: str) -> bool:
-    """A hub id is `name` or `owner/name`; anything else (./x, /x, ~/x, a/b/c, a Windows path) is a folder."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
 def check_model_source(name_or_path: Optional[str], gguf_file: Optional[str] = None) -> Optional[str]:
