@@ -15,7 +15,11 @@ divergence against the naive full-vocabulary one on that pair's real logits.
 * KD term: the initial student's and the teacher's logits on that batch are saved, and
   `chunked_divergence.py --logits` measures one forward+backward of the term over the scored next-token
   positions, naive (the divergence over the whole [B, T, V] at once) and chunked (as the causal-LM kind computes
-  it), each in a fresh process, and their times in a third.
+  it), each in a fresh process, and their times in a third. On CPU both memory runs are repeated with
+  `MALLOC_MMAP_THRESHOLD_=65536`: glibc then returns each freed chunk at once instead of keeping it in its heap,
+  so `chunked_kd_memory_ratio_malloc_trimmed` compares what the two terms themselves hold.
+* Peak memory of the Stage II configurations: this process's peak RSS, reset before each one (CUDA:
+  `max_memory_allocated`), so it includes the models every configuration keeps loaded.
 """
 
 from __future__ import annotations

@@ -114,18 +114,25 @@ def stage2_steps(opts, size, device, meter, task, models, batch, alphas, select=
         steps = {name: (lambda tr=tr: train_step(tr, batch)) for name, tr in trainers.items()}
         if select is None or "teacher_forward" in select:
             steps["teacher_forward"] = teacher_forward
-        times = interleaved_rounds(steps, size["stage2_warmup"], size["stage2_reps"], device, meter)
+        cpu_times: dict[str, list[float]] = {}
+        times = interleaved_rounds(steps, size["stage2_warmup"], size["stage2_reps"], device, meter, cpu_times)
     if select is not None:
         return {}
     med = {name: statistics.median(values) for name, values in times.items()}
     base = med["finetune"] + med["teacher_forward"]
+    cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
+    cpu_base = cpu["finetune"] + cpu["teacher_forward"]
     n = int(batch["input_ids"].shape[0])
     return {
         "stage2_overhead_ratio": round(med["ted"] / base, 4),
         "kd_overhead_ratio": round(med["kd"] / base, 4),
         "lwd_overhead_ratio": round(med["lwd"] / base, 4),
+        # The same ratios of CPU time (median CPU seconds of this process per step): on a machine shared with
+        # other jobs, wall times of one configuration can vary several-fold from round to round.
+        "cpu_time_overhead_ratios": {m: round(cpu[m] / cpu_base, 4) for m in ("ted", "kd", "lwd")},
         "step_ms_median": {k: round(v * 1000, 1) for k, v in med.items()},
         "step_ms_all": {k: [round(x * 1000, 1) for x in v] for k, v in times.items()},
+        "step_cpu_ms_median": {k: round(v * 1000, 1) for k, v in cpu.items()},
         "samples_per_second": {k: round(n / v, 2) for k, v in med.items()},
         "batch": {
             "size": n,

@@ -130,19 +130,25 @@ def train_step(trainer, batch) -> None:
     model.zero_grad()
 
 
-def interleaved_rounds(steps: dict, warmup: int, reps: int, device, meter: Meter) -> dict[str, list[float]]:
+def interleaved_rounds(
+    steps: dict, warmup: int, reps: int, device, meter: Meter, cpu_times: dict | None = None
+) -> dict[str, list[float]]:
     """Seconds of each step over `reps` rounds after `warmup` ones; every round runs every step once, the first
     one rotating, so load changes on a shared machine hit all configurations alike. Each step's peak memory
-    goes to `meter` under its name."""
+    goes to `meter` under its name. `cpu_times`, when given, gets each step's CPU seconds (all threads of this
+    process): less disturbed than wall time by other jobs on the machine, though spinning threads count too."""
     names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(warmup + reps):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
+            cpu_start = time.process_time()
             with meter.track(name):
                 elapsed = timed(steps[name], device)
             if round_ >= warmup:
                 times[name].append(elapsed)
+                if cpu_times is not None:
+                    cpu_times.setdefault(name, []).append(time.process_time() - cpu_start)
     return times
 
 
