@@ -15,19 +15,17 @@ from ted.errors import TedInputError
 from ted.lm.lambada import encode_pair, score_lambada, split_example
 from ted.lm.perplexity import encode_text, perplexity, split_documents, windows
 from ted.stages.models import check_model_source, load_causal_lm, load_tokenizer
-from tiny import build_tokenizer
+from tiny import (
+    build_tokenizer,
+    one_thread,  # noqa: F401  (module fixture)
+)
 
 TEXT = "the movie was good . the plot was bad . a film it was not very good , the movie ."
 WIKI = " = First = \n the movie was good \n = = Part = = \n the plot was bad \n = Second = \n a film it was \n"
 LAMBADA_ROWS = ["the movie was very good", "the plot was not bad", "it was a great film", "the film was awful"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 import tiny
 from helpers import shared_dir
@@ -20,6 +19,7 @@ from ted.lm.perplexity import encode_text
 from ted.lm.rolling import detokenize, harness_pages, prefix_token, rolling_scores, rolling_windows, word_count
 from test_causal_lm import decoder_tokenizer, write_decoder
 from test_lm_eval import logprob, run_cli
+from tiny import one_thread  # noqa: F401  (module fixture)
 
 RAW = (
     " \n = Alpha = \n \n Alpha is a film , the movie was good . \n \n = = Plot = = \n \n The plot @-@ line was bad"
@@ -40,12 +40,7 @@ DETOKENIZED = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pages_detokenizer_and_counts_by_hand():

@@ -9,21 +9,11 @@ from typing import TYPE_CHECKING, Optional
 from ted import artifacts
 from ted.errors import TedInputError
 from ted.method.kinds import HeadKind, get_kind
+from ted.pipelines.roles import ROLES
 
 if TYPE_CHECKING:
     import numpy as np
 
-PIPELINE_ROLES = (
-    "student_init",
-    "teacher",
-    "initial_student",
-    "student",
-    "teacher_stage1",
-    "student_stage1",
-    "ted",
-    "kd",
-    "lwd",
-)
 RESULT_ROWS = (
     ("teacher", "teacher (fine-tuned)"),
     ("initial_student", "student (initialised, before training)"),
@@ -151,7 +141,7 @@ def find_runs(run_dirs: list[str | Path]) -> dict[str, TaskRuns]:
                 continue
             info = artifacts.read_json(path)
             meta = info.get("pipeline") or {}
-            role = meta.get("role") or (folder.name if folder.name in PIPELINE_ROLES else None)
+            role = meta.get("role") or (folder.name if folder.name in ROLES else None)
             if role is None:
                 continue
             task = meta.get("task") or info.get("task", {}).get("name", "task")
