@@ -95,8 +95,9 @@ def _positions_from_mask(module: Any, args: tuple, kwargs: dict) -> tuple[tuple,
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
-    """A tokenizer without a pad token (GPT-2, Llama) pads with its EOS token; one without either is refused."""
-    if tokenizer.pad_token_id is not None:
+    """A tokenizer without a pad token (GPT-2, Llama) pads with its EOS token; one without either is refused.
+    (A plain tokenizing function, which has no special tokens at all, is left as it is.)"""
+    if getattr(tokenizer, "pad_token_id", 0) is not None:
         return
     if tokenizer.eos_token is None:
         raise TedInputError(
