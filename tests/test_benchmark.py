@@ -112,6 +112,8 @@ def test_quick_causal_lm_benchmark(tmp_path, capsys, monkeypatch):
               "chunked_kd_memory_ratio_malloc_trimmed")  # fmt: skip
     for key in ratios:
         assert isinstance(printed[key], float) and printed[key] > 0, key
+    assert set(printed["cpu_time_overhead_ratios"]) == {"ted", "kd", "lwd"}
+    assert all(v > 0 for v in printed["cpu_time_overhead_ratios"].values())
     configs = {"finetune", "teacher_forward", "ted", "kd", "lwd"}
     assert set(printed["step_ms_median"]) == set(printed["peak_memory_mb"]) == configs
     assert all(v > 0 for v in printed["step_ms_median"].values())
