@@ -137,16 +137,13 @@ def init_student(
 def model_class(config: PretrainedConfig, gguf_file: Optional[str]) -> type:
     """The class the teacher was saved as (keeps a task head), else a causal LM for decoders, else AutoModel."""
     import transformers
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
+
+    from ted.method.pooling import is_decoder_only
 
     for name in getattr(config, "architectures", None) or []:
         if hasattr(transformers, name):
             return getattr(transformers, name)
-    decoder = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    if gguf_file or (decoder and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+    if gguf_file or is_decoder_only(config):
         return transformers.AutoModelForCausalLM
     return transformers.AutoModel
 
