@@ -16,7 +16,7 @@ from ted.errors import TedInputError
 from ted.method.kinds import OutputKD, get_kind, kind_of_model
 from ted.settings.options import DataArguments
 from ted.tasks import load_task, task_from_name
-from ted.tasks.causal_lm import fit_to_model, pack
+from ted.tasks.causal_lm import fit_to_model
 from tiny import FILLER, NEGATIVE, POSITIVE, one_thread  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -220,7 +220,7 @@ def test_max_samples_count_blocks_and_tables_read_the_text_column(tmp_path):
     args = data_args(train_file=str(path), validation_file=str(path), text_column="body", block_size=8)
     _, data = load_task(args, tok)
     stream = [t for d in docs for t in tok(d, add_special_tokens=False)["input_ids"] + [2]]
-    assert data.train["input_ids"] == pack([stream], 8)
+    assert data.train["input_ids"] == [stream[i : i + 8] for i in range(0, len(stream), 8)]
     args.max_train_samples, args.max_eval_samples = 3, 2
     _, data = load_task(args, tok)
     assert len(data.train) == 3 and len(data.eval_sets["validation"]) == 2

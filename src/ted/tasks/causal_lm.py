@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from ted.errors import TedInputError
+from ted.lm.scoring import bos_prefix
 from ted.method.kinds import CausalLMKind
 from ted.tasks.base import Task, TaskData
 from ted.tasks.files import check_utf8, root_cause, scan_file
@@ -162,34 +163,22 @@ def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[i
     return ids
 
 
-def _bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    from ted.lm.scoring import bos_prefix
-
-    return bos_prefix(tokenizer)
-
-
 def _eos(tokenizer: PreTrainedTokenizerBase) -> int:
     if tokenizer.eos_token_id is None:
         raise TedInputError("The tokenizer has no EOS token, which causal_lm data puts after every document.")
     return tokenizer.eos_token_id
 
 
-def pack(documents: list[list[int]], block_size: int, limit: Optional[int] = None) -> list[list[int]]:
-    """All documents' tokens in one stream, cut into blocks of block_size (the last may be shorter)."""
-    stream = [token for doc in documents for token in doc]
-    blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)]
-    return blocks[:limit] if limit is not None else blocks
-
-
 def packed_blocks(
     batches: Iterable[list[str]], tokenizer: PreTrainedTokenizerBase, block_size: int, limit: Optional[int]
 ) -> datasets.Dataset:
-    """`pack` of the documents (blank ones skipped), each as BOS? + tokens + EOS, in a datasets.Dataset. The stream
-    is kept as one int64 array, not Python lists, and with `limit` only the documents that fill it are encoded."""
+    """The documents (blank ones skipped), each as BOS? + tokens + EOS, in one stream cut into blocks of block_size
+    (the last may be shorter), as a datasets.Dataset. The stream is kept as one int64 array, not Python lists, and
+    with `limit` (blocks) only the documents that fill it are encoded."""
     import datasets
     import pyarrow as pa
 
-    bos, eos = _bos(tokenizer), _eos(tokenizer)
+    bos, eos = bos_prefix(tokenizer), _eos(tokenizer)
     need = None if limit is None else limit * block_size
     pieces, total = [np.zeros(0, dtype=np.int64)], 0
     for texts in batches if need != 0 else ():
@@ -208,7 +197,7 @@ def completion_rows(
     prompts: list[str], completions: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, name: str
 ) -> dict:
     """One row per example: prompt tokens labelled -100, the completion (and its EOS) scored; cut to block_size."""
-    bos, eos = _bos(tokenizer), _eos(tokenizer)
+    bos, eos = bos_prefix(tokenizer), _eos(tokenizer)
     rows, labels, cut = [], [], 0
     for prompt, completion in zip(_encode(tokenizer, prompts), _encode(tokenizer, completions)):
         ids = bos + prompt + completion + [eos]
