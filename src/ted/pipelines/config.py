@@ -38,17 +38,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ted.errors import TedInputError
+from ted.pipelines.roles import ROLE_SECTION
 
-STAGE_SECTIONS = (
-    "student_init",
-    "teacher_finetune",
-    "student_finetune",
-    "teacher_stage1",
-    "student_stage1",
-    "ted",
-    "kd",
-    "lwd",
-)
+# One section per stage that has settings of its own, in the order the pipeline runs them.
+STAGE_SECTIONS = tuple(section for section in ROLE_SECTION.values() if section)
 SECTIONS = ("common",) + STAGE_SECTIONS
 TOP_KEYS = {
     "preset",
