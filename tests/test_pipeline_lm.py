@@ -300,3 +300,26 @@ def test_stage1_heads_not_below_the_unigram_perplexity_are_flagged():
     check_stage1(findings, "student", scores, dev_examples=16)
     assert [v["at_chance"] for v in findings.stage1_layers["student"].values()] == [True, True, False]
     assert "layer(s) 0, 2" in findings.warnings[0] and "unigram baseline 400" in findings.warnings[0]
+
+
+def test_report_draws_layer_similarity_on_causal_lm_runs(run, tmp_path):
+    """The CKA plot reads the Stage I folders and the dev blocks of a causal-LM run as it does an encoder run's."""
+    from ted.reporting.collect import find_runs
+    from ted.reporting.similarity import layer_cka
+
+    runs = find_runs([run["out"]])["causal_lm"]
+    seed = 3
+    info = read(runs.stages["ted"][seed])
+    pairs = info["lineage"]["layer_pairs"]
+    found = layer_cka(
+        str(runs.stages["teacher_stage1"][seed]),
+        {"after TED": str(runs.stages["ted"][seed]), "after KD": str(runs.stages["kd"][seed])},
+        pairs,
+        info["args"],
+    )
+    assert found is not None and set(found) == {"after TED", "after KD"}
+    assert all(len(v) == len(pairs) and all(0.0 <= x <= 1.0 + 1e-9 for x in v) for v in found.values())
+    assert found["after TED"] != found["after KD"]
+    md, _ = ted.report(str(run["out"]), output=str(tmp_path / "rep"))
+    assert (tmp_path / "rep" / "report_files" / "causal_lm_layer_cka.png").is_file()
+    assert "causal_lm_layer_cka.png" in Path(md).read_text()

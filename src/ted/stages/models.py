@@ -204,9 +204,10 @@ def check_sequence_length(
     completed for the model where the task family does that (causal_lm: --block_size and its check)."""
     # Resolving the task first says an unknown task name before anything about the model.
     squad = resolve_task_name(data_args.task_name, data_args).startswith("squad")
-    if model_fit(data_args) is not None:
-        return fit_data_to_model(name_or_path, data_args, cache_dir, gguf_file)
+    fit = model_fit(data_args)
     limit = position_limit(load_config(name_or_path, cache_dir, gguf_file))
+    if fit is not None:
+        return fit(data_args, limit)
     max_seq_length = data_args.max_seq_length or (SQUAD_MAX_SEQ_LENGTH if squad else DEFAULT_MAX_SEQ_LENGTH)
     if limit is not None and max_seq_length > limit:
         raise TedInputError(
