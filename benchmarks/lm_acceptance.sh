@@ -7,6 +7,8 @@
 #   bash benchmarks/lm_acceptance.sh      # RUN=runs/lm_acceptance STEPS1=16 STEPS2=24 WIKI_DOCS=3 LAMBADA=100
 #
 # Every stage's log, GNU time record (wall time, peak RSS) and result stay under $RUN; a rerun skips what is done.
+# SAVE_EVERY=N checkpoints (and scores the dev blocks) every N Stage II steps instead of once at the end, so a
+# long run that is stopped resumes from its last checkpoint when the same command is run again.
 # Settings (all methods alike): block 128, batch 8 (1,024 tokens a step), AdamW lr 2e-4 with 2 warm-up steps and
 # linear decay, KD temperature 1, --balance_losses (each distillation term weighted to equal the task loss at
 # step 0); filters on every 6th teacher layer (5, 11, 17, 23, 29) and every 3rd student layer (2, 5, 8, 11, 14).
@@ -19,6 +21,7 @@ STEPS1=${STEPS1:-16}     # Stage I optimizer steps (x 1,024 tokens)
 STEPS2=${STEPS2:-24}     # Stage II optimizer steps (x 1,024 tokens)
 WIKI_DOCS=${WIKI_DOCS:-3}
 LAMBADA=${LAMBADA:-100}
+SAVE_EVERY=${SAVE_EVERY:-}
 TEACHER=$SHARED/models/smollm2-135m-instruct-q4_1
 LM=$SHARED/data/lm
 mkdir -p "$RUN"
@@ -27,11 +30,11 @@ mkdir -p "$RUN"
 head -n 3400 "$LM/wikitext-2/valid.txt" > "$RUN/train.txt"
 tail -n +3401 "$LM/wikitext-2/valid.txt" > "$RUN/dev.txt"
 
-step() {  # step NAME COMMAND...: run once, with its log and GNU time record (wall time, peak RSS)
-    local name=$1; shift
+step() {  # step NAME COMMAND...: run once, with its log and GNU time record (wall time, peak RSS); a resumed
+    local name=$1; shift  # step appends to both, one time record per attempt
     [ -e "$RUN/$name.done" ] && return 0
     echo "== $name: $*"
-    /usr/bin/time -v -o "$RUN/$name.time" "$@" > "$RUN/$name.log" 2>&1
+    /usr/bin/time -v -a -o "$RUN/$name.time" "$@" >> "$RUN/$name.log" 2>&1
     touch "$RUN/$name.done"
 }
 lm_data=(--task_name causal_lm --train_file "$RUN/train.txt" --validation_file "$RUN/dev.txt" --block_size 128
@@ -39,6 +42,8 @@ lm_data=(--task_name causal_lm --train_file "$RUN/train.txt" --validation_file "
          --lr_scheduler_type linear --warmup_steps 2 --logging_steps 2 --seed 42 --disable_tqdm true)
 distill=("${lm_data[@]}" --max_train_samples $((STEPS2 * 8)) --learning_rate 2e-4 --temperature 1 --kl_alpha 1
          --balance_losses true --teacher_cache off)
+[ -n "$SAVE_EVERY" ] && distill+=(--eval_strategy steps --eval_steps "$SAVE_EVERY" --save_strategy steps
+                                  --save_steps "$SAVE_EVERY")
 
 step init_student $TED init-student --teacher_model_name_or_path "$TEACHER" --num_layers 15 \
     --strategy block_influence --train_file "$RUN/train.txt" --output_dir "$RUN/student_init"
