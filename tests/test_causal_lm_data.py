@@ -16,7 +16,7 @@ import pytest
 from ted.cli.main import main
 from ted.errors import TedInputError
 from ted.tasks import load_task
-from ted.tasks.causal_lm import packed_blocks
+from ted.tasks.packing import packed_blocks
 from test_causal_lm import data_args, decoder_tokenizer, lm_flags, sentences, write_decoder
 
 DOCS = sentences(9, seed=5)
@@ -309,3 +309,101 @@ def test_evaluate_on_a_hub_stage_remembers_its_dataset_unless_a_file_is_given(tm
     other = write_rows(tmp_path / "other.jsonl", rows[10:13])
     from_file = evaluate("file", "--validation_file", str(other))  # no conflict with the remembered dataset
     assert from_file["eval_tokens"] == sum(len(b) - 1 for b in hand_blocks(tok, rows[10:13], 8))
+
+
+# ------------------------------------------------------------------------- packing a cached split: on disk, reused
+
+
+def packed_files(cache: Path) -> list[Path]:
+    return sorted((cache / "ted_packed").glob("*")) if (cache / "ted_packed").is_dir() else []
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    import datasets
+
+    cache = tmp_path / "hf_datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+def test_a_cached_split_is_packed_to_disk_once_and_reused(tmp_path, datasets_cache, monkeypatch):
+    import ted.tasks.packing as packing
+
+    tok = decoder_tokenizer()
+    folder = hub_folder(tmp_path)
+    args = data_args(dataset_name=str(folder), block_size=8)
+    _, first = load_task(args, tok)
+    files = packed_files(datasets_cache)
+    assert len(files) == 2 and all(f.suffix == ".arrow" for f in files)  # train and dev
+    assert first.train.cache_files and first.train["input_ids"] == hand_blocks(tok, DOCS[0::2], 8)  # memory-mapped
+
+    def no_tokenising(*a, **k):
+        raise AssertionError("packed again instead of reusing the file")
+
+    monkeypatch.setattr(packing, "encode", no_tokenising)
+    _, again = load_task(args, tok)
+    assert again.train["input_ids"] == first.train["input_ids"]
+    assert again.eval_sets["validation"]["input_ids"] == first.eval_sets["validation"]["input_ids"]
+    assert packed_files(datasets_cache) == files
+    monkeypatch.undo()  # the cache key holds everything that changes the blocks
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", datasets_cache)
+    for other in (dict(block_size=4), dict(block_size=8, max_train_samples=2)):
+        load_task(data_args(dataset_name=str(folder), **other), tok)
+    load_task(args, decoder_tokenizer(bos=True))
+    assert len(packed_files(datasets_cache)) == 2 + 2 + 1 + 2  # block 4: both splits; limit: train; BOS: both
+
+
+def test_an_interrupted_packing_leaves_no_file(tmp_path, datasets_cache, monkeypatch):
+    import ted.tasks.packing as packing
+
+    tok = decoder_tokenizer()
+    folder = hub_folder(tmp_path)
+    real = packing.encode
+    calls = []
+
+    def fails_on_the_second_split(tokenizer, texts):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(tokenizer, texts)
+
+    monkeypatch.setattr(packing, "encode", fails_on_the_second_split)
+    with pytest.raises(KeyboardInterrupt):
+        load_task(data_args(dataset_name=str(folder), block_size=8), tok)
+    assert len(packed_files(datasets_cache)) == 1  # dev finished; train neither finished nor left half-written
+    monkeypatch.setattr(packing, "encode", real)
+    _, data = load_task(data_args(dataset_name=str(folder), block_size=8), tok)
+    assert data.train["input_ids"] == hand_blocks(tok, DOCS[0::2], 8)
+
+
+def test_caching_off_or_rows_in_memory_pack_in_memory(tmp_path, datasets_cache, monkeypatch):
+    import datasets
+
+    tok = decoder_tokenizer()
+    monkeypatch.setattr(datasets, "is_caching_enabled", lambda: False)
+    _, data = load_task(data_args(dataset_name=str(hub_folder(tmp_path)), block_size=8), tok)
+    assert not data.train.cache_files and packed_files(datasets_cache) == []
+    assert data.train["input_ids"] == hand_blocks(tok, DOCS[0::2], 8)
+
+
+def test_blocks_leave_as_each_batch_fills_them():
+    """Only the unfinished tail is carried from one batch of documents to the next: memory stays one batch."""
+    from ted.tasks.packing import block_tables
+
+    tok = decoder_tokenizer()
+    read = []
+
+    def batches():
+        for i in range(3):
+            read.append(i)
+            yield DOCS[3 * i : 3 * i + 3]  # 3 documents make more than one block of 4 tokens
+
+    blocks, reads_at_each_table = [], []
+    for table in block_tables(batches(), tok, 4, None):
+        reads_at_each_table.append(len(read))
+        blocks += table["input_ids"].to_pylist()
+    assert reads_at_each_table[:3] == [1, 2, 3]  # each batch's full blocks before the next batch is read
+    assert blocks == hand_blocks(tok, DOCS[:9], 4)

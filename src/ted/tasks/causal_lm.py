@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -31,6 +30,7 @@ from ted.lm.scoring import bos_prefix
 from ted.method.kinds import CausalLMKind
 from ted.tasks.base import Task, TaskData
 from ted.tasks.files import check_utf8, root_cause, scan_file
+from ted.tasks.packing import encode, eos_id, packed_blocks
 
 if TYPE_CHECKING:
     import datasets
@@ -155,51 +155,13 @@ def _read(path: str, flag: str, data_args: DataArguments) -> tuple[list[str], Op
 # ------------------------------------------------------------------------------------------------ tokenising
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    ids: list[list[int]] = []
-    for start in range(0, len(texts), 1000):
-        batch = texts[start : start + 1000]
-        ids.extend(tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"])
-    return ids
-
-
-def _eos(tokenizer: PreTrainedTokenizerBase) -> int:
-    if tokenizer.eos_token_id is None:
-        raise TedInputError("The tokenizer has no EOS token, which causal_lm data puts after every document.")
-    return tokenizer.eos_token_id
-
-
-def packed_blocks(
-    batches: Iterable[list[str]], tokenizer: PreTrainedTokenizerBase, block_size: int, limit: Optional[int]
-) -> datasets.Dataset:
-    """The documents (blank ones skipped), each as BOS? + tokens + EOS, in one stream cut into blocks of block_size
-    (the last may be shorter), as a datasets.Dataset. The stream is kept as one int64 array, not Python lists, and
-    with `limit` (blocks) only the documents that fill it are encoded."""
-    import datasets
-    import pyarrow as pa
-
-    bos, eos = bos_prefix(tokenizer), _eos(tokenizer)
-    need = None if limit is None else limit * block_size
-    pieces, total = [np.zeros(0, dtype=np.int64)], 0
-    for texts in batches if need != 0 else ():
-        docs = _encode(tokenizer, [text for text in texts if text.strip()])
-        pieces.append(np.fromiter((t for ids in docs for t in (*bos, *ids, eos)), dtype=np.int64))
-        total += len(pieces[-1])
-        if need is not None and total >= need:
-            break  # the rest is not read
-    stream = np.concatenate(pieces)[:need]
-    offsets = np.append(np.arange(0, len(stream), block_size), len(stream)).astype(np.int32)
-    blocks = pa.ListArray.from_arrays(pa.array(offsets), pa.array(stream))
-    return datasets.Dataset(datasets.table.InMemoryTable(pa.table({"input_ids": blocks})))
-
-
 def completion_rows(
     prompts: list[str], completions: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, name: str
 ) -> dict:
     """One row per example: prompt tokens labelled -100, the completion (and its EOS) scored; cut to block_size."""
-    bos, eos = bos_prefix(tokenizer), _eos(tokenizer)
+    bos, eos = bos_prefix(tokenizer), eos_id(tokenizer)
     rows, labels, cut = [], [], 0
-    for prompt, completion in zip(_encode(tokenizer, prompts), _encode(tokenizer, completions)):
+    for prompt, completion in zip(encode(tokenizer, prompts), encode(tokenizer, completions)):
         ids = bos + prompt + completion + [eos]
         scored = [IGNORE] * (len(bos) + len(prompt)) + completion + [eos]
         cut += len(ids) > block_size

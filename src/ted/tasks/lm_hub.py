@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from ted.errors import TedInputError
 from ted.tasks.base import TaskData
-from ted.tasks.causal_lm import DEFAULT_BLOCK_SIZE, packed_blocks
+from ted.tasks.causal_lm import DEFAULT_BLOCK_SIZE
 from ted.tasks.files import root_cause
+from ted.tasks.packing import cached_packed_blocks
 
 if TYPE_CHECKING:
     import datasets
@@ -148,15 +149,19 @@ def text_batches(data: datasets.Dataset, column: str, size: int = 1000) -> Itera
 
 
 def hub_data(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> TaskData:
-    """The dev (and train) split packed into blocks as a file's rows are; --max_*_samples count blocks.
+    """The dev (and train) split packed into blocks as a file's rows are (kept in the datasets cache: see
+    tasks/packing.py); --max_*_samples count blocks.
     `--max_train_samples 0` (what `ted evaluate` asks for) leaves the train split unread."""
     train, dev, dev_name = load_hub_splits(data_args, with_train=data_args.max_train_samples != 0)
     block = data_args.block_size or min(DEFAULT_BLOCK_SIZE, tokenizer.model_max_length)
     column = data_args.text_column or "text"
-    dev_blocks = packed_blocks(text_batches(dev, column), tokenizer, block, data_args.max_eval_samples)
+
+    def pack(rows: datasets.Dataset, limit: Optional[int]) -> datasets.Dataset:
+        return cached_packed_blocks(rows, text_batches(rows, column), tokenizer, block, limit, key=column)
+
+    dev_blocks = pack(dev, data_args.max_eval_samples)
     if len(dev_blocks) == 0:
         raise TedInputError(f"The hub dataset {_label(data_args)}: the {dev_name} holds no text.")
     if train is None:  # `ted evaluate` needs none; the training stages refuse an empty train split
         return TaskData(train=dev_blocks.select([]), eval_sets={"validation": dev_blocks})
-    train_blocks = packed_blocks(text_batches(train, column), tokenizer, block, data_args.max_train_samples)
-    return TaskData(train=train_blocks, eval_sets={"validation": dev_blocks})
+    return TaskData(train=pack(train, data_args.max_train_samples), eval_sets={"validation": dev_blocks})
