@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
-import re
 import tempfile
 import threading
 import time
