@@ -141,3 +141,19 @@ def test_options_of_the_other_kind_are_refused(argv, words, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_run().parse_args(argv)
     assert exit_info.value.code == 2 and words in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not all(p.exists() for p in LM_SHARED), reason=f"shared LM assets not found in {SHARED}")
+def test_packing_memory_benchmark(tmp_path, capsys, monkeypatch):
+    """benchmarks/packing_memory.py on one copy of WikiText-2 valid: the same blocks in memory, in the cache and
+    re-opened from it, and a positive memory ratio."""
+    monkeypatch.syspath_prepend(str(RUN.parent))  # its helpers, as when it runs as a script
+    spec = importlib.util.spec_from_file_location("ted_packing_memory", RUN.with_name("packing_memory.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    printed = bench.main(["--copies", "1", "--json", str(tmp_path / "p.json")])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == printed
+    assert printed["in_memory"]["blocks"] == printed["cached"]["blocks"] == printed["reopen"]["blocks"] > 200
+    assert [printed[m]["on_disk"] for m in ("in_memory", "cached", "reopen")] == [False, True, True]
+    assert isinstance(printed["memory_ratio_in_memory_over_cached"], float)
+    assert printed["memory_ratio_in_memory_over_cached"] > 0
