@@ -199,7 +199,9 @@ def test_guard_rule_needs_both_a_rise_and_a_dominant_term():
 
 
 def test_balancing_fixes_weights_from_step_zero():
-    objective = DistillObjective("classification", None, DistillWeights(20.0, 50.0, balance=True, mse_ratio=0.5))
+    objective = DistillObjective(
+        "classification", None, DistillWeights(20.0, 50.0, balance=True, mse_ratio=0.5, balance_batches=1)
+    )
     terms: dict = {}
     w_kl = objective.weight("kl", torch.tensor(0.3), torch.tensor(0.6), terms)
     w_mse = objective.weight("mse", torch.tensor(9.0), torch.tensor(0.6), terms)
@@ -207,9 +209,25 @@ def test_balancing_fixes_weights_from_step_zero():
     # later batches keep the step-0 weights
     assert objective.weight("mse", torch.tensor(1.0), torch.tensor(5.0), terms) == pytest.approx(w_mse)
     record = objective.balance_record()
-    assert record["mode"] == "step0" and record["alphas"]["mse"] == pytest.approx(w_mse)
-    assert record["step0_terms"] == {"pred": pytest.approx(0.6), "kl": pytest.approx(0.3), "mse": 9.0}
+    assert record["mode"] == "first_batches" and record["batches"] == 1
+    assert record["alphas"]["mse"] == pytest.approx(w_mse)
+    assert record["mean_terms"] == {"pred": pytest.approx(0.6), "kl": pytest.approx(0.3), "mse": 9.0}
     assert balanced_alpha(1.0, 0.6, 0.0) is None  # a zero term keeps its alpha
+
+
+def test_balancing_over_the_first_batches_uses_their_means():
+    """An easy first batch (task loss 0.05) would make the weight ten times too small; the mean over the window
+    does not, and the weight is fixed once the window is full."""
+    objective = DistillObjective("classification", None, DistillWeights(1.0, 1.0, balance=True, balance_batches=4))
+    task, mse = [0.05, 0.6, 0.5, 0.45], [0.2, 0.25, 0.3, 0.25]
+    weights = [objective.weight("mse", torch.tensor(m), torch.tensor(t), {}) for t, m in zip(task, mse)]
+    assert weights[0] == pytest.approx(0.05 / 0.2)  # in the window: the ratio of the means so far
+    assert weights[1] == pytest.approx((0.05 + 0.6) / (0.2 + 0.25))
+    assert weights[-1] == pytest.approx(sum(task) / sum(mse))
+    assert objective.weight("mse", torch.tensor(9.0), torch.tensor(0.01), {}) == pytest.approx(weights[-1])
+    record = objective.balance_record()
+    assert record["batches"] == 4 and record["alphas"]["mse"] == pytest.approx(sum(task) / sum(mse))
+    assert record["mean_terms"] == {"pred": pytest.approx(sum(task) / 4), "mse": pytest.approx(sum(mse) / 4)}
 
 
 def test_balancing_every_step_and_off():
@@ -227,6 +245,8 @@ def test_balance_options_are_checked_before_loading(assets):
         ted.distill(**doctor_kwargs(assets, kl_alpha=0, mse_alpha=0, balance_losses=True, method=None))
     with pytest.raises(TedInputError, match="balance_mse_ratio must be positive"):
         ted.distill(**doctor_kwargs(assets, balance_losses=True, balance_mse_ratio=0))
+    with pytest.raises(TedInputError, match="balance_batches must be positive"):
+        ted.distill(**doctor_kwargs(assets, balance_losses=True, balance_batches=0))
 
 
 def test_distill_records_balance_preflight_and_guard(assets, tmp_path):
@@ -235,14 +255,17 @@ def test_distill_records_balance_preflight_and_guard(assets, tmp_path):
     del kwargs["doctor_batches"]
     ted.distill(**kwargs)
     info = json.loads((tmp_path / "ted" / artifacts.STAGE_FILE).read_text())
-    assert info["loss_balance"]["mode"] == "step0" and set(info["loss_balance"]["alphas"]) == {"kl", "mse"}
+    balance = info["loss_balance"]
+    assert balance["mode"] == "first_batches" and set(balance["alphas"]) == {"kl", "mse"}
+    steps = sum("loss_pred" in h for h in json.loads((tmp_path / "ted" / artifacts.LOG_HISTORY).read_text()))
+    assert balance["batches"] == min(8, steps)  # the default window, or every batch of a shorter run
     assert isinstance(info["preflight_warnings"], list) and "training_guard" in info
     history = json.loads((tmp_path / "ted" / artifacts.LOG_HISTORY).read_text())
     first = next(h for h in history if "loss_pred" in h)
     alphas = info["loss_balance"]["alphas"]
-    # on the first batch each weighted term equals the task loss (ratio 1)
-    steps0 = info["loss_balance"]["step0_terms"]
-    assert alphas["mse"] * steps0["mse"] == pytest.approx(steps0["pred"])
+    # over the window each weighted term's mean equals the task loss's mean (ratio 1)
+    means = balance["mean_terms"]
+    assert alphas["mse"] * means["mse"] == pytest.approx(means["pred"])
     assert first["loss_pred"] > 0
 
 

@@ -96,12 +96,14 @@ class DistillWeights:
     mse_alpha: float
     temperature: float = 2.0
     paper_compat: bool = False
-    # --balance_losses: each term that is on gets weight ratio * task loss / term, measured on the first
-    # training batch (or on every batch with every_step); kl_alpha / mse_alpha then only switch terms on.
+    # --balance_losses: each term that is on gets weight ratio * task loss / term, from their means over the
+    # first `balance_batches` training batches (or on every batch with every_step); kl_alpha / mse_alpha then
+    # only switch terms on.
     balance: bool = False
     kl_ratio: float = 1.0
     mse_ratio: float = 1.0
     every_step: bool = False
+    balance_batches: int = 8
     kd_loss: str = "forward_kl"  # --kd_loss: a spec of ted.method.divergences.DIVERGENCES
     layer_loss: str = "mse"  # --layer_loss: a spec of ted.method.divergences.LAYER_LOSSES
     vocab_size: Optional[int] = None  # causal LMs with differently padded heads: OutputKD.vocab_size
@@ -132,8 +134,8 @@ class DistillObjective:
             weights.temperature, weights.paper_compat, DIVERGENCES.resolve(weights.kd_loss), weights.vocab_size
         )
         self.layer_loss = LAYER_LOSSES.resolve(weights.layer_loss)
-        self.balanced: dict[str, float] = {}  # --balance_losses: the weights fixed on the first batch
-        self.step0: dict[str, float] = {}  # ... and the raw terms they came from
+        self.balanced: dict[str, float] = {}  # --balance_losses: each term's weight (fixed after the window)
+        self._window: dict[str, list[float]] = {}  # ... and per term: sums of task loss and term, batches seen
 
     def weight(
         self, name: str, term: torch.Tensor, task_loss: torch.Tensor, terms: dict[str, torch.Tensor]
@@ -145,11 +147,15 @@ class DistillObjective:
             ratio = self.w.ratio(name) * task_loss.detach() / term.detach().clamp_min(1e-12)
             terms[f"weight_{name}"] = ratio
             return ratio
-        if name not in self.balanced:  # one host read of two scalars, on the first training batch only
-            task0, term0 = float(task_loss.detach()), float(term.detach())
-            found = balanced_alpha(self.w.ratio(name), task0, term0)
+        window = self._window.setdefault(name, [0.0, 0.0, 0])
+        if window[2] < self.w.balance_batches:  # one host read of two scalars a batch, in the window only
+            # One batch can be far from typical (a fine-tuned student's task loss on an easy batch, say), so the
+            # weight is the ratio of the means so far and is fixed once the window is full.
+            window[0] += float(task_loss.detach())
+            window[1] += float(term.detach())
+            window[2] += 1
+            found = balanced_alpha(self.w.ratio(name), window[0], window[1])
             self.balanced[name] = self.w.alpha(name) if found is None else found
-            self.step0.update({"pred": task0, name: term0})
         return self.balanced[name]
 
     def weighted_terms(self, averages: dict[str, float]) -> dict[str, float]:
@@ -165,9 +171,15 @@ class DistillObjective:
         """What --balance_losses chose, for ted_stage.json."""
         if not self.w.balance:
             return None
-        mode = "every_step" if self.w.every_step else "step0"
         ratios = {n: self.w.ratio(n) for n in ("kl", "mse") if self.w.alpha(n)}
-        return {"mode": mode, "ratios": ratios, "alphas": dict(self.balanced), "step0_terms": dict(self.step0)}
+        if self.w.every_step:
+            return {"mode": "every_step", "ratios": ratios}
+        seen = {name: w for name, w in self._window.items() if w[2]}
+        first = next(iter(seen.values()), None)  # every term's window saw the same task losses
+        means = {"pred": first[0] / first[2]} if first else {}
+        means.update({name: w[1] / w[2] for name, w in seen.items()})
+        return {"mode": "first_batches", "batches": int(first[2]) if first else 0, "ratios": ratios,
+                "alphas": dict(self.balanced), "mean_terms": means}  # fmt: skip
 
     def kd_term(
         self,

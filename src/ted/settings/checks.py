@@ -108,7 +108,7 @@ def _check_distill(values: Mapping[str, Any]) -> None:
 
 def _check_balance(values: Mapping[str, Any]) -> None:
     """--balance_losses ratios, and a balance with nothing to balance."""
-    for name in ("balance_kl_ratio", "balance_mse_ratio"):
+    for name in ("balance_kl_ratio", "balance_mse_ratio", "balance_batches"):
         if values.get(name) is not None and not values[name] > 0:
             _fail(name, "positive", values[name])
     if values.get("balance_losses") and not (values.get("kl_alpha") or values.get("mse_alpha")):

@@ -190,11 +190,12 @@ class DistillArguments:
     # another pair or less data a weighted term can swamp the task loss. Off by default (no evidence yet).
     balance_losses: bool = option(
         False,
-        help="Scale each distillation term that is on (alpha > 0) to a fixed ratio of the task loss, "
-        "from their magnitudes on the first training batch; kl_alpha / mse_alpha then only switch terms on.",
+        help="Scale each distillation term that is on (alpha > 0) to a fixed ratio of the task loss, from their "
+        "means over the first --balance_batches batches; kl_alpha / mse_alpha then only switch terms on.",
     )
-    balance_kl_ratio: float = option(1.0, help="--balance_losses: weighted KL term / task loss at step 0.")
-    balance_mse_ratio: float = option(1.0, help="--balance_losses: weighted layer MSE term / task loss at step 0.")
+    balance_kl_ratio: float = option(1.0, help="--balance_losses: weighted KL term / task loss.")
+    balance_mse_ratio: float = option(1.0, help="--balance_losses: weighted layer MSE term / task loss.")
+    balance_batches: int = option(8, help="--balance_losses: training batches whose mean losses fix the weights.")
     balance_every_step: bool = option(
         False, help="--balance_losses: re-balance on every batch (as NVIDIA ModelOpt does) instead of once."
     )

@@ -77,6 +77,7 @@ def distill_weights(distill_args: DistillArguments) -> DistillWeights:
         kl_ratio=distill_args.balance_kl_ratio,
         mse_ratio=distill_args.balance_mse_ratio,
         every_step=distill_args.balance_every_step,
+        balance_batches=distill_args.balance_batches,
     )
 
 
