@@ -295,3 +295,16 @@ def test_doctor_on_a_pipeline_config_checks_the_ted_stage(tmp_path):
     data = json.loads(report.read_text())
     assert data["layer_map"] == [[0, 1], [1, 3]] and set(data["stage1_layers"]) == {"teacher", "student"}
     assert data["initial_terms"]["mse"]["weighted"] == pytest.approx(1000 * data["initial_terms"]["mse"]["raw"])
+
+
+def test_the_doctor_scores_a_random_sample_of_dev_not_its_first_rows():
+    """A dev file ordered by label: its first rows hold one class, a fixed-seed sample holds both, in file order."""
+    import datasets
+
+    from ted.stages.doctor.measure import dev_sample
+
+    dev = datasets.Dataset.from_dict({"labels": [0] * 600 + [1] * 400, "idx": list(range(1000))})
+    sample = dev_sample(dev, 256)
+    assert len(sample) == 256 and 0.3 < np.mean(sample["labels"]) < 0.5
+    assert sample["idx"] == sorted(sample["idx"]) and dev_sample(dev, 256)["idx"] == sample["idx"]  # the same rows
+    assert dev_sample(dev, 5000)["idx"] == dev["idx"]  # a small dev set is scored whole

@@ -42,6 +42,14 @@ def first_rows(dataset: datasets.Dataset, n: int) -> datasets.Dataset:
     return dataset.select(range(min(n, len(dataset)))) if len(dataset) > n else dataset
 
 
+def dev_sample(dataset: datasets.Dataset, n: int) -> datasets.Dataset:
+    """n dev rows drawn at random (fixed seed: the same rows every run), kept in file order. Not the first n: a
+    dev file can be ordered by source or label (STS-B's first pairs are far easier than the rest)."""
+    if len(dataset) <= n:
+        return dataset
+    return dataset.select(np.sort(np.random.default_rng(0).choice(len(dataset), size=n, replace=False)))
+
+
 def batches(dataset: datasets.Dataset, collator: Collator, batch_size: int) -> Iterator[dict[str, Any]]:
     from ted.stages.common import model_columns
 
@@ -137,12 +145,12 @@ def diagnose(ctx: dict, eval_samples: int, n_batches: int) -> Findings:
 
 
 def _score_on_dev(findings: Findings, ctx: dict, collator: Collator, eval_samples: int) -> None:
-    """Teacher (and a fine-tuned student) on the first dev examples beside the baseline; TED's Stage I heads."""
+    """Teacher (and a fine-tuned student) on a sample of dev examples beside the baseline; TED's Stage I heads."""
     from ted.stages.models import has_trained_head
 
     task, data, args = ctx["task"], ctx["data"], ctx["training_args"]
     device = args.device
-    dev = first_rows(next(iter(data.eval_sets.values())), eval_samples)
+    dev = dev_sample(next(iter(data.eval_sets.values())), eval_samples)
     labels = np.asarray(dev["labels"])
     findings.dev_examples = len(dev)
     findings.majority_baseline = majority_baseline(task, labels)
@@ -169,10 +177,10 @@ def scored_targets(dataset: datasets.Dataset) -> np.ndarray:
 
 
 def _score_lm_on_dev(findings: Findings, ctx: dict, collator: Collator, eval_samples: int) -> None:
-    """Teacher and student dev perplexity on the first dev blocks, beside the unigram baseline of the training
+    """Teacher and student dev perplexity on a sample of dev blocks, beside the unigram baseline of the training
     text; each TED Stage I head's perplexity (stage1_layer_scores.json) against the same baseline."""
     task, data, args = ctx["task"], ctx["data"], ctx["training_args"]
-    dev = first_rows(next(iter(data.eval_sets.values())), eval_samples)
+    dev = dev_sample(next(iter(data.eval_sets.values())), eval_samples)
     findings.greater_is_better, findings.baseline = False, "unigram baseline"
     findings.dev_examples = len(dev)
     vocab = max(int(ctx["teacher_model"].config.vocab_size), len(ctx["tokenizer"]))
