@@ -26,8 +26,10 @@ def test_seed_difference_matches_the_paired_t_test():
 
 def test_one_seed_has_no_interval_and_constant_differences_are_handled():
     assert seed_difference([0.6], [0.5]) == {"n": 1, "mean": pytest.approx(0.1), "low": None, "high": None, "p": None}
-    same = seed_difference([0.6, 0.7], [0.5, 0.6])
+    same = seed_difference([0.6, 0.7, 0.55], [0.5, 0.6, 0.45])
     assert same["low"] == same["high"] == pytest.approx(0.1)
+    # scipy calls a constant difference p 0 ("significant"); there is no t-test without spread
+    assert same["p"] is None and same["no_spread"] and sps.ttest_rel([0.6, 0.7, 0.55], [0.5, 0.6, 0.45]).pvalue < 0.05
     with pytest.raises(ValueError):
         seed_difference([0.6, 0.7], [0.5])
 

@@ -21,7 +21,8 @@ ALPHA = 0.05
 
 
 def seed_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
-    """Paired over seeds: mean of a - b, its t interval and the paired t-test p (None with fewer than 2 seeds)."""
+    """Paired over seeds: mean of a - b, its t interval and the paired t-test p (None with fewer than 2 seeds, or
+    when every seed's difference is the same: then `no_spread` is True)."""
     from scipy import stats
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -31,8 +32,10 @@ def seed_difference(a: Sequence[float], b: Sequence[float], confidence: float = 
     out = {"n": len(diff), "mean": float(diff.mean()), "low": None, "high": None, "p": None}
     if len(diff) < 2:
         return out
-    if np.allclose(diff, diff[0]):  # no spread: the t statistic is undefined; the interval is the point
-        out.update(low=float(diff[0]), high=float(diff[0]), p=0.0 if diff[0] != 0 else 1.0)
+    if np.allclose(diff, diff[0]):
+        # No spread (every seed differs by the same few dev examples, say): the t statistic is undefined. scipy
+        # gives p 0, which would call three equal differences of one example "significant"; there is no test.
+        out.update(low=float(diff[0]), high=float(diff[0]), no_spread=True)
         return out
     test = stats.ttest_rel(a, b)
     interval = test.confidence_interval(confidence)

@@ -180,7 +180,9 @@ def significance_table(runs: TaskRuns) -> Optional[tuple[list[str], list[list[st
             continue
         seeds = [s for s, _, _ in scored]
         found = seed_difference([x for _, x, _ in scored], [y for _, _, y in scored])
-        if found["p"] is None:
+        if found.get("no_spread"):
+            verdict = "no test: every seed differs by the same amount (see per seed)"
+        elif found["p"] is None:
             verdict = "one seed: no test over seeds"
         else:
             verdict = (
