@@ -10,8 +10,8 @@
 # SAVE_EVERY=N checkpoints (and scores the dev blocks) every N Stage II steps instead of once at the end, so a
 # long run that is stopped resumes from its last checkpoint when the same command is run again.
 # Settings (all methods alike): block 128, batch 8 (1,024 tokens a step), AdamW lr 2e-4 with 2 warm-up steps and
-# linear decay, KD temperature 1, --balance_losses (each distillation term weighted to equal the task loss at
-# step 0); filters on every 6th teacher layer (5, 11, 17, 23, 29) and every 3rd student layer (2, 5, 8, 11, 14).
+# linear decay, KD temperature 1, --balance_losses (each distillation term weighted to equal the task loss on
+# the first batch); filters on every 6th teacher layer (5, 11, 17, 23, 29) and every 3rd student layer (2, 5, 8, 11, 14).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${TED_SHARED_DIR:-$REPO/../shared}
@@ -41,7 +41,7 @@ lm_data=(--task_name causal_lm --train_file "$RUN/train.txt" --validation_file "
          --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --max_eval_samples 32 --num_train_epochs 1
          --lr_scheduler_type linear --warmup_steps 2 --logging_steps 2 --seed 42 --disable_tqdm true)
 distill=("${lm_data[@]}" --max_train_samples $((STEPS2 * 8)) --learning_rate 2e-4 --temperature 1 --kl_alpha 1
-         --balance_losses true --teacher_cache off)
+         --balance_losses true --balance_batches 1 --teacher_cache off)  # the documented runs balanced on one batch
 [ -n "$SAVE_EVERY" ] && distill+=(--eval_strategy steps --eval_steps "$SAVE_EVERY" --save_strategy steps
                                   --save_steps "$SAVE_EVERY")
 
