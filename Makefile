@@ -30,9 +30,13 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not shared"
 
-$(MIN_VENV)/.installed: pyproject.toml
+# The smoke venv sits on top of the main one: a .pth file puts $(VENV)'s packages after its own, so
+# torch (several GB when pip picks a CUDA build) is installed once, and only the old transformers and
+# whatever it pins differently land in $(MIN_VENV), where they come first.
+$(MIN_VENV)/.installed: $(VENV)/.installed pyproject.toml
 	$(PYTHON) -m venv $(MIN_VENV)
-	$(MIN_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_path('purelib'))" > \
+		"$$($(MIN_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/ted-main-venv.pth"
 	$(MIN_VENV)/bin/python -m pip install --quiet -e ".[test]" "$(MIN_TRANSFORMERS)"
 	touch $@
 
