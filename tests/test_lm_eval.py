@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -127,7 +128,13 @@ def test_lambada_accuracy_and_perplexity_on_a_bigram_model(tokenizer):
     result = score_lambada(model, tokenizer, texts, max_length=32, batch_size=2)
     logp = torch.log_softmax(table.double(), -1)
     expected = [float(logp[vocab["very"], vocab["good"]]), float(logp[vocab["not"], vocab["bad"]])]
-    assert result == {"accuracy": 0.5, "perplexity": pytest.approx(math.exp(-sum(expected) / 2)), "examples": 2}
+    assert result == {
+        "accuracy": 0.5,
+        "accuracy_stderr": pytest.approx(statistics.stdev([1, 0]) / math.sqrt(2)),
+        "perplexity": pytest.approx(math.exp(-sum(expected) / 2)),
+        "examples": 2,
+    }
+    assert score_lambada(model, tokenizer, texts[:1], max_length=32)["accuracy_stderr"] is None
 
 
 def test_lambada_target_is_the_last_word_with_its_space(tokenizer):
@@ -138,16 +145,17 @@ def test_lambada_target_is_the_last_word_with_its_space(tokenizer):
 
 
 def test_lambada_on_gpt2_equals_the_plain_loop(gpt2, tokenizer):
-    correct, total = 0, 0.0
+    hits, total = [], 0.0
     for text in LAMBADA_ROWS:
         context, target = encode_pair(tokenizer, *split_example(text))
         lps = [logprob(gpt2, context + target[:k], tok) for k, tok in enumerate(target)]
         total += sum(lps)
         with torch.no_grad():
             logits = gpt2(torch.tensor([context + target])).logits[0, len(context) - 1 : -1]
-        correct += bool((logits.argmax(-1) == torch.tensor(target)).all())
+        hits.append(int((logits.argmax(-1) == torch.tensor(target)).all()))
     result = score_lambada(gpt2, tokenizer, LAMBADA_ROWS, max_length=64, batch_size=3)
-    assert result["accuracy"] == correct / 4 and result["examples"] == 4
+    assert result["accuracy"] == sum(hits) / 4 and result["examples"] == 4
+    assert result["accuracy_stderr"] == pytest.approx(statistics.stdev(hits) / 2)
     assert result["perplexity"] == pytest.approx(math.exp(-total / 4), rel=1e-5)
 
 

@@ -54,8 +54,10 @@ def score_lambada(
     max_length: int,
     batch_size: int = 1,
 ) -> dict[str, float]:
-    """accuracy: fraction of examples whose every target token is the argmax; perplexity: exp(-mean over
-    examples of the target's summed log-likelihood), the harness's `perplexity` aggregation; examples."""
+    """accuracy: fraction of examples whose every target token is the argmax, with accuracy_stderr (the
+    harness's `acc_stderr`: sample standard deviation over examples / sqrt(n), None for one example);
+    perplexity: exp(-mean over examples of the target's summed log-likelihood), the harness's `perplexity`
+    aggregation; examples."""
     rows, first = [], []
     for text in texts:
         context_ids, target_ids = encode_pair(tokenizer, *split_example(text))
@@ -66,8 +68,10 @@ def score_lambada(
     for logprobs, greedy in score_rows(model, rows, first, batch_size):
         loglikelihoods.append(float(logprobs.sum()))
         correct += bool(greedy.all())
+    n, accuracy = len(texts), correct / len(texts)
     return {
-        "accuracy": correct / len(texts),
+        "accuracy": accuracy,
+        "accuracy_stderr": math.sqrt(accuracy * (1 - accuracy) / (n - 1)) if n > 1 else None,
         "perplexity": math.exp(-sum(loglikelihoods) / len(loglikelihoods)),
-        "examples": len(texts),
+        "examples": n,
     }
