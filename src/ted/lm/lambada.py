@@ -53,7 +53,7 @@ def score_lambada(
     texts: list[str],
     max_length: int,
     batch_size: int = 1,
-) -> dict[str, float]:
+) -> dict[str, Optional[float]]:
     """accuracy: fraction of examples whose every target token is the argmax, with accuracy_stderr (the
     harness's `acc_stderr`: sample standard deviation over examples / sqrt(n), None for one example);
     perplexity: exp(-mean over examples of the target's summed log-likelihood), the harness's `perplexity`
