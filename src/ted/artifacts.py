@@ -210,22 +210,30 @@ def atomic_folder(output_dir: Path) -> Iterator[Path]:
             remove_marked_tree(tmp, WRITING_MARKER)
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write a file complete or not at all: a temporary sibling `.NAME.*.tmp`, then one rename over `path`."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A file complete or not at all: the block writes the temporary sibling `.NAME.*.tmp` it is given, which
+    is renamed over `path` when the block ends and removed when it fails."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the file should look like any other the user writes
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write `data` to a file complete or not at all (see atomic_file), synced to disk before the rename."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 @contextlib.contextmanager

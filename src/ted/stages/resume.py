@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from transformers import TrainerCallback
 
-from ted.artifacts import crash_point, remove_marked_tree
+from ted.artifacts import atomic_write, crash_point, remove_marked_tree
 from ted.errors import TedInputError
 from ted.stages.output import (
     WORK_MARKER,
@@ -40,9 +39,7 @@ def mark_checkpoint_complete(folder: Path) -> None:
     """Record every file of a checkpoint the Trainer finished writing (name and size), written last and
     atomically: a checkpoint counts as complete only while all of them are still there (see below)."""
     files = {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*")) if f.is_file()}
-    tmp = folder / f".{CHECKPOINT_MARKER}.tmp"
-    tmp.write_text(json.dumps(files, indent=0) + "\n")
-    os.replace(tmp, folder / CHECKPOINT_MARKER)
+    atomic_write(folder / CHECKPOINT_MARKER, json.dumps(files, indent=0) + "\n")
 
 
 def checkpoint_is_complete(folder: Path) -> bool:
@@ -108,10 +105,7 @@ def prepare_work_dir(
             logger.warning("Starting over: %s held checkpoints of a run with other settings.", work)
         shutil.rmtree(work)  # ted's (it has the marker), and nothing in it is resumable by this run
     work.mkdir(parents=True, exist_ok=True)
-    marker = work / WORK_MARKER
-    tmp = work / f".{WORK_MARKER}.tmp"
-    tmp.write_text(run_fingerprint + "\n")
-    os.replace(tmp, marker)
+    atomic_write(work / WORK_MARKER, run_fingerprint + "\n")
     last = last_complete_checkpoint(work)
     if last:
         logger.warning("Resuming the interrupted run from %s", last)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from ted.artifacts import atomic_file
 from ted.errors import TedInputError
 from ted.lm.scoring import bos_prefix
 
@@ -137,12 +137,7 @@ def _write(tables: Iterator[pa.Table], path: Path) -> None:
     import pyarrow as pa
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     schema = pa.schema([("input_ids", pa.list_(pa.int32()))])
-    try:
-        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            for table in tables:
-                writer.write_table(table)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_file(path) as partial, pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
+        for table in tables:
+            out.write_table(table)
